@@ -1,0 +1,42 @@
+# The two commands: `make bench` (the main job) and `make test`. Each creates .venv when it is
+# missing and rebuilds the extension when its sources change.
+VENV     ?= .venv
+PYTHON   := $(VENV)/bin/python
+SYSPY    ?= python3
+TORCH    ?= torch>=2.4
+CUDA_HOME ?= $(wildcard /usr/local/cuda)
+export CUDA_HOME
+BENCH_ARGS ?=
+TEST_ARGS  ?=
+
+EXT_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh csrc/include/noisefuse/*.h)
+
+.PHONY: test bench build venv clean
+
+venv: $(VENV)/.deps-stamp
+
+$(VENV)/.torch-stamp:
+	$(SYSPY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip setuptools wheel ninja
+	$(PYTHON) -m pip install -q "$(TORCH)" numpy
+	touch $@
+
+$(VENV)/.deps-stamp: $(VENV)/.torch-stamp pyproject.toml
+	$(PYTHON) -m pip install -q pytest pytest-timeout pytorch_optimizer matplotlib tqdm pytest-benchmark
+	touch $@
+
+# Rebuilt when any extension source changes (ninja recompiles only what changed).
+$(VENV)/.build-stamp: $(VENV)/.deps-stamp $(EXT_SOURCES)
+	MAX_JOBS=$${MAX_JOBS:-2} $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.build-stamp
+
+test: build
+	$(PYTHON) -m pytest -q $(TEST_ARGS)
+
+bench: build
+	$(PYTHON) -m noisefuse.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build *.egg-info noisefuse/_C*.so $(VENV)/.build-stamp

@@ -1,0 +1,107 @@
+"""The foreach backend: the same update with ``torch._foreach_*`` ops (torch's multi-tensor path).
+
+Tensors whose scalars coincide (in practice all of a bucket: they share their step) are updated
+together; float16/bfloat16 tensors are upcast to float32 working copies so the math matches the
+contract, then rounded once when copied back.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .family import Family, Hyper, tensor_scalars
+from .reference import compute_dtype
+from .step_tensors import StepTensors
+
+
+def _upcast(tensors, dt):
+    if not tensors or tensors[0].dtype == dt:
+        return list(tensors)
+    return [t.to(dt) for t in tensors]
+
+
+def _store(dst, src):
+    if dst and dst[0] is not src[0]:  # src is a float32 working copy
+        torch._foreach_copy_(dst, src)
+
+
+def _take(tensors, idx):
+    return [tensors[i] for i in idx]
+
+
+def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+    if not ts.params:
+        return
+    if found_inf is not None and found_inf.item() != 0:
+        return
+    # Group tensors by their scalars; memoised on (step, prod) since those alone vary.
+    memo, buckets = {}, defaultdict(list)
+    for i, step in enumerate(ts.steps):
+        key = (step.item(), ts.beta1_prods[i].item() if ts.beta1_prods else None)
+        if key not in memo:
+            memo[key] = tensor_scalars(family, hyper, *key)
+        buckets[memo[key]].append(i)
+    for sc, idx in buckets.items():
+        _bucket_step(family, hyper, sc, ts, idx, grad_scale)
+
+
+def _bucket_step(family, hyper, sc, ts, idx, grad_scale):
+    dt = compute_dtype(ts.params[0].dtype)
+    params = _take(ts.params, idx)
+    p = _upcast(params, dt)
+
+    user_grads = _take(ts.grads, idx)
+    g = _upcast(user_grads, dt)
+    if grad_scale is not None:
+        g = torch._foreach_div(g, grad_scale.to(device=g[0].device, dtype=dt))
+    if hyper.maximize:
+        if g[0] is user_grads[0]:
+            g = torch._foreach_neg(g)  # never write the user's grad
+        else:
+            torch._foreach_neg_(g)
+    if hyper.decoupled:
+        if hyper.weight_decay != 0:
+            torch._foreach_mul_(p, 1.0 - hyper.lr * hyper.weight_decay)
+    elif hyper.weight_decay != 0:
+        g = torch._foreach_add(g, p, alpha=hyper.weight_decay)
+
+    first, second = _take(ts.exp_avgs, idx), _take(ts.neg_exp_avgs, idx)
+    pos_store, neg_src = (first, second) if (not family.pn or sc.odd) else (second, first)
+    m = _upcast(pos_store, dt)
+    torch._foreach_mul_(m, sc.a)
+    torch._foreach_add_(m, g, alpha=sc.b)
+    if family.pn:
+        d = torch._foreach_mul(m, sc.c_pos)
+        torch._foreach_add_(d, _upcast(neg_src, dt), alpha=-sc.c_neg)
+    elif hyper.nesterov:
+        d = torch._foreach_add(g, m, alpha=sc.beta1_t)
+    else:
+        d = m
+
+    if family.second_moment:
+        v_store = _take(ts.exp_avg_sqs, idx)
+        v = _upcast(v_store, dt)
+        torch._foreach_mul_(v, hyper.beta2)
+        torch._foreach_addcmul_(v, g, g, value=1.0 - hyper.beta2)
+        vv = v
+        if family.amsgrad:
+            vmax_store = _take(ts.max_exp_avg_sqs, idx)
+            vv = _upcast(vmax_store, dt)
+            torch._foreach_maximum_(vv, v)
+            _store(vmax_store, vv)
+        _store(v_store, v)
+        denom = torch._foreach_sqrt(vv)
+        torch._foreach_mul_(denom, sc.inv_sqrt_bc2)
+        torch._foreach_add_(denom, hyper.eps)
+        torch._foreach_addcdiv_(p, d, denom, value=-sc.step_size)
+    else:
+        torch._foreach_add_(p, d, alpha=-hyper.lr)
+
+    _store(pos_store, m)
+    _store(params, p)
+    torch._foreach_add_(_take(ts.steps, idx), 1.0)
+    if sc.new_beta1_prod is not None:
+        prods = _take(ts.beta1_prods, idx)
+        torch._foreach_zero_(prods)
+        torch._foreach_add_(prods, sc.new_beta1_prod)

@@ -1,0 +1,43 @@
+"""The native backend: ``torch.ops.noisefuse.fused_step_``, one op with a CPU and a CUDA kernel
+(csrc/), chosen by PyTorch's dispatcher."""
+from __future__ import annotations
+
+import torch
+
+from .family import MOMENTUM_CODES, Family, Hyper
+from .step_tensors import StepTensors
+
+try:
+    from .. import _C  # noqa: F401  (registers torch.ops.noisefuse.*)
+
+    _LOAD_ERROR = None
+except ImportError as exc:  # the extension was not built
+    _LOAD_ERROR = exc
+
+
+def load_error():
+    return _LOAD_ERROR
+
+
+def available(device: torch.device) -> bool:
+    """Whether the extension has a kernel for tensors on ``device``."""
+    if _LOAD_ERROR is not None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("noisefuse::fused_step_", key)
+
+
+def check_device(device: torch.device) -> None:
+    if not available(device):
+        reason = f"it failed to load: {_LOAD_ERROR}" if _LOAD_ERROR else f"it has no kernel for {device.type}"
+        raise RuntimeError(f"backend='native' cannot run on {device}: {reason}")
+
+
+def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+    torch.ops.noisefuse.fused_step_(
+        ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
+        ts.steps, ts.beta1_prods, momentum=MOMENTUM_CODES[family.momentum], lr=hyper.lr,
+        beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
+        weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
+        maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
+        demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf)

@@ -1,0 +1,63 @@
+"""The reference backend: a plain loop over tensors that reads like SPEC.md. The oracle of every test.
+
+Each tensor is updated in float32 (float64 for float64 params) and rounded once when stored.
+"""
+from __future__ import annotations
+
+import torch
+
+from .family import Family, Hyper, tensor_scalars
+from .step_tensors import StepTensors
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+    if found_inf is not None and found_inf.item() != 0:
+        return  # AMP found an inf/nan: the step is a no-op, counters included
+    for i, param in enumerate(ts.params):
+        prod = ts.beta1_prods[i].item() if ts.beta1_prods else None
+        sc = tensor_scalars(family, hyper, ts.steps[i].item(), prod)
+        dt = compute_dtype(param.dtype)
+
+        g = ts.grads[i].to(dt)
+        if grad_scale is not None:
+            g = g / grad_scale.to(device=g.device, dtype=dt)
+        if hyper.maximize:
+            g = -g
+        p = param.to(dt)
+        if hyper.decoupled:
+            p = p * (1.0 - hyper.lr * hyper.weight_decay)
+        else:
+            g = g + hyper.weight_decay * p
+
+        if family.pn:
+            pos, neg = (ts.exp_avgs[i], ts.neg_exp_avgs[i]) if sc.odd else (ts.neg_exp_avgs[i], ts.exp_avgs[i])
+        else:
+            pos, neg = ts.exp_avgs[i], None
+        m = sc.a * pos.to(dt) + sc.b * g
+        if family.pn:
+            d = sc.c_pos * m - sc.c_neg * neg.to(dt)
+        elif hyper.nesterov:
+            d = g + sc.beta1_t * m
+        else:
+            d = m
+
+        if family.second_moment:
+            v = hyper.beta2 * ts.exp_avg_sqs[i].to(dt) + (1.0 - hyper.beta2) * g * g
+            vv = v
+            if family.amsgrad:
+                vv = torch.maximum(ts.max_exp_avg_sqs[i].to(dt), v)
+                ts.max_exp_avg_sqs[i].copy_(vv)
+            ts.exp_avg_sqs[i].copy_(v)
+            p = p - sc.step_size * (d / (vv.sqrt() * sc.inv_sqrt_bc2 + hyper.eps))
+        else:
+            p = p - hyper.lr * d
+
+        pos.copy_(m)
+        param.copy_(p)
+        ts.steps[i].fill_(sc.t)
+        if sc.new_beta1_prod is not None:
+            ts.beta1_prods[i].fill_(sc.new_beta1_prod)

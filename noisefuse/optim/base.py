@@ -1,0 +1,206 @@
+"""What the four optimizers share: argument checks, lazy state, grouping by (device, dtype), AMP,
+and checkpoint compatibility. The math lives in ``noisefuse.backends``; nothing here computes an
+update."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+from torch.optim import Optimizer
+
+from .. import backends
+from ..backends.family import Family, Hyper
+from ..backends.step_tensors import StepTensors
+from ..demon import Demon, as_demon
+
+# The per-param lists a fused call takes, besides params/grads/steps (docs/kernel-contract.md).
+BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+
+# Group keys every noisefuse optimizer adds to its subclass's own, with their defaults for
+# checkpoints written before they existed (or by the official PNM code).
+COMMON_DEFAULTS = dict(demon=None, noise=None, backend="auto", maximize=False, capturable=False)
+
+
+def check_lr(lr):
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError("lr as a Tensor must have exactly one element")
+        lr = lr.item()
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0.0):
+        raise ValueError(f"Invalid lr: {lr!r} (must be a finite number >= 0)")
+
+
+def check_unit(name, value):
+    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+        raise ValueError(f"Invalid {name}: {value!r} (must be in [0, 1))")
+
+
+def check_nonneg(name, value):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a finite number >= 0)")
+
+
+def check_betas(betas, names):
+    if not isinstance(betas, (tuple, list)) or len(betas) != len(names):
+        raise ValueError(f"Invalid betas: {betas!r} (expected a tuple ({', '.join(names)}))")
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a bool)")
+
+
+class FusedOptimizer(Optimizer):
+    """Base class of the noisefuse optimizers. A subclass says which point of the kernel family it
+    is (``_family``), which runtime values it passes (``_hyper``), which state key holds each
+    buffer (``_state_keys``), and validates its own hyperparameters (``_check_group``)."""
+
+    # GradScaler hands us grad_scale/found_inf; every backend unscales and skips inside the step.
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults, *, demon=None, noise=None, backend="auto", seed=None,
+                 maximize=False, capturable=False):
+        demon = as_demon(demon)
+        if seed is None:
+            # Drawn from torch's default generator, so torch.manual_seed makes runs reproducible.
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"Invalid seed: {seed!r} (must be an int in [0, 2**64))")
+        defaults = dict(defaults, demon=demon.as_dict() if demon else None, noise=noise,
+                        backend=backend, seed=seed, maximize=maximize, capturable=capturable)
+        super().__init__(params, defaults)
+
+    # ----- subclass interface -------------------------------------------------------------------
+    def _family(self, group) -> Family:
+        raise NotImplementedError
+
+    def _hyper(self, group, demon: Demon | None) -> Hyper:
+        raise NotImplementedError
+
+    def _state_keys(self, group) -> dict:
+        """Maps each used field of BUFFER_FIELDS to the state key that holds it."""
+        raise NotImplementedError
+
+    def _check_group(self, group) -> None:
+        raise NotImplementedError
+
+    # ----- torch.optim.Optimizer ----------------------------------------------------------------
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_common(group)
+            self._check_group(group)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in COMMON_DEFAULTS.items():
+                group.setdefault(key, value)
+            group.setdefault("seed", self.defaults.get("seed", 0))
+            for key, value in self._group_defaults_for_old_checkpoints().items():
+                group.setdefault(key, value)
+
+    def _group_defaults_for_old_checkpoints(self) -> dict:
+        return {}
+
+    def _check_common(self, group):
+        if group["backend"] not in backends.NAMES:
+            raise ValueError(f"Invalid backend: {group['backend']!r} (choose from {', '.join(backends.NAMES)})")
+        group["demon"] = None if group["demon"] is None else as_demon(group["demon"]).as_dict()
+        check_bool("maximize", group["maximize"])
+        check_bool("capturable", group["capturable"])
+        if group["noise"] is not None:
+            raise NotImplementedError("noise= is not available yet in this version of noisefuse")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs a single optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+
+        # Check everything before the first tensor is written: a bad input changes nothing.
+        plans = [(group, self._params_with_grad(gi, group)) for gi, group in enumerate(self.param_groups)]
+        for group, params in plans:
+            if not params:
+                continue
+            family, demon = self._family(group), as_demon(group["demon"])
+            hyper = self._hyper(group, demon)
+            for (device, _), tensors in self._init_group(group, params, family, demon, hyper).items():
+                backend = backends.resolve(group["backend"], device)
+                backend.fused_step(family, hyper, tensors,
+                                   grad_scale=_on(grad_scale, device), found_inf=_on(found_inf, device))
+        return loss
+
+    # ----- helpers ------------------------------------------------------------------------------
+    def _params_with_grad(self, group_index, group):
+        params = []
+        for i, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            where = f"param {i} of param group {group_index}"
+            if g.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients ({where})")
+            if p.is_complex() or not p.is_floating_point():
+                raise RuntimeError(f"{type(self).__name__} supports real floating-point params only; {where} is {p.dtype}")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise RuntimeError(
+                    f"the gradient of {where} does not match it: grad {tuple(g.shape)} {g.dtype} on {g.device}, "
+                    f"param {tuple(p.shape)} {p.dtype} on {p.device}")
+            params.append(p)
+        return params
+
+    def _step_device(self, group, p):
+        if p.device.type == "cpu":
+            return p.device
+        # The fused kernels and capturable steps read the counters on the device; the host-side
+        # backends read them with .item(), so they keep them on the CPU as torch.optim does.
+        on_host = group["backend"] in ("reference", "foreach") and not group["capturable"]
+        return torch.device("cpu") if on_host else p.device
+
+    def _init_group(self, group, params, family: Family, demon: Demon | None, hyper: Hyper):
+        keys = self._state_keys(group)
+        track_prod = family.second_moment and demon is not None
+        buckets = defaultdict(StepTensors)
+        for p in params:
+            state = self.state[p]
+            step_device = self._step_device(group, p)
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
+            elif not torch.is_tensor(state["step"]) or state["step"].device != step_device:
+                # The official code stores a Python int; a checkpoint may come from another device.
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(step_device)
+            for key in keys.values():
+                if key not in state:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if track_prod and "beta1_prod" not in state:
+                # Demon added to a run under way: rebuild the exact product of the betas so far.
+                prod = demon.beta_product(hyper.beta1, int(state["step"]))
+                state["beta1_prod"] = torch.full((), prod, dtype=torch.float32, device=step_device)
+            elif track_prod and state["beta1_prod"].device != step_device:
+                state["beta1_prod"] = state["beta1_prod"].to(step_device)
+
+            ts = buckets[(p.device, p.dtype)]
+            ts.params.append(p)
+            ts.grads.append(p.grad)
+            ts.steps.append(state["step"])
+            for field, key in keys.items():
+                getattr(ts, field).append(state[key])
+            if track_prod:
+                ts.beta1_prods.append(state["beta1_prod"])
+        return buckets
+
+
+def _on(t, device):
+    if t is None or t.device == device:
+        return t
+    return t.to(device, non_blocking=True)

@@ -1,0 +1,50 @@
+"""Builds ``noisefuse._C``: CPU kernels always, CUDA kernels whenever a CUDA toolkit and a CUDA
+build of torch are present (a GPU is not needed to compile them)."""
+import glob
+import os
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+
+
+def _want_cuda():
+    if os.environ.get("NOISEFUSE_NO_CUDA", "0") == "1":
+        return False
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+cxx_flags = ["-O3", "-std=c++17"]
+include_dirs = [os.path.join(ROOT, "csrc", "include")]
+sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+
+if _want_cuda():
+    # No GPU is needed to compile; without one torch cannot detect the arch, so name ours:
+    # A100 (sm_80) and H100/H200 (sm_90), plus PTX for newer GPUs.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    ext = cpp_extension.CUDAExtension(
+        "noisefuse._C",
+        sources + _sources("csrc/cuda/*.cu"),
+        include_dirs=include_dirs,
+        define_macros=[("NOISEFUSE_WITH_CUDA", "1")],
+        extra_compile_args={
+            "cxx": cxx_flags,
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo"],
+        },
+    )
+else:
+    ext = cpp_extension.CppExtension(
+        "noisefuse._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags}
+    )
+
+setup(
+    ext_modules=[ext],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
