@@ -21,7 +21,7 @@ def _want_cuda():
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
-cxx_flags = ["-O3", "-std=c++17"]
+cxx_flags = ["-O3"]  # torch.utils.cpp_extension picks the -std its headers need
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
 sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
 
@@ -36,7 +36,7 @@ if _want_cuda():
         define_macros=[("NOISEFUSE_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": ["-O3", "-std=c++17", "-lineinfo"],
+            "nvcc": ["-O3", "-lineinfo"],
         },
     )
 else:

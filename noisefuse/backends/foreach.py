@@ -66,7 +66,8 @@ def _bucket_step(family, hyper, sc, ts, idx, grad_scale):
     elif hyper.weight_decay != 0:
         g = torch._foreach_add(g, p, alpha=hyper.weight_decay)
 
-    first, second = _take(ts.exp_avgs, idx), _take(ts.neg_exp_avgs, idx)
+    first = _take(ts.exp_avgs, idx)
+    second = _take(ts.neg_exp_avgs, idx) if family.pn else None
     pos_store, neg_src = (first, second) if (not family.pn or sc.odd) else (second, first)
     m = _upcast(pos_store, dt)
     torch._foreach_mul_(m, sc.a)
