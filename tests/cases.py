@@ -90,3 +90,15 @@ def compare_backends(config, backend, reference="reference", dtype=torch.float32
     pa, oa = run(config, reference, params, steps, **common)
     pb, ob = run(config, backend, params, steps, **common)
     assert_same_state(oa, ob, pa, pb, dtype)
+
+
+def cpu_backends():
+    """The backends that can run CPU tensors in this environment (native once built, Triton only
+    under its interpreter)."""
+    from noisefuse import backends
+
+    names = ["reference", "foreach"]
+    for name in ("native", "triton"):
+        if backends.get(name).available(torch.device("cpu")):
+            names.append(name)
+    return names

@@ -54,7 +54,7 @@ def _bucket_step(family, hyper, sc, ts, idx, grad_scale):
     user_grads = _take(ts.grads, idx)
     g = _upcast(user_grads, dt)
     if grad_scale is not None:
-        g = torch._foreach_div(g, grad_scale.to(device=g[0].device, dtype=dt))
+        g = torch._foreach_div(g, grad_scale.reshape(()).to(device=g[0].device, dtype=dt))
     if hyper.maximize:
         if g[0] is user_grads[0]:
             g = torch._foreach_neg(g)  # never write the user's grad

@@ -127,17 +127,21 @@ class FusedOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
 
-        # Check everything before the first tensor is written: a bad input changes nothing.
-        plans = [(group, self._params_with_grad(gi, group)) for gi, group in enumerate(self.param_groups)]
-        for group, params in plans:
+        # Check everything, backends included, before the first tensor (or state) is written:
+        # a bad input changes nothing.
+        plans = []
+        for gi, group in enumerate(self.param_groups):
+            params = self._params_with_grad(gi, group)
+            chosen = {d: backends.resolve(group["backend"], d) for d in {p.device for p in params}}
+            plans.append((group, params, chosen))
+        for group, params, chosen in plans:
             if not params:
                 continue
             family, demon = self._family(group), as_demon(group["demon"])
             hyper = self._hyper(group, demon)
             for (device, _), tensors in self._init_group(group, params, family, demon, hyper).items():
-                backend = backends.resolve(group["backend"], device)
-                backend.fused_step(family, hyper, tensors,
-                                   grad_scale=_on(grad_scale, device), found_inf=_on(found_inf, device))
+                chosen[device].fused_step(family, hyper, tensors, grad_scale=_on(grad_scale, device),
+                                          found_inf=_on(found_inf, device))
         return loss
 
     # ----- helpers ------------------------------------------------------------------------------
