@@ -229,3 +229,52 @@ def test_add_param_group_uses_defaults_and_validates():
     with pytest.raises(ValueError, match="lr"):
         opt.add_param_group({"params": [c], "lr": -1.0})
     assert len(opt.param_groups) == 2
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda sd: sd["state"][0].update(exp_avg=torch.zeros(5)), "exp_avg.*shape"),
+        (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])), "param groups"),
+        (lambda sd: sd["param_groups"][0]["params"].pop(), "params"),
+        (lambda sd: sd["state"].update({7: {"step": torch.tensor(1.0)}}), "param 7"),
+        (lambda sd: sd.pop("state"), "state"),
+    ],
+)
+def test_load_state_dict_that_does_not_fit_fails_and_changes_nothing(corrupt, match):
+    params = make_params((3, 4))
+    opt = nf.AdaPNM(params, backend="reference")
+    for p, g in zip(params, make_grads(params, 0)):
+        p.grad = g
+    opt.step()
+    good = copy.deepcopy(opt.state_dict())
+    bad = copy.deepcopy(good)
+    corrupt(bad)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(bad)
+    now = opt.state_dict()
+    assert now["param_groups"] == good["param_groups"]
+    for i, state in good["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, now["state"][i][key])
+
+
+def test_state_dict_moves_between_backends():
+    # Saved on one backend, loaded on another: the same state format everywhere.
+    params = make_params((5, 9))
+    pa = [p.detach().clone().requires_grad_() for p in params]
+    pb = [p.detach().clone().requires_grad_() for p in params]
+    oa = nf.DemonAdam(pa, total_steps=10, backend="reference")
+    ob = nf.DemonAdam(pb, total_steps=10, backend="reference")
+    backends_in_turn = cpu_backends()
+    for step in range(2 * len(backends_in_turn)):
+        if step % 2 == 0:
+            saved = _roundtrip(ob.state_dict())
+            ob = nf.DemonAdam(pb, total_steps=10, backend=backends_in_turn[step // 2])
+            ob.load_state_dict(saved)
+            ob.param_groups[0]["backend"] = backends_in_turn[step // 2]
+        for ps, o in ((pa, oa), (pb, ob)):
+            for p, g in zip(ps, make_grads(ps, step)):
+                p.grad = g
+            o.step()
+    assert_same_state(oa, ob, pa, pb, torch.float32)

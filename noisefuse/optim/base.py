@@ -108,6 +108,36 @@ class FusedOptimizer(Optimizer):
     def _group_defaults_for_old_checkpoints(self) -> dict:
         return {}
 
+    def load_state_dict(self, state_dict):
+        """As ``torch.optim.Optimizer.load_state_dict``, but a dict that does not fit the params
+        (wrong group sizes, a state tensor of another shape, an unknown param index) is rejected
+        with an error naming the entry, and the optimizer is left as it was."""
+        self._check_state_dict_fits(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _check_state_dict_fits(self, state_dict):
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"not an optimizer state dict: it has no {key!r} entry")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"the state dict has {len(saved_groups)} param groups, this optimizer "
+                             f"{len(self.param_groups)}")
+        params = {}
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"param group {gi} has {len(saved['params'])} params in the state dict, "
+                                 f"{len(group['params'])} here")
+            params.update(zip(saved["params"], group["params"]))
+        for index, state in state_dict["state"].items():
+            if index not in params:
+                raise ValueError(f"the state dict has state for param {index!r}, which no param group lists")
+            param = params[index]
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"state {key!r} of param {index} has shape {tuple(value.shape)}, "
+                                     f"but the param has shape {tuple(param.shape)}")
+
     def _check_common(self, group):
         if group["backend"] not in backends.NAMES:
             raise ValueError(f"Invalid backend: {group['backend']!r} (choose from {', '.join(backends.NAMES)})")
