@@ -22,7 +22,7 @@ $(VENV)/.torch-stamp:
 	touch $@
 
 $(VENV)/.deps-stamp: $(VENV)/.torch-stamp pyproject.toml
-	$(PYTHON) -m pip install -q pytest pytest-timeout pytorch_optimizer matplotlib tqdm pytest-benchmark
+	$(PYTHON) -m pip install -q pytest pytest-timeout pytorch_optimizer matplotlib tqdm pytest-benchmark scikit-learn
 	touch $@
 
 # Rebuilt when any extension source changes (ninja recompiles only what changed).

@@ -3,6 +3,7 @@ and checkpoint compatibility. The math lives in ``noisefuse.backends``; nothing 
 update."""
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 
@@ -13,6 +14,7 @@ from .. import backends
 from ..backends.family import Family, Hyper
 from ..backends.step_tensors import StepTensors
 from ..demon import Demon, as_demon
+from ..noise import StepNoise, as_noise, consumes_grad_sample
 
 # The per-param lists a fused call takes, besides params/grads/steps (docs/kernel-contract.md).
 BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
@@ -92,7 +94,7 @@ class FusedOptimizer(Optimizer):
         try:
             self._check_common(group)
             self._check_group(group)
-        except ValueError:
+        except (ValueError, NotImplementedError):
             self.param_groups.pop()
             raise
 
@@ -144,8 +146,11 @@ class FusedOptimizer(Optimizer):
         group["demon"] = None if group["demon"] is None else as_demon(group["demon"]).as_dict()
         check_bool("maximize", group["maximize"])
         check_bool("capturable", group["capturable"])
-        if group["noise"] is not None:
-            raise NotImplementedError("noise= is not available yet in this version of noisefuse")
+        noise = as_noise(group["noise"])
+        group["noise"] = None if noise is None else noise.as_dict()  # plain values: weights_only loads
+        if noise is not None and group["backend"] in ("native", "triton") and not _supports_noise(group["backend"]):
+            raise NotImplementedError(f"backend={group['backend']!r} does not support noise= yet; use "
+                                      "backend='auto' (which runs noisy groups on 'foreach'), 'foreach' or 'reference'")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -162,30 +167,41 @@ class FusedOptimizer(Optimizer):
         plans = []
         for gi, group in enumerate(self.param_groups):
             params = self._params_with_grad(gi, group)
-            chosen = {d: backends.resolve(group["backend"], d) for d in {p.device for p in params}}
+            chosen = {d: _resolve(group, d) for d in {p.device for p in params}}
             plans.append((group, params, chosen))
-        for group, params, chosen in plans:
+        noise = StepNoise([plan[:2] for plan in plans], self.param_groups, self.state, type(self).__name__)
+        for gi, (group, params, chosen) in enumerate(plans):
             if not params:
                 continue
             family, demon = self._family(group), as_demon(group["demon"])
             hyper = self._hyper(group, demon)
-            for (device, _), tensors in self._init_group(group, params, family, demon, hyper).items():
+            for (device, dtype), tensors in self._init_group(group, params, family, demon, hyper).items():
+                extra = {}
+                if noise.noisy(gi):
+                    bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)]
+                    extra["noise"] = noise.for_call(gi, group, tensors, bucket)
                 chosen[device].fused_step(family, hyper, tensors, grad_scale=_on(grad_scale, device),
-                                          found_inf=_on(found_inf, device))
+                                          found_inf=_on(found_inf, device), **extra)
         return loss
 
     # ----- helpers ------------------------------------------------------------------------------
     def _params_with_grad(self, group_index, group):
         params = []
+        reads_rows = consumes_grad_sample(group["noise"])
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
+                if reads_rows and getattr(p, "grad_sample", None) is not None:
+                    params.append(p)  # the noise forms g from the per-sample gradients alone
                 continue
             where = f"param {i} of param group {group_index}"
             if g.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients ({where})")
             if p.is_complex() or not p.is_floating_point():
                 raise RuntimeError(f"{type(self).__name__} supports real floating-point params only; {where} is {p.dtype}")
+            if _is_dtensor(p) and (not _is_dtensor(g) or g.placements != p.placements):
+                raise RuntimeError(f"the gradient of {where} must be a DTensor placed like it "
+                                   f"({p.placements}), got {getattr(g, 'placements', 'a plain tensor')}")
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
                 raise RuntimeError(
                     f"the gradient of {where} does not match it: grad {tuple(g.shape)} {g.dtype} on {g.device}, "
@@ -224,14 +240,52 @@ class FusedOptimizer(Optimizer):
                 state["beta1_prod"] = state["beta1_prod"].to(step_device)
 
             ts = buckets[(p.device, p.dtype)]
-            ts.params.append(p)
-            ts.grads.append(p.grad)
+            ts.params.append(local_tensor(p))
+            ts.grads.append(local_tensor(p.grad))
             ts.steps.append(state["step"])
             for field, key in keys.items():
-                getattr(ts, field).append(state[key])
+                getattr(ts, field).append(local_tensor(state[key]))
             if track_prod:
                 ts.beta1_prods.append(state["beta1_prod"])
         return buckets
+
+
+def _supports_noise(name):
+    return getattr(backends.get(name), "supports_noise", False) is True
+
+
+def _resolve(group, device):
+    """The backend of ``group`` on ``device``; "auto" sends a group with noise to foreach while the
+    faster backend's kernels do not draw noise (``supports_noise``)."""
+    module = backends.resolve(group["backend"], device)
+    if group["noise"] is not None and getattr(module, "supports_noise", False) is not True:
+        if group["backend"] != "auto":
+            raise NotImplementedError(f"backend={group['backend']!r} does not support noise= yet")
+        return backends.get("foreach")
+    return module
+
+
+def local_tensor(t):
+    """A DTensor's local shard (FSDP2, tensor parallel), else ``t``. The update is elementwise, so
+    every backend runs on the shards and the state stays a DTensor sharded like its param."""
+    return t._local_tensor if _is_dtensor(t) else t
+
+
+def _is_dtensor(t):
+    dtensor_cls = _dtensor_class()
+    return dtensor_cls is not None and isinstance(t, dtensor_cls)
+
+
+@functools.lru_cache(maxsize=1)
+def _dtensor_class():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        try:
+            from torch.distributed._tensor import DTensor  # torch < 2.5
+        except ImportError:
+            return None
+    return DTensor
 
 
 def _on(t, device):

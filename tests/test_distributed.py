@@ -1,0 +1,122 @@
+"""torch.distributed on the CPU (gloo, two processes): DDP, FSDP2 and ZeroRedundancyOptimizer give
+the parameters of the single-process run. Each worker checks its own result; a failure in either
+process fails the test through torch.multiprocessing.spawn."""
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import noisefuse as nf
+from cases import cpu_backends
+
+WORLD = 2
+STEPS = 4
+# ZeroRedundancyOptimizer builds the optimizer itself from a class and keyword arguments.
+ZERO_CLASSES = {"adapnm": nf.AdaPNM, "pnm": nf.PNM, "demon_sgd": nf.DemonSGD}
+ZERO_KWARGS = {"adapnm": dict(lr=0.01, weight_decay=0.01, demon=20), "pnm": dict(lr=0.05),
+               "demon_sgd": dict(lr=0.05, total_steps=6, nesterov=True)}
+OPTIMIZERS = {name: (lambda ps, backend, name=name: ZERO_CLASSES[name](ps, **ZERO_KWARGS[name], backend=backend, seed=3))
+              for name in ZERO_CLASSES}
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is needed")
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)) for _ in range(STEPS)]
+
+
+def loss_of(model, x, y):
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+def single_process_run(opt_name, backend):
+    model = make_model()
+    opt = OPTIMIZERS[opt_name](model.parameters(), backend)
+    for x, y in batches():
+        opt.zero_grad()
+        loss_of(model, x, y).backward()
+        opt.step()
+    return [p.detach() for p in model.parameters()]
+
+
+def rank_slice(rank, x):
+    return x.chunk(WORLD)[rank]  # equal halves: the mean of the two halves' grads is the full grad
+
+
+def run_ddp(rank, opt_name, backend, zero):
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    if zero:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=ZERO_CLASSES[opt_name],
+                                      **ZERO_KWARGS[opt_name], backend=backend, seed=3)
+    else:
+        opt = OPTIMIZERS[opt_name](model.parameters(), backend)
+    for x, y in batches():
+        opt.zero_grad()
+        loss_of(model, rank_slice(rank, x), rank_slice(rank, y)).backward()
+        opt.step()
+    return [p.detach() for p in model.module.parameters()]
+
+
+def run_fsdp2(rank, opt_name, backend):
+    from torch.distributed.device_mesh import init_device_mesh
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6
+        from torch.distributed._composable.fsdp import fully_shard
+    model = make_model()
+    fully_shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
+    opt = OPTIMIZERS[opt_name](model.parameters(), backend)
+    for x, y in batches():
+        opt.zero_grad()
+        loss_of(model, rank_slice(rank, x), rank_slice(rank, y)).backward()
+        opt.step()
+    assert type(next(iter(opt.state.values()))["step"]) is torch.Tensor
+    return [p.full_tensor().detach() for p in model.parameters()]
+
+
+def worker(rank, init_file, cases):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        for mode, opt_name, backend in cases:
+            expected = single_process_run(opt_name, backend)
+            if mode == "fsdp2":
+                got = run_fsdp2(rank, opt_name, backend)
+            else:
+                got = run_ddp(rank, opt_name, backend, zero=(mode == "zero"))
+            for i, (a, b) in enumerate(zip(got, expected)):
+                torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-5,
+                                           msg=lambda m: f"{mode} {opt_name} {backend}, rank {rank} param {i}: {m}")
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(cases):
+    # One pair of processes runs all the cases of a test: starting them costs more than the cases.
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(os.path.join(tmp, "init"), cases), nprocs=WORLD, join=True)
+
+
+def test_ddp_matches_single_process():
+    spawn([("ddp", "adapnm", backend) for backend in cpu_backends()])
+
+
+def test_fsdp2_matches_unsharded():
+    # Every optimizer on the default backend, and every backend with one optimizer.
+    cases = [("fsdp2", name, "auto") for name in sorted(OPTIMIZERS)]
+    cases += [("fsdp2", "adapnm", backend) for backend in cpu_backends() if backend != "auto"]
+    spawn(cases)
+
+
+def test_zero_redundancy_optimizer_matches_single_process():
+    spawn([("zero", "demon_sgd", "auto"), ("zero", "adapnm", "foreach")])
