@@ -10,6 +10,9 @@ from collections import defaultdict
 
 import torch
 
+from ..noise.step import NoiseStep
+from ..noise.transforms import fisher_stats, weighted_mean
+from ..random.philox import TAG_DIAG_FISHER, TAG_ISOTROPIC, element_normals_multi
 from .family import Family, Hyper, tensor_scalars
 from .reference import compute_dtype
 from .step_tensors import StepTensors
@@ -30,7 +33,11 @@ def _take(tensors, idx):
     return [tensors[i] for i in idx]
 
 
-def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+supports_noise = True
+
+
+def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
+               noise: NoiseStep | None = None) -> None:
     if not ts.params:
         return
     if found_inf is not None and found_inf.item() != 0:
@@ -43,15 +50,33 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
             memo[key] = tensor_scalars(family, hyper, *key)
         buckets[memo[key]].append(i)
     for sc, idx in buckets.items():
-        _bucket_step(family, hyper, sc, ts, idx, grad_scale)
+        _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise)
 
 
-def _bucket_step(family, hyper, sc, ts, idx, grad_scale):
+def _noisy(noise: NoiseStep, g, offsets, t):
+    """SPEC.md section 0 step 3 over a bucket; the bucket's normals are drawn in one pass."""
+    if noise.kind == "multiplicative":
+        return [weighted_mean(rows, noise.sample_weights) for rows in g]
+    if noise.kind == "isotropic":
+        mean, coef, tag = g, noise.std, TAG_ISOTROPIC
+    else:
+        mean, root_f = map(list, zip(*(fisher_stats(rows, noise.centered) for rows in g)))
+        coef, tag = torch._foreach_mul(root_f, noise.scale), TAG_DIAG_FISHER
+    xi = element_normals_multi(noise.seed, t, tag, offsets, [m.numel() for m in mean], mean[0].device)
+    xi = [x.view(m.shape).to(m.dtype) for x, m in zip(xi, mean)]
+    if isinstance(coef, float):
+        return torch._foreach_add(mean, torch._foreach_mul(xi, coef))
+    return torch._foreach_add(mean, torch._foreach_mul(coef, xi))
+
+
+def _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise=None):
     dt = compute_dtype(ts.params[0].dtype)
     params = _take(ts.params, idx)
     p = _upcast(params, dt)
 
-    user_grads = _take(ts.grads, idx)
+    # With noise that reads per-sample gradients, unscale/maximize apply to each grad_sample row.
+    reads_rows = noise is not None and noise.consumes_grad_sample
+    user_grads = _take(ts.grad_samples if reads_rows else ts.grads, idx)
     g = _upcast(user_grads, dt)
     if grad_scale is not None:
         g = torch._foreach_div(g, grad_scale.reshape(()).to(device=g[0].device, dtype=dt))
@@ -60,6 +85,8 @@ def _bucket_step(family, hyper, sc, ts, idx, grad_scale):
             g = torch._foreach_neg(g)  # never write the user's grad
         else:
             torch._foreach_neg_(g)
+    if noise is not None:
+        g = _noisy(noise, g, _take(ts.offsets, idx), sc.t)
     if hyper.decoupled:
         if hyper.weight_decay != 0:
             torch._foreach_mul_(p, 1.0 - hyper.lr * hyper.weight_decay)

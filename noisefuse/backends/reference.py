@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..noise.step import NoiseStep
 from .family import Family, Hyper, tensor_scalars
 from .step_tensors import StepTensors
 
@@ -14,7 +15,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+supports_noise = True
+
+
+def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
+               noise: NoiseStep | None = None) -> None:
     if found_inf is not None and found_inf.item() != 0:
         return  # AMP found an inf/nan: the step is a no-op, counters included
     for i, param in enumerate(ts.params):
@@ -22,11 +27,15 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         sc = tensor_scalars(family, hyper, ts.steps[i].item(), prod)
         dt = compute_dtype(param.dtype)
 
-        g = ts.grads[i].to(dt)
+        # With noise that reads per-sample gradients, steps 1-2 apply to each grad_sample row.
+        reads_rows = noise is not None and noise.consumes_grad_sample
+        g = (ts.grad_samples[i] if reads_rows else ts.grads[i]).to(dt)
         if grad_scale is not None:
             g = g / grad_scale.to(device=g.device, dtype=dt)
         if hyper.maximize:
             g = -g
+        if noise is not None:
+            g = noise.apply(g, sc.t, ts.offsets[i])
         p = param.to(dt)
         if hyper.decoupled:
             p = p * (1.0 - hyper.lr * hyper.weight_decay)

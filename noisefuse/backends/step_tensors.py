@@ -18,6 +18,10 @@ class StepTensors:
     max_exp_avg_sqs: list[torch.Tensor] = field(default_factory=list)
     steps: list[torch.Tensor] = field(default_factory=list)
     beta1_prods: list[torch.Tensor] = field(default_factory=list)
+    # Noise only (docs/kernel-contract.md, "Noise"): per-sample gradients [B, *param.shape] when the
+    # noise reads them (``grads`` is then empty), and each param's global element offset.
+    grad_samples: list[torch.Tensor] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.params)

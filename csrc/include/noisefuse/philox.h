@@ -1,0 +1,94 @@
+// Philox4x32-10 (Salmon, Moraes, Dror and Shaw, SC 2011): the one random stream of noisefuse,
+// shared by the CPU and the CUDA kernels (SPEC.md section 5). The pure-torch twin is
+// noisefuse/random/philox.py; the Triton twin is noisefuse/random/philox_triton.py. Integer
+// outputs agree bit for bit; normals agree to the float32 rounding of log and cos.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace noisefuse {
+namespace philox {
+
+constexpr uint32_t kM0 = 0xD2511F53u;
+constexpr uint32_t kM1 = 0xCD9E8D57u;
+constexpr uint32_t kW0 = 0x9E3779B9u;
+constexpr uint32_t kW1 = 0xBB67AE85u;
+constexpr int kRounds = 10;
+
+// Purpose tags (fourth counter word); keep in sync with noisefuse/random/philox.py.
+constexpr uint32_t kTagIsotropic = 1u;
+constexpr uint32_t kTagDiagFisher = 2u;
+constexpr uint32_t kTagWeights = 3u;
+
+constexpr float kUniformScale = 5.9604644775390625e-08f;  // 2^-24, also the clamp before log
+constexpr float kTwoPi = 6.2831854820251465f;             // float32(2 pi)
+
+struct Words {
+  uint32_t x[4];
+};
+
+C10_HOST_DEVICE inline void mulhilo(uint32_t m, uint32_t c, uint32_t& hi, uint32_t& lo) {
+#if defined(__CUDA_ARCH__)
+  hi = __umulhi(m, c);
+  lo = m * c;
+#else
+  const uint64_t product = static_cast<uint64_t>(m) * static_cast<uint64_t>(c);
+  hi = static_cast<uint32_t>(product >> 32);
+  lo = static_cast<uint32_t>(product);
+#endif
+}
+
+// Philox4x32-10 of the counter (c0, c1, c2, c3) under the key (k0, k1).
+C10_HOST_DEVICE inline Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                           uint32_t k0, uint32_t k1) {
+  for (int r = 0; r < kRounds; ++r) {
+    if (r > 0) {
+      k0 += kW0;  // unsigned: wraps mod 2^32
+      k1 += kW1;
+    }
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo(kM0, c0, hi0, lo0);
+    mulhilo(kM1, c2, hi1, lo1);
+    const uint32_t n0 = hi1 ^ c1 ^ k0;
+    const uint32_t n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+  }
+  return Words{{c0, c1, c2, c3}};
+}
+
+// u = (x >> 8) * 2^-24, exact in float32, in [0, 1).
+C10_HOST_DEVICE inline float uniform(uint32_t x) {
+  return static_cast<float>(x >> 8) * kUniformScale;
+}
+
+// One N(0, 1): Box-Muller on the first two words, cosine only (the sine half is not used).
+C10_HOST_DEVICE inline float box_muller(uint32_t x0, uint32_t x1) {
+  float u0 = uniform(x0);
+  u0 = u0 < kUniformScale ? kUniformScale : u0;
+  const float radius = ::sqrtf(-2.0f * ::logf(u0));
+  return radius * ::cosf(uniform(x1) * kTwoPi);
+}
+
+// The normal of global element `index` at step `step` for purpose `tag`:
+// counter (lo32(index), hi32(index), lo32(step), tag), key (lo32(seed), hi32(seed)).
+C10_HOST_DEVICE inline float element_normal(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index) {
+  const Words w = philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
+                                static_cast<uint32_t>(step), tag, static_cast<uint32_t>(seed),
+                                static_cast<uint32_t>(seed >> 32));
+  return box_muller(w.x[0], w.x[1]);
+}
+
+// The two words of sample `sample`'s weight counter (sample, 0, lo32(step), kTagWeights).
+C10_HOST_DEVICE inline Words weight_words(uint64_t seed, uint64_t step, uint32_t sample) {
+  return philox4x32_10(sample, 0u, static_cast<uint32_t>(step), kTagWeights, static_cast<uint32_t>(seed),
+                       static_cast<uint32_t>(seed >> 32));
+}
+
+}  // namespace philox
+}  // namespace noisefuse

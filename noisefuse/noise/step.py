@@ -1,0 +1,160 @@
+"""Noise inside one optimizer step: the checks made before anything is written, the global element
+offsets, the per-step weight vector, and ``NoiseStep``, the noise argument of a fused call
+(docs/kernel-contract.md, "Noise")."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import DiagFisher, Isotropic, Multiplicative, as_noise
+from .transforms import diag_fisher, isotropic, sample_weights, weighted_mean
+
+NOISE_CODES = {"none": 0, "isotropic": 1, "diag_fisher": 2, "multiplicative": 3}
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseStep:
+    """The noise of one fused call, every value final.
+
+    ``kind``: a key of ``NOISE_CODES``; ``seed``: the stream's seed in ``[0, 2^64)``; ``std``
+    (isotropic), ``scale`` and ``centered`` (diag_fisher); ``sample_weights``: float32 ``[B]`` on the
+    params' device (multiplicative), the same numbers for every call of the step.
+    The call's ``StepTensors`` carries ``offsets`` (always) and ``grad_samples`` (when
+    ``consumes_grad_sample``; ``grads`` is then empty)."""
+
+    kind: str
+    seed: int
+    std: float = 0.0
+    scale: float = 0.0
+    centered: bool = False
+    sample_weights: torch.Tensor | None = None
+
+    @property
+    def code(self) -> int:
+        return NOISE_CODES[self.kind]
+
+    @property
+    def consumes_grad_sample(self) -> bool:
+        return self.kind in ("diag_fisher", "multiplicative")
+
+    def apply(self, g: torch.Tensor, step: int, offset: int) -> torch.Tensor:
+        """SPEC.md section 0 step 3 for one tensor: ``g`` is the preprocessed gradient, or its
+        ``[B, *shape]`` per-sample rows when ``consumes_grad_sample``; returns the noisy gradient."""
+        if self.kind == "isotropic":
+            return isotropic(g, self.std, self.seed, step, offset)
+        if self.kind == "diag_fisher":
+            return diag_fisher(g, self.scale, self.centered, self.seed, step, offset)
+        return weighted_mean(g, self.sample_weights)
+
+
+def consumes_grad_sample(noise) -> bool:
+    """Whether the ``noise=`` value of a param group (object or dict form) reads ``grad_sample``."""
+    noise = as_noise(noise)
+    return noise is not None and noise.needs_grad_sample
+
+
+def element_offsets(param_groups) -> dict[int, int]:
+    """``id(p)`` -> global index of ``p``'s first element in the concatenation of every param of the
+    optimizer, in ``param_groups`` order, with full sizes (params without a grad count too)."""
+    offsets, total = {}, 0
+    for group in param_groups:
+        for p in group["params"]:
+            offsets.setdefault(id(p), total)
+            total += p.numel()
+    return offsets
+
+
+def _step_count(state) -> int:
+    step = state.get("step", 0)
+    return int(step.item()) if torch.is_tensor(step) else int(step)
+
+
+class StepNoise:
+    """The noise of one ``optimizer.step()``. Built before any tensor is written: it raises on a
+    missing ``grad_sample``, a batch size that differs between params or that is not above
+    ``small_batch``, and a ``grad_sample`` whose shape, dtype or device does not match its param.
+
+    The weight vector uses the step ``t_w = 1 + max`` of the step counters of the params taking part
+    in this step (the step every param is at when all of them get gradients), so it is one vector
+    for every tensor of the optimizer whatever their grouping.
+    """
+
+    def __init__(self, plans, param_groups, opt_state, name: str = "optimizer"):
+        self.configs = [as_noise(group["noise"]) for group, _ in plans]
+        self.offsets = element_offsets(param_groups) if any(self.configs) else {}
+        self.batch_size = None
+        self._weights = {}
+        first = None
+        for gi, ((group, params), noise) in enumerate(zip(plans, self.configs)):
+            if noise is None or not noise.needs_grad_sample:
+                continue
+            for i, p in enumerate(params):
+                where = f"param {i} of param group {gi}"
+                gs = getattr(p, "grad_sample", None)
+                if not torch.is_tensor(gs):
+                    raise RuntimeError(f"{name}: noise={type(noise).__name__}(...) needs per-sample gradients, "
+                                       f"but {where} has no grad_sample (fill it with nf.per_sample_grads or Opacus)")
+                if gs.dim() != p.dim() + 1 or gs.shape[1:] != p.shape:
+                    raise RuntimeError(f"{name}: grad_sample of {where} has shape {tuple(gs.shape)}; expected "
+                                       f"[B, {', '.join(map(str, p.shape))}]")
+                if gs.dtype != p.dtype or gs.device != p.device:
+                    raise RuntimeError(f"{name}: grad_sample of {where} is {gs.dtype} on {gs.device}, "
+                                       f"its param {p.dtype} on {p.device}")
+                if self.batch_size is None:
+                    self.batch_size, first = gs.shape[0], where
+                elif gs.shape[0] != self.batch_size:
+                    raise RuntimeError(f"{name}: grad_sample batch sizes differ: {self.batch_size} for {first}, "
+                                       f"{gs.shape[0]} for {where} (all params must share one batch)")
+            if params:
+                noise.check_batch(self.batch_size)
+        self.weight_step = None
+        if any(isinstance(noise, Multiplicative) for noise in self.configs):
+            # Read only when weights are drawn: it may cost a host read of device step counters.
+            steps = [_step_count(opt_state[p]) if p in opt_state else 0 for _, params in plans for p in params]
+            self.weight_step = 1 + max(steps, default=0)
+
+    def noisy(self, group_index: int) -> bool:
+        return self.configs[group_index] is not None
+
+    def for_call(self, group_index: int, group, ts, params) -> NoiseStep:
+        """The ``NoiseStep`` of a call over ``ts``, the bucket of the group holding ``params`` (in
+        order); fills ``ts.offsets`` and, when the noise reads per-sample gradients,
+        ``ts.grad_samples`` in place of ``ts.grads``."""
+        noise, seed = self.configs[group_index], group["seed"]
+        ts.offsets = [self.offsets[id(p)] + _shard_start(p) for p in params]
+        if noise.needs_grad_sample:
+            if any(_is_sharded(p) for p in params):
+                raise NotImplementedError("noise that reads grad_sample does not support DTensor params yet")
+            ts.grad_samples = [p.grad_sample for p in params]
+            ts.grads = []
+        if isinstance(noise, Isotropic):
+            return NoiseStep("isotropic", seed, std=float(noise.std))
+        if isinstance(noise, DiagFisher):
+            return NoiseStep("diag_fisher", seed, scale=noise.scale_for(self.batch_size), centered=noise.centered)
+        assert isinstance(noise, Multiplicative)
+        device = ts.params[0].device
+        key = (noise, seed, device)
+        if key not in self._weights:
+            self._weights[key] = sample_weights(noise, self.batch_size, seed, self.weight_step, device)
+        return NoiseStep("multiplicative", seed, sample_weights=self._weights[key])
+
+
+def _is_sharded(p) -> bool:
+    return hasattr(p, "placements") and hasattr(p, "device_mesh")
+
+
+def _shard_start(p) -> int:
+    """Global flat index, within the full tensor, of a DTensor shard's first element (0 for a plain
+    tensor). Only shards that are one contiguous block of the full tensor's rows are supported."""
+    if not _is_sharded(p):
+        return 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local_shape, start = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    if p.dim() == 0:
+        return 0
+    if tuple(local_shape[1:]) == tuple(p.shape[1:]):
+        return start[0] * math.prod(p.shape[1:])
+    raise NotImplementedError(f"noise on a DTensor sharded as {p.placements} (not a block of rows) is not supported yet")
