@@ -2,13 +2,31 @@
 build of torch are present (a GPU is not needed to compile them)."""
 import glob
 import os
+import shutil
 
 from setuptools import setup
 
-import torch
-from torch.utils import cpp_extension
-
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _set_cuda_home():
+    # torch guesses CUDA_HOME as the parent of the `nvcc` on PATH; when that `nvcc` is a link or a
+    # wrapper script (e.g. /usr/local/bin/nvcc), the guess holds no CUDA headers or libraries and
+    # the build fails. Take the first candidate that really is a toolkit; an explicit CUDA_HOME wins.
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    for home in candidates + ["/usr/local/cuda"]:
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_set_cuda_home()
+
+import torch  # noqa: E402  (after CUDA_HOME is settled: cpp_extension reads it at import)
+from torch.utils import cpp_extension  # noqa: E402
 
 
 def _sources(pattern):
