@@ -18,6 +18,8 @@ from torch import nn
 import noisefuse as nf
 
 BATCH = 64
+LARGE_BATCH = 256  # the noisy configuration makes this batch behave like one of NOISE_AS_BATCH
+NOISE_AS_BATCH = 32
 
 
 def load_data(seed=0):
@@ -41,6 +43,7 @@ def make_model():
 
 def configurations(total_steps):
     """name -> (batch size, optimizer factory). Learning rates are each optimizer's usual ones."""
+    fisher = nf.noise.DiagFisher(small_batch=NOISE_AS_BATCH)
     return {
         "SGD+momentum": (BATCH, lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
         "AdamW": (BATCH, lambda ps: torch.optim.AdamW(ps, lr=2e-3, weight_decay=0.01)),
@@ -51,7 +54,14 @@ def configurations(total_steps):
         "DemonSGD": (BATCH, lambda ps: nf.DemonSGD(ps, lr=0.05, momentum=0.9, total_steps=total_steps)),
         "DemonAdam": (BATCH, lambda ps: nf.DemonAdam(ps, lr=2e-3, total_steps=total_steps, decoupled=True,
                                                       weight_decay=0.01)),
+        f"AdaPNM B={LARGE_BATCH}": (LARGE_BATCH, lambda ps: nf.AdaPNM(ps, lr=4e-3, weight_decay=0.01)),
+        f"AdaPNM B={LARGE_BATCH}+Fisher": (LARGE_BATCH, lambda ps: nf.AdaPNM(ps, lr=4e-3, weight_decay=0.01,
+                                                                            noise=fisher)),
     }
+
+
+def needs_grad_sample(opt):
+    return any(group.get("noise") is not None for group in opt.param_groups)
 
 
 def accuracy(model, x, y):
@@ -70,7 +80,11 @@ def train(name, batch, make_opt, data, epochs, max_steps, seed):
         for start in range(0, len(order) - batch + 1, batch):
             idx = order[start:start + batch]
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+            if needs_grad_sample(opt):
+                # Diagonal-Fisher noise reads per-sample gradients (p.grad_sample), not p.grad.
+                nf.per_sample_grads(model, nn.functional.cross_entropy, x_train[idx], y_train[idx])
+            else:
+                nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
             begin = time.perf_counter()
             opt.step()
             step_times.append(time.perf_counter() - begin)

@@ -1,16 +1,71 @@
-"""The Triton backend (multi-tensor fused Triton kernels)."""
+"""The Triton backend: the fused step of docs/kernel-contract.md as multi-tensor Triton kernels
+(``noisefuse.backends.triton_kernels``), called through ``torch.ops.noisefuse.triton_fused_step_``.
+
+Runs on CUDA (and ROCm) devices with Triton installed, and on CPU tensors under Triton's interpreter
+(``TRITON_INTERPRET=1``), which is how the tests check it without a GPU. Each (device, dtype) group is
+two launches with no host synchronisation, so a step can be captured in a CUDA graph.
+See docs/backends/triton.md.
+"""
 from __future__ import annotations
+
+import os
 
 import torch
 
+from .family import MOMENTUM_CODES, Family, Hyper
+from .step_tensors import StepTensors
+
+try:
+    import triton  # noqa: F401
+
+    from .triton_kernels import op as _op  # noqa: F401  (registers torch.ops.noisefuse.triton_fused_step_)
+
+    _IMPORT_ERROR = None
+except ImportError as exc:  # triton is not installed
+    _IMPORT_ERROR = exc
+
+# Gradient noise is not drawn in these kernels yet (``kernels.form_grad`` is where it will be):
+# backend="auto" runs groups with noise= on foreach.
+supports_noise = False
+
+
+def _interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
 
 def available(device: torch.device) -> bool:
-    return False
+    """True for CUDA devices when Triton imports, and for CPU tensors while ``TRITON_INTERPRET=1``."""
+    device = torch.device(device)
+    if _IMPORT_ERROR is not None:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and _interpreter_on()
 
 
 def check_device(device: torch.device) -> None:
-    raise RuntimeError("backend='triton' is not built yet")
+    if available(device):
+        return
+    device = torch.device(device)
+    if _IMPORT_ERROR is not None:
+        reason = f"triton failed to import: {_IMPORT_ERROR}"
+    elif device.type == "cpu":
+        reason = "CPU tensors run only under Triton's interpreter (set TRITON_INTERPRET=1; it is slow)"
+    elif device.type == "cuda":
+        reason = "CUDA is not available"
+    else:
+        reason = f"Triton has no {device.type} support here"
+    raise RuntimeError(f"backend='triton' cannot run on {device}: {reason}")
 
 
-def fused_step(family, hyper, ts, grad_scale=None, found_inf=None):
-    raise RuntimeError("backend='triton' is not built yet")
+def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+    if not ts.params:
+        return
+    check_device(ts.params[0].device)
+    torch.ops.noisefuse.triton_fused_step_(
+        ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
+        ts.steps, ts.beta1_prods, grad_scale, found_inf, momentum=MOMENTUM_CODES[family.momentum], lr=hyper.lr,
+        beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
+        weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
+        maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
+        demon_delay=hyper.demon_delay)

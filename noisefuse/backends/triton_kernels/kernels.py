@@ -1,0 +1,296 @@
+"""The Triton kernels of the fused step (docs/kernel-contract.md), two launches per (device, dtype)
+group:
+
+1. ``scalars_kernel`` (one lane per tensor): reads each tensor's step counter (and Demon's running
+   product), computes that tensor's coefficients in float64 exactly as
+   ``noisefuse.backends.family.tensor_scalars`` does, stores them in a small float64 table and
+   advances the counters.
+2. ``update_kernel`` (one program per block of ``BLOCK`` elements of one tensor, found through the
+   block map): reads the coefficients of its tensor and applies the per-element update.
+
+The counters are advanced in the first launch, before any block reads them, and every block reads
+the coefficients of the *old* counter from the table: launches on one stream are ordered, so no block
+can see a half-advanced counter (the race a single launch would have, where the block that advances
+a counter cannot know when the other blocks of its tensor have read it).
+
+Storage dtype and algorithm flags are ``tl.constexpr``; every value that changes during training
+(lr, betas, the Demon schedule, the counters, the AMP scale) is a runtime scalar or is read from a
+device tensor, so changing it never compiles a kernel. Python floats reach a Triton kernel as float32,
+so each double-precision hyperparameter travels as a pair ``(hi, lo)`` of float32 numbers with
+``hi + lo`` equal to it within 2^-48 relative (``_f64``).
+
+This file is loaded twice when the interpreter is used on CPU tensors (see ``launch.kernels_for``),
+so it holds kernels only and no state.
+"""
+import triton
+import triton.language as tl
+
+# Table layouts and flag codes, shared with the host code (which reads ``.value``). Globals a
+# Triton kernel reads must be constexpr objects.
+# Columns of the pointer table (one row of int64 data pointers per tensor).
+(COL_PARAM, COL_GRAD, COL_EXP_AVG, COL_NEG_EXP_AVG, COL_EXP_AVG_SQ, COL_MAX_EXP_AVG_SQ, COL_STEP,
+ COL_PROD) = (tl.constexpr(i) for i in range(8))
+N_COLS = tl.constexpr(8)
+# Columns of the per-tensor coefficient table (float64).
+SC_A, SC_B, SC_BETA1, SC_STEP_SIZE, SC_INV_SQRT_BC2, SC_ODD = (tl.constexpr(i) for i in range(6))
+N_SCALARS = tl.constexpr(8)  # rows padded to 64 bytes
+# family.MOMENTUM_CODES
+MOMENTUM_HEAVY_BALL, MOMENTUM_EMA, MOMENTUM_PN = (tl.constexpr(i) for i in range(3))
+
+
+@triton.jit
+def _f64(hi, lo):
+    """The double ``hi + lo`` carried by two float32 kernel arguments."""
+    return tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _powi(base, e):
+    """``base ** e`` for float64 ``base`` and int64 ``e >= 0``, lane-wise, by repeated squaring
+    (exact for 0 ** e, a few ulps otherwise; no transcendental functions)."""
+    acc = base * 0.0 + 1.0
+    b = base
+    # As many squarings as the largest exponent has bits; the loop runs on a scalar. tl.reduce with
+    # our own combiner, not tl.max: Triton's library functions are compiled or interpreted once,
+    # when triton is imported, and the interpreted copy of this file needs both.
+    remaining = tl.reduce(e, 0, _max_combine)
+    while remaining > 0:
+        acc = tl.where((e & 1) == 1, acc * b, acc)
+        b = b * b
+        e = e >> 1
+        remaining = remaining >> 1
+    return acc
+
+
+@triton.jit
+def _to_storage(x, DTYPE: tl.constexpr):
+    """``x`` rounded to nearest-even in ``DTYPE``, as torch rounds on a copy. float32 -> bfloat16 is
+    done on the bits: one code path for every GPU and for the interpreter, whose own bfloat16
+    conversion truncates; a few integer operations per element are free in a memory-bound kernel."""
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, 0x7FC0, rounded)  # keep NaN a NaN (its carry could reach the sign)
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit(do_not_specialize=["n_tensors"])
+def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr,
+                   lr_hi, lr_lo, beta1_hi, beta1_lo, beta2_hi, beta2_lo,
+                   demon_start_hi, demon_start_lo, demon_len_hi, demon_len_lo,
+                   MOMENTUM: tl.constexpr, SECOND_MOMENT: tl.constexpr, DEMON: tl.constexpr,
+                   TRACK_PROD: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK_T: tl.constexpr):
+    r"""Per-tensor coefficients at :math:`t = \text{step} + 1`, and the counters advanced.
+
+    With :math:`s = t - 1`, Demon start :math:`D` and length :math:`T - D`:
+    :math:`\beta_{1,t} = \beta_1` if :math:`s < D`, else
+    :math:`\beta_1 f / ((1 - \beta_1) + \beta_1 f)` with :math:`f = \max(0, 1 - (s - D)/(T - D))`.
+    :math:`(a, b) = (\beta_{1,t}^2, 1 - \beta_{1,t}^2)` (pn), :math:`(\beta_{1,t}, 1)` (heavy ball),
+    :math:`(\beta_{1,t}, 1 - \beta_{1,t})` (ema). With a second moment, step size
+    :math:`\gamma / (1 - \pi_t)` where :math:`\pi_t = \pi_{t-1}\beta_{1,t}` (Demon, stored back) or
+    :math:`\beta_1^t`, and :math:`1/\sqrt{1 - \beta_2^t}`; otherwise :math:`\gamma` and 1.
+    A nonzero ``found_inf`` leaves everything, counters included, untouched.
+    """
+    i = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask = i < n_tensors
+    if HAS_FOUND_INF:
+        # Loaded per lane (one address): the interpreter cannot `&` a scalar into a block mask.
+        mask = mask & (tl.load(found_inf_ptr + i * 0) == 0)
+    step_ptr = tl.load(ptrs + i * N_COLS + COL_STEP, mask=mask, other=0).to(tl.pointer_type(tl.float32))
+    step = tl.load(step_ptr, mask=mask, other=0.0)
+    t_int = step.to(tl.int64) + 1
+    t = t_int.to(tl.float64)
+
+    lr = _f64(lr_hi, lr_lo)
+    beta1 = _f64(beta1_hi, beta1_lo)
+    beta1_t = t * 0.0 + beta1
+    if DEMON:
+        start = _f64(demon_start_hi, demon_start_lo)
+        length = _f64(demon_len_hi, demon_len_lo)
+        s = t - 1.0
+        frac = tl.maximum(1.0 - (s - start) / length, 0.0)
+        decayed = beta1 * frac / ((1.0 - beta1) + beta1 * frac)
+        beta1_t = tl.where(s < start, beta1_t, decayed)
+
+    if MOMENTUM == MOMENTUM_PN:
+        a = beta1_t * beta1_t
+        b = 1.0 - a
+    elif MOMENTUM == MOMENTUM_HEAVY_BALL:
+        a = beta1_t
+        b = t * 0.0 + 1.0
+    else:
+        a = beta1_t
+        b = 1.0 - beta1_t
+
+    step_size = t * 0.0 + lr
+    inv_sqrt_bc2 = t * 0.0 + 1.0
+    if SECOND_MOMENT:
+        if TRACK_PROD:
+            prod_ptr = tl.load(ptrs + i * N_COLS + COL_PROD, mask=mask, other=0).to(tl.pointer_type(tl.float32))
+            new_prod = tl.load(prod_ptr, mask=mask, other=0.0).to(tl.float64) * beta1_t
+            bc1 = 1.0 - new_prod
+            tl.store(prod_ptr, new_prod.to(tl.float32), mask=mask)
+        else:
+            bc1 = 1.0 - _powi(t * 0.0 + beta1, t_int)
+        beta2 = _f64(beta2_hi, beta2_lo)
+        step_size = lr / bc1
+        inv_sqrt_bc2 = 1.0 / tl.sqrt(1.0 - _powi(t * 0.0 + beta2, t_int))
+
+    row = scalars + i * N_SCALARS
+    tl.store(row + SC_A, a, mask=mask)
+    tl.store(row + SC_B, b, mask=mask)
+    tl.store(row + SC_BETA1, beta1_t, mask=mask)
+    tl.store(row + SC_STEP_SIZE, step_size, mask=mask)
+    tl.store(row + SC_INV_SQRT_BC2, inv_sqrt_bc2, mask=mask)
+    tl.store(row + SC_ODD, (t_int % 2).to(tl.float64), mask=mask)
+    tl.store(step_ptr, t.to(tl.float32), mask=mask)
+
+
+@triton.jit
+def form_grad(grad_ptr, p, offs, mask, grad_scale_ptr, weight_decay,
+              COMPUTE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
+              DECOUPLED: tl.constexpr):
+    """The gradient the update uses: ``g = grad / grad_scale``, negated when maximizing, plus
+    ``weight_decay * p`` for L2 decay (SPEC section 0; gradient noise will be formed here too).
+    ``p`` is the param before decoupled decay. The user's gradient is only read."""
+    g = tl.load(grad_ptr + offs, mask=mask).to(COMPUTE)
+    if HAS_GRAD_SCALE:
+        scale = tl.load(grad_scale_ptr).to(COMPUTE)
+        if COMPUTE == tl.float32:
+            g = tl.div_rn(g, scale)  # IEEE division, as torch; Triton's float32 `/` is approximate
+        else:
+            g = g / scale
+    if MAXIMIZE:
+        g = -g
+    if not DECOUPLED:
+        g = g + weight_decay * p
+    return g
+
+
+@triton.jit
+def _pointers(row, sc, DTYPE: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr):
+    """Typed pointers of one table row: param, grad, positive and negative momentum, v, vmax
+    (unused ones point at the param and are never dereferenced)."""
+    ty = tl.pointer_type(DTYPE)
+    p_addr = tl.load(row + COL_PARAM)
+    first = tl.load(row + COL_EXP_AVG)
+    pos, neg = first, p_addr
+    if MOMENTUM == MOMENTUM_PN:  # the two buffers alternate roles with the parity of t
+        second = tl.load(row + COL_NEG_EXP_AVG)
+        odd = tl.load(sc + SC_ODD) != 0.0
+        pos = tl.where(odd, first, second)
+        neg = tl.where(odd, second, first)
+    v = tl.load(row + COL_EXP_AVG_SQ)
+    vmax = tl.load(row + COL_MAX_EXP_AVG_SQ)
+    p_ptr, g_ptr = p_addr.to(ty), tl.load(row + COL_GRAD).to(ty)
+    pos_ptr, neg_ptr, v_ptr, vmax_ptr = pos.to(ty), neg.to(ty), v.to(ty), vmax.to(ty)
+    if ALIGNED:
+        # Every pointer of the group is 16-byte aligned (checked on the host): full tiles can then
+        # use 128-bit accesses, which Triton cannot prove for an address read from memory.
+        p_ptr, g_ptr = tl.multiple_of(p_ptr, 16), tl.multiple_of(g_ptr, 16)
+        pos_ptr, neg_ptr = tl.multiple_of(pos_ptr, 16), tl.multiple_of(neg_ptr, 16)
+        v_ptr, vmax_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(vmax_ptr, 16)
+    return p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr
+
+
+@triton.jit
+def _update_tile(row, sc, offs, mask, grad_scale_ptr, decay, weight_decay, beta2, one_minus_beta2, eps,
+                 c_pos, c_neg, DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
+                 SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
+                 MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+                 ALIGNED: tl.constexpr):
+    """One tile of one tensor; ``mask`` is None for a full tile (unmasked, vectorizable accesses)."""
+    p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr = _pointers(row, sc, DTYPE, MOMENTUM, ALIGNED)
+    a = tl.load(sc + SC_A).to(COMPUTE)
+    b = tl.load(sc + SC_B).to(COMPUTE)
+    step_size = tl.load(sc + SC_STEP_SIZE).to(COMPUTE)
+
+    p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
+    g = form_grad(g_ptr, p, offs, mask, grad_scale_ptr, weight_decay,
+                  COMPUTE, HAS_GRAD_SCALE, MAXIMIZE, DECOUPLED)
+    if DECOUPLED:
+        p = p * decay
+    m = a * tl.load(pos_ptr + offs, mask=mask).to(COMPUTE) + b * g
+    if MOMENTUM == MOMENTUM_PN:
+        d = c_pos * m - c_neg * tl.load(neg_ptr + offs, mask=mask).to(COMPUTE)
+    elif NESTEROV:
+        d = g + tl.load(sc + SC_BETA1).to(COMPUTE) * m
+    else:
+        d = m
+
+    if SECOND_MOMENT:
+        v = beta2 * tl.load(v_ptr + offs, mask=mask).to(COMPUTE) + one_minus_beta2 * g * g
+        vv = v
+        if AMSGRAD:
+            vv = tl.maximum(tl.load(vmax_ptr + offs, mask=mask).to(COMPUTE), v)
+            tl.store(vmax_ptr + offs, _to_storage(vv, DTYPE), mask=mask)
+        tl.store(v_ptr + offs, _to_storage(v, DTYPE), mask=mask)
+        inv_sqrt_bc2 = tl.load(sc + SC_INV_SQRT_BC2).to(COMPUTE)
+        # IEEE sqrt and division, as torch (Triton's float32 defaults are approximations).
+        if COMPUTE == tl.float32:
+            p = p - step_size * tl.div_rn(d, tl.sqrt_rn(vv) * inv_sqrt_bc2 + eps)
+        else:
+            p = p - step_size * (d / (tl.sqrt(vv) * inv_sqrt_bc2 + eps))
+    else:
+        p = p - step_size * d
+
+    tl.store(pos_ptr + offs, _to_storage(m, DTYPE), mask=mask)
+    tl.store(p_ptr + offs, _to_storage(p, DTYPE), mask=mask)
+
+
+@triton.jit
+def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_ptr, found_inf_ptr,
+                  decay_hi, decay_lo, wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
+                  c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo,
+                  DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
+                  SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
+                  MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+                  HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    r"""The per-element update of block ``program_id`` (docs/kernel-contract.md), in ``COMPUTE``
+    precision with one rounding to ``DTYPE`` on store:
+
+    .. math::
+        m \leftarrow a\,m + b\,g,\quad
+        d = c_+ m - c_- m_- \ (\text{pn}) \mid g + \beta_{1,t} m \ (\text{nesterov}) \mid m,\\
+        v \leftarrow \beta_2 v + (1 - \beta_2) g^2,\ \hat v = \max(\hat v, v),\quad
+        p \leftarrow p - \eta\, d / (\sqrt{\hat v}/\sqrt{1 - \beta_2^t} + \epsilon)
+        \ \text{(second moment; else } p \leftarrow p - \gamma d)
+
+    with :math:`p \leftarrow (1 - \gamma\lambda) p` first for decoupled decay, and the per-tensor
+    :math:`a, b, \beta_{1,t}, \eta, 1/\sqrt{1 - \beta_2^t}` read from the coefficient table.
+    """
+    blk = tl.program_id(0)
+    idx = tl.load(block_tensor + blk)
+    start = tl.load(block_chunk + blk) * BLOCK
+    numel = tl.load(numels + idx)
+    offs = start + tl.arange(0, BLOCK)
+    ok = True
+    if HAS_FOUND_INF:
+        ok = tl.load(found_inf_ptr) == 0
+    if ok:
+        row = ptrs + idx * N_COLS
+        sc = scalars + idx * N_SCALARS
+        # Group constants: formed in double from their (hi, lo) pairs, rounded once, as the reference
+        # rounds a Python float multiplying a float32 tensor.
+        decay = (tl.cast(decay_hi, tl.float64) + tl.cast(decay_lo, tl.float64)).to(COMPUTE)
+        weight_decay = (tl.cast(wd_hi, tl.float64) + tl.cast(wd_lo, tl.float64)).to(COMPUTE)
+        beta2 = (tl.cast(beta2_hi, tl.float64) + tl.cast(beta2_lo, tl.float64)).to(COMPUTE)
+        one_minus_beta2 = (tl.cast(omb2_hi, tl.float64) + tl.cast(omb2_lo, tl.float64)).to(COMPUTE)
+        eps = (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64)).to(COMPUTE)
+        c_pos = (tl.cast(c_pos_hi, tl.float64) + tl.cast(c_pos_lo, tl.float64)).to(COMPUTE)
+        c_neg = (tl.cast(c_neg_hi, tl.float64) + tl.cast(c_neg_lo, tl.float64)).to(COMPUTE)
+        if start + BLOCK <= numel:
+            _update_tile(row, sc, offs, None, grad_scale_ptr, decay, weight_decay, beta2, one_minus_beta2,
+                         eps, c_pos, c_neg, DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV,
+                         MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE, ALIGNED)
+        else:
+            _update_tile(row, sc, offs, offs < numel, grad_scale_ptr, decay, weight_decay, beta2,
+                         one_minus_beta2, eps, c_pos, c_neg, DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT,
+                         AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE, ALIGNED)

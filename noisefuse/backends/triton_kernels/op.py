@@ -1,0 +1,46 @@
+"""``torch.ops.noisefuse.triton_fused_step_``: the Triton fused step as a torch op, with the schema
+of the native ``fused_step_`` (docs/kernel-contract.md) and the same declared mutations, except
+that ``grad_scale`` and ``found_inf`` are positional (a custom op cannot take keyword-only tensors).
+
+Registered with ``torch.library.custom_op`` (an opaque op with a fake kernel), on every torch
+version, rather than ``torch.library.triton_op``. ``triton_op`` lets ``torch.compile`` trace *into*
+the Python body and treat the ``wrap_triton`` launches as the op; that is sound only when every
+tensor a kernel touches is a kernel argument. Here the kernels reach params and state through a
+table of data pointers: the traced body would need real addresses (fake tensors have none), and the
+compiler would see the tables as the kernels' only inputs, so it could not know that params are
+written (it may hand the op clones and copy them back over the result). An opaque op declares its
+mutations in its schema, so a compiled graph calls it with the real tensors — or, if the compiler
+chose to functionalize, with clones whose own pointers the table cache then picks up.
+"""
+from typing import List, Optional
+
+import torch
+
+from . import launch
+
+_MUTATED = ("params", "exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps", "beta1_prods")
+
+
+@torch.library.custom_op("noisefuse::triton_fused_step_", mutates_args=_MUTATED)
+def triton_fused_step_(
+    params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
+    neg_exp_avgs: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor], max_exp_avg_sqs: List[torch.Tensor],
+    steps: List[torch.Tensor], beta1_prods: List[torch.Tensor], grad_scale: Optional[torch.Tensor] = None,
+    found_inf: Optional[torch.Tensor] = None, *, momentum: int, lr: float, beta1: float, beta2: float,
+    beta0: float, eps: float, weight_decay: float, decoupled: bool, nesterov: bool, maximize: bool,
+    demon_total_steps: int, demon_delay: float,
+) -> None:
+    """The update of docs/kernel-contract.md for one (device, dtype) group, in two Triton launches."""
+    launch.fused_step(
+        params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods,
+        momentum=momentum, lr=lr, beta1=beta1, beta2=beta2, beta0=beta0, eps=eps,
+        weight_decay=weight_decay, decoupled=decoupled, nesterov=nesterov, maximize=maximize,
+        demon_total_steps=demon_total_steps, demon_delay=demon_delay, grad_scale=grad_scale,
+        found_inf=found_inf)
+
+
+@triton_fused_step_.register_fake
+def _(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods,
+      grad_scale=None, found_inf=None, **kwargs):
+    # In-place only: nothing to allocate, and no output whose shape the compiler must know.
+    return None
