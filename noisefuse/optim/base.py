@@ -224,7 +224,8 @@ class FusedOptimizer(Optimizer):
         for p in params:
             state = self.state[p]
             step_device = self._step_device(group, p)
-            if "step" not in state:
+            fresh = "step" not in state
+            if fresh:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
             elif not torch.is_tensor(state["step"]) or state["step"].device != step_device:
                 # The official code stores a Python int; a checkpoint may come from another device.
@@ -233,8 +234,9 @@ class FusedOptimizer(Optimizer):
                 if key not in state:
                     state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if track_prod and "beta1_prod" not in state:
-                # Demon added to a run under way: rebuild the exact product of the betas so far.
-                prod = demon.beta_product(hyper.beta1, int(state["step"]))
+                # The empty product is 1. Demon added to a run under way: rebuild the exact product
+                # of the betas so far (reading the counter is a host sync, paid once).
+                prod = 1.0 if fresh else demon.beta_product(hyper.beta1, int(state["step"]))
                 state["beta1_prod"] = torch.full((), prod, dtype=torch.float32, device=step_device)
             elif track_prod and state["beta1_prod"].device != step_device:
                 state["beta1_prod"] = state["beta1_prod"].to(step_device)
