@@ -11,7 +11,7 @@ TEST_ARGS  ?=
 
 EXT_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh csrc/include/noisefuse/*.h)
 
-.PHONY: test bench build venv clean
+.PHONY: test bench bench-kernels gpu-check build venv clean
 
 venv: $(VENV)/.deps-stamp
 
@@ -37,6 +37,15 @@ test: build
 
 bench: build
 	$(PYTHON) -m noisefuse.bench $(BENCH_ARGS)
+
+# The pytest-benchmark suite of the individual fused kernels (not part of `make test`).
+bench-kernels: build
+	$(PYTHON) -m pytest benchmarks/ --benchmark-columns=median,iqr,rounds
+
+# On a GPU machine (offline): build, full test suite with the GPU tests, kernel benchmarks and the
+# benchmark on CUDA, all written to $(OUT).
+gpu-check:
+	PYTHON=$(PYTHON) scripts/gpu_check.sh $(or $(OUT),gpu-results)
 
 clean:
 	rm -rf build *.egg-info noisefuse/_C*.so $(VENV)/.build-stamp

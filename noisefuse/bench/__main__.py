@@ -1,0 +1,196 @@
+"""``python -m noisefuse.bench`` (``make bench``): step time of every noisefuse optimizer on every
+backend that works here, against torch's foreach/fused optimizers and pytorch_optimizer, with bytes
+moved, achieved GB/s, fraction of copy bandwidth, launches and added memory.
+
+Writes ``results.json``, ``report.txt`` and PNG plots to ``--out`` (default ``bench-out/``) and prints
+the table. See docs/benchmarks.md for what each number means.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+# The profiler's C++ logger prints banners on every profiled step; keep the terminal for the table.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+import torch  # noqa: E402
+
+from . import baselines, plots, presets, report, runner  # noqa: E402
+
+QUICK_PRESETS = {"cpu": ("resnet50",), "cuda": ("gpt2-small", "many-small")}
+
+
+def _csv(text):
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m noisefuse.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when present)")
+    p.add_argument("--preset", action="append", default=None,
+                   help=f"comma-separated presets ({', '.join(presets.PRESETS)}, or all); "
+                        "default: a per-device list (docs/benchmarks.md)")
+    p.add_argument("--params", type=int, help="add a synthetic preset with this many parameters")
+    p.add_argument("--tensors", type=int, default=None, help="... split into this many tensors (default 64)")
+    p.add_argument("--dtype", default=None, help="comma-separated: fp32, bf16, fp16 (default fp32 on CPU, fp32,bf16 on GPU)")
+    p.add_argument("--optimizers", default=",".join(baselines.NF_OPTIMIZERS + baselines.TORCH_OPTIMIZERS),
+                   help="comma-separated optimizers (default: all); PNM/AdaPNM bring pytorch_optimizer's along")
+    p.add_argument("--backends", default=",".join(baselines.NF_BACKENDS),
+                   help="comma-separated noisefuse backends to try (default: all; unavailable ones are skipped)")
+    p.add_argument("--no-baselines", action="store_true", help="skip torch.optim and pytorch_optimizer")
+    p.add_argument("--no-sweeps", action="store_true", help="skip the parameter- and tensor-count sweeps")
+    p.add_argument("--quick", action="store_true", help="few samples, small presets and sweeps (smoke test)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+    p.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.tensors is not None and args.params is None:
+        p.error("--tensors needs --params")
+    return args
+
+
+def _device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return device
+
+
+def _presets(args, device):
+    names = [n for arg in (args.preset or []) for n in _csv(arg)]
+    if "all" in names:
+        names = list(presets.PRESETS)
+    try:
+        chosen = [presets.get(n) for n in dict.fromkeys(names)]
+        if args.params is not None:
+            chosen.append(presets.synthetic(args.params, args.tensors or min(64, args.params)))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if not chosen:
+        kind = "cuda" if device.type == "cuda" else "cpu"
+        chosen = [presets.get(n) for n in (QUICK_PRESETS if args.quick else presets.DEFAULT_PRESETS)[kind]]
+    return chosen
+
+
+def _check_names(given, known, what):
+    bad = [x for x in given if x not in known]
+    if bad:
+        raise SystemExit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(known)})")
+    return tuple(given)
+
+
+class Progress:
+    """The runner's progress as a tqdm bar on a terminal, or as a line per tenth of the work in a
+    log (where a bar's redraws would bury the table); tqdm is imported only here."""
+
+    def __init__(self, enabled: bool):
+        self.bar, self.lines = None, enabled and not sys.stderr.isatty()
+        if enabled and not self.lines:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=0, unit="run", dynamic_ncols=True, file=sys.stderr)
+            except ImportError:  # a bare GPU box may lack it
+                self.lines = True
+        self.total = self.done = 0
+        self.started = False
+
+    def add(self, n):
+        self.total += n
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
+    def _advance(self):
+        if not self.started:
+            return
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def step(self, label):
+        self._advance()
+        self.started = True
+        if self.bar is not None:
+            self.bar.set_postfix_str(label[:40])
+        elif self.lines and self.total and (10 * self.done) // self.total != (10 * (self.done + 1)) // self.total:
+            print(f"  [{self.done + 1}/{self.total}] {label}", file=sys.stderr, flush=True)
+
+    def close(self):
+        self._advance()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _busy_note(device, machine, key, when):
+    """A note when other processes competed for the CPU (1-minute load above half the cores):
+    CPU timings, and OpenMP-parallel ops above all, are then unreliable."""
+    load, cores = machine.get(key), machine.get("cpu_count")
+    if device.type == "cpu" and load and cores and load[0] > 0.5 * cores:
+        return (f"the machine was busy when the run {when} (load average {load[0]} on {cores} CPUs): "
+                "CPU timings are noisy")
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtypes = _check_names(_csv(args.dtype) if args.dtype else (["fp32"] if device.type == "cpu" else ["fp32", "bf16"]),
+                          list(runner.DTYPES), "dtype")
+    known_opts = baselines.NF_OPTIMIZERS + baselines.TORCH_OPTIMIZERS
+    cfg = runner.BenchConfig(
+        device=device, presets=_presets(args, device), dtypes=list(dtypes),
+        optimizers=_check_names(_csv(args.optimizers), known_opts, "optimizer"),
+        backends=_check_names(_csv(args.backends), baselines.NF_BACKENDS, "backend"),
+        baselines=not args.no_baselines, sweeps=not args.no_sweeps, quick=args.quick)
+    machine = report.machine_facts(device)
+    busy = _busy_note(device, machine, "load_average_start", "started")
+    if busy:
+        cfg.notes.append(busy)
+    os.makedirs(args.out, exist_ok=True)
+    print(f"noisefuse.bench: {device}, presets {', '.join(p.name for p in cfg.presets)}, dtypes {', '.join(dtypes)}"
+          f"{', quick' if args.quick else ''}; writing to {args.out}/", file=sys.stderr)
+
+    start = time.perf_counter()
+    progress = Progress(enabled=not args.no_progress)
+    try:
+        results = runner.run(cfg, progress)
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - start
+    machine["load_average_end"] = report.load_average()
+    busy = _busy_note(device, machine, "load_average_end", "ended")
+    if busy:
+        results["notes"].append(busy)
+    config = {"device": str(device), "presets": [p.name for p in cfg.presets], "dtypes": list(dtypes),
+              "optimizers": list(cfg.optimizers), "backends": list(cfg.backends), "baselines": cfg.baselines,
+              "sweeps": cfg.sweeps, "quick": cfg.quick, "argv": sys.argv[1:] if argv is None else list(argv)}
+    json_path = os.path.join(args.out, "results.json")
+    report.write_json(json_path, machine, config, results, elapsed)
+    text = report.format_report(machine, results, cfg.optimizers, elapsed)
+    with open(os.path.join(args.out, "report.txt"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    written = [json_path, os.path.join(args.out, "report.txt")]
+    if not args.no_plots:
+        with open(json_path) as f:
+            doc = json.load(f)
+        try:
+            written += plots.write_all(doc, args.out)
+        except ImportError as exc:
+            print(f"no plots: {exc} (pip install matplotlib)", file=sys.stderr)
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
