@@ -24,6 +24,13 @@ BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 COMMON_DEFAULTS = dict(demon=None, noise=None, backend="auto", maximize=False, capturable=False)
 
 
+def common_hyper(group, demon: Demon | None) -> dict:
+    """The runtime values every optimizer passes the same way (see ``Hyper``)."""
+    return dict(lr=float(group["lr"]), weight_decay=group["weight_decay"], decoupled=group["decoupled"],
+                maximize=group["maximize"], demon_total_steps=demon.total_steps if demon else 0,
+                demon_delay=demon.delay if demon else 0.0)
+
+
 def check_lr(lr):
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..backends.family import Family, Hyper
 from ..demon import Demon
-from .base import FusedOptimizer, check_bool, check_lr, check_nonneg, check_unit
+from .base import FusedOptimizer, common_hyper, check_bool, check_lr, check_nonneg, check_unit
 
 
 def demon_argument(cls_name, total_steps, delay, demon):
@@ -65,10 +65,7 @@ class DemonSGD(FusedOptimizer):
         return Family("heavy_ball")
 
     def _hyper(self, group, demon):
-        return Hyper(lr=float(group["lr"]), beta1=group["momentum"], weight_decay=group["weight_decay"],
-                     decoupled=group["decoupled"], nesterov=group["nesterov"], maximize=group["maximize"],
-                     demon_total_steps=demon.total_steps if demon else 0,
-                     demon_delay=demon.delay if demon else 0.0)
+        return Hyper(beta1=group["momentum"], nesterov=group["nesterov"], **common_hyper(group, demon))
 
     def _state_keys(self, group):
         return {"exp_avgs": "momentum_buffer"}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..backends.family import Family, Hyper
-from .base import FusedOptimizer, check_betas, check_bool, check_lr, check_nonneg, check_unit
+from .base import FusedOptimizer, common_hyper, check_betas, check_bool, check_lr, check_nonneg, check_unit
 
 
 class PNM(FusedOptimizer):
@@ -59,10 +59,7 @@ class PNM(FusedOptimizer):
 
     def _hyper(self, group, demon):
         beta1, beta0 = group["betas"]
-        return Hyper(lr=float(group["lr"]), beta1=beta1, beta0=beta0, weight_decay=group["weight_decay"],
-                     decoupled=group["decoupled"], maximize=group["maximize"],
-                     demon_total_steps=demon.total_steps if demon else 0,
-                     demon_delay=demon.delay if demon else 0.0)
+        return Hyper(beta1=beta1, beta0=beta0, **common_hyper(group, demon))
 
     def _state_keys(self, group):
         return {"exp_avgs": "pos_momentum", "neg_exp_avgs": "neg_momentum"}
