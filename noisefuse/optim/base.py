@@ -21,6 +21,9 @@ BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 
 # Group keys every noisefuse optimizer adds to its subclass's own, with their defaults for
 # checkpoints written before they existed (or by the official PNM code).
+# The backends whose step never reads a device value on the host, so it can be captured in a CUDA graph.
+CAPTURABLE = ("native", "triton")
+
 COMMON_DEFAULTS = dict(demon=None, noise=None, backend="auto", maximize=False, capturable=False)
 
 
@@ -268,6 +271,9 @@ def _resolve(group, device):
     """The backend of ``group`` on ``device``; "auto" sends a group with noise to foreach while the
     faster backend's kernels do not draw noise (``supports_noise``)."""
     module = backends.resolve(group["backend"], device)
+    if group["capturable"] and device.type != "cpu" and module.__name__.rsplit(".", 1)[-1] not in CAPTURABLE:
+        raise RuntimeError(f"capturable=True on {device} needs a fused backend ({' or '.join(CAPTURABLE)}): "
+                           f"{module.__name__.rsplit('.', 1)[-1]} reads the step counters on the host")
     if group["noise"] is not None and getattr(module, "supports_noise", False) is not True:
         if group["backend"] != "auto":
             raise NotImplementedError(f"backend={group['backend']!r} does not support noise= yet")

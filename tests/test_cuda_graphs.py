@@ -1,0 +1,71 @@
+"""CUDA graphs: with capturable=True a whole ``opt.step()`` is captured once and replayed; replays
+equal eager steps, the Demon schedule and AMP's skip included (counters, scale and found_inf are read
+on the device). GPU only."""
+import pytest
+import torch
+
+from cases import CONFIGS, assert_same_state, make_grads, make_params
+from noisefuse import backends
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _fused_backends():
+    if not torch.cuda.is_available():
+        return ["native", "triton"]
+    return [b for b in ("native", "triton") if backends.get(b).available(torch.device("cuda"))]
+
+
+@pytest.mark.parametrize("backend", _fused_backends())
+@pytest.mark.parametrize("config", ["adapnm_noams_demon", "pnm_l2_demon", "demon_sgd_nesterov", "demon_adamw_ams"])
+def test_captured_step_replays_like_eager_steps(config, backend):
+    params = make_params((1, 4097, 70001), device="cuda")
+    eager = [p.detach().clone().requires_grad_() for p in params]
+    graphed = [p.detach().clone().requires_grad_() for p in params]
+    opt_eager = CONFIGS[config](eager, backend=backend, capturable=True)
+    opt_graphed = CONFIGS[config](graphed, backend=backend, capturable=True)
+    static_grads = [torch.zeros_like(p) for p in graphed]
+    for p, g in zip(graphed, static_grads):
+        p.grad = g
+    grad_scale = torch.ones(1, device="cuda")
+    found_inf = torch.zeros(1, device="cuda")
+    opt_graphed.grad_scale, opt_graphed.found_inf = grad_scale, found_inf
+
+    def feed(step, scale):
+        for g_static, g, p in zip(static_grads, make_grads(graphed, step), eager):
+            g_static.copy_(g * scale)
+            p.grad = g.clone()
+
+    # Warm up on a side stream (the CUDA graph rules), then capture one step.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for step in range(3):
+            feed(step, 1.0)
+            opt_graphed.step()
+            opt_eager.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt_graphed.step()
+
+    for step in range(3, 20):
+        skip = step == 9  # an AMP overflow: the replay must change nothing, counters included
+        scale = 2.0 ** (step % 4)
+        feed(step, scale)
+        grad_scale.fill_(scale)
+        found_inf.fill_(1.0 if skip else 0.0)
+        graph.replay()
+        if not skip:
+            opt_eager.step()
+    torch.cuda.synchronize()
+    assert_same_state(opt_eager, opt_graphed, eager, graphed, torch.float32)
+
+
+def test_capturable_with_a_host_backend_is_refused_before_any_write():
+    p = torch.ones(3, device="cuda", requires_grad=True)
+    opt = CONFIGS["adapnm"]([p], backend="foreach", capturable=True)
+    p.grad = torch.ones(3, device="cuda")
+    with pytest.raises(RuntimeError, match="capturable"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(3, device="cuda")) and len(opt.state[p]) == 0
