@@ -1,7 +1,7 @@
 """The Triton backend equals the reference, run by Triton's interpreter on CPU tensors.
 
 How the interpreter is switched on: the backend accepts CPU tensors only while ``TRITON_INTERPRET=1``
-and then launches a copy of the kernel module that was loaded with the interpreter on
+and then launches copies of the kernel modules that were loaded with the interpreter on
 (``triton_kernels.launch.kernels_for``), whatever environment noisefuse was first imported in. So an
 autouse fixture sets the variable for each test here and no other test module is affected (the GPU
 tests in test_triton_cuda.py keep compiled kernels); ``test_interpreter_whatever_the_import_order``
@@ -9,11 +9,13 @@ checks the claim in a fresh process.
 
 The interpreter runs programs one at a time at a cost per operation, so the sizes are small: 0, 1,
 odd, and one past a block (4097 with the interpreter's 4096-element block; a 64-element block for the
-many-blocks test). The GPU tests repeat the comparisons at full size.
+many-blocks and noise tests; the noise tests draw B = 6 per-sample rows). The GPU tests repeat the
+comparisons at full size.
 """
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -238,13 +240,19 @@ def test_unavailable_on_cpu_without_the_interpreter(monkeypatch):
     assert torch.equal(p.detach(), torch.zeros(3))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("noise", ["none", "isotropic", "multiplicative"])
+def test_opcheck(noise):
     ps = make_params((3, 9))
-    args = ([p.detach().clone() for p in ps], make_grads(ps, 0), [torch.zeros_like(p) for p in ps],
+    rows = [torch.randn(4, *p.shape) for p in ps] if noise == "multiplicative" else []
+    grads = [] if rows else make_grads(ps, 0)
+    weights = torch.tensor([0.5, 1.0, 1.5, 2.0]) if rows else None
+    args = ([p.detach().clone() for p in ps], grads, [torch.zeros_like(p) for p in ps],
             [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps], [],
-            [torch.zeros(()) for _ in ps], [], None, None)
+            [torch.zeros(()) for _ in ps], [], rows, None, None, weights)
     kwargs = dict(momentum=2, lr=0.01, beta1=0.9, beta2=0.999, beta0=1.0, eps=1e-8, weight_decay=0.01,
-                  decoupled=True, nesterov=False, maximize=False, demon_total_steps=0, demon_delay=0.0)
+                  decoupled=True, nesterov=False, maximize=False, demon_total_steps=0, demon_delay=0.0,
+                  offsets=[0, 3] if noise != "none" else [], noise_kind=nf.noise.NOISE_CODES[noise], seed=-5,
+                  noise_std=0.1)
     torch.library.opcheck(torch.ops.noisefuse.triton_fused_step_.default, args, kwargs,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
@@ -265,3 +273,128 @@ def test_interpreter_whatever_the_import_order():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ----- gradient noise ---------------------------------------------------------------------------
+NOISES = {
+    "isotropic": nf.noise.Isotropic(0.5),
+    "diag_fisher": nf.noise.DiagFisher(small_batch=2),
+    "diag_fisher_centered": nf.noise.DiagFisher(scale=0.7, centered=True),
+    "mult_gaussian": nf.noise.Multiplicative("gaussian", small_batch=2),
+    "mult_centered": nf.noise.Multiplicative("gaussian_centered", small_batch=3),
+    "mult_bernoulli": nf.noise.Multiplicative("bernoulli", small_batch=3),
+}
+SEED = 0xF00DFACE_DEADBEEF  # both 32-bit halves >= 2^31: the kernel receives them as int32
+NOISE_SIZES = (0, 1, 70, 129)  # with 64-element blocks: an empty tensor, a 1-element one, 2 and 3 blocks
+
+
+def _noisy_run(config, backend, noise, params, steps=10, batch=6, groups=None, **kw):
+    """``steps`` steps with per-sample gradients (``grad`` their mean); param 2 sits out every third
+    step, so the step counters of the noise's counter differ between tensors."""
+    ps = [p.detach().clone().requires_grad_() for p in params]
+    arg = ps if groups is None else [dict(g, params=[ps[i] for i in g["params"]]) for g in groups]
+    opt = CONFIGS[config](arg, backend=backend, noise=NOISES[noise], seed=SEED, **kw)
+    for step in range(steps):
+        for i, p in enumerate(ps):
+            gen = torch.Generator().manual_seed(step * 1009 + i)
+            rows = torch.randn((batch, *p.shape), generator=gen, dtype=torch.float64).to(p.dtype)
+            skip = i == 2 and step % 3 == 1
+            p.grad_sample = None if skip else rows
+            p.grad = None if skip else rows.mean(0)
+        opt.step()
+    return ps, opt
+
+
+NOISE_PAIRS = [("isotropic", "pnm_l2_demon"), ("diag_fisher", "adapnm"), ("diag_fisher_centered", "demon_sgd_nesterov"),
+               ("mult_gaussian", "demon_adamw_ams"), ("mult_centered", "pnm"), ("mult_bernoulli", "adapnm_noams_demon")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("noise,config", NOISE_PAIRS)
+def test_noise_matches_reference(noise, config, dtype, monkeypatch):
+    monkeypatch.setenv("NOISEFUSE_TRITON_BLOCK", "64")
+    params = make_params(NOISE_SIZES, dtype)
+    pa, oa = _noisy_run(config, "reference", noise, params)
+    pb, ob = _noisy_run(config, "triton", noise, params)
+    assert_same_state(oa, ob, pa, pb, dtype)
+
+
+@pytest.mark.parametrize("noise", ["isotropic", "diag_fisher_centered", "mult_gaussian"])
+def test_noise_in_float64(noise):
+    params = make_params((1, 37), torch.float64)
+    pa, oa = _noisy_run("adapnm_noams_demon", "reference", noise, params, steps=6)
+    pb, ob = _noisy_run("adapnm_noams_demon", "triton", noise, params, steps=6)
+    # The normals are float32 by contract, equal across backends only to float32 rounding of log/cos
+    # (a few float32 ulps): the noisy float64 trajectories agree to float32 tolerances, not float64 ones.
+    assert_same_state(oa, ob, pa, pb, torch.float32)
+
+
+@pytest.mark.parametrize("noise", ["isotropic", "diag_fisher", "mult_bernoulli"])
+def test_noise_is_the_same_whatever_the_block_size_and_table_layout(noise, monkeypatch):
+    # Each element's normal and row sums depend on its global index alone: 64-element blocks, the
+    # interpreter's 4096-element block, and the params split over three groups in the same order
+    # (three tables, other table rows and block maps) give bit-identical results.
+    params = make_params((70, 5, 129, 33))
+    results = []
+    for block, groups in (("64", None), (None, None), ("64", [{"params": [0]}, {"params": [1, 2]}, {"params": [3]}])):
+        if block is None:
+            monkeypatch.delenv("NOISEFUSE_TRITON_BLOCK", raising=False)
+        else:
+            monkeypatch.setenv("NOISEFUSE_TRITON_BLOCK", block)
+        results.append(_noisy_run("adapnm", "triton", noise, params, steps=4, groups=groups)[0])
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("noise", ["diag_fisher_centered", "mult_centered"])
+def test_noise_unscales_and_negates_each_row(noise):
+    # Rows scaled by -4 with grad_scale=4 and maximize: unscaling and negation must apply to each row
+    # before the Fisher diagonal or the weighted sum, which then equal those of the plain rows.
+    params = make_params((3, 40))
+    plain, _ = _noisy_run("pnm", "reference", noise, params, steps=4)
+    opts = {}
+    for backend in ("reference", "triton"):
+        qs = [p.detach().clone().requires_grad_() for p in params]
+        opt = CONFIGS["pnm"](qs, backend=backend, noise=NOISES[noise], seed=SEED, maximize=True)
+        opt.grad_scale, opt.found_inf = torch.tensor([4.0]), torch.tensor([0.0])
+        for step in range(4):
+            for i, q in enumerate(qs):
+                gen = torch.Generator().manual_seed(step * 1009 + i)
+                q.grad_sample = -4.0 * torch.randn((6, *q.shape), generator=gen, dtype=torch.float64).float()
+            opt.step()
+        opts[backend] = (qs, opt)
+    assert_same_state(opts["reference"][1], opts["triton"][1], opts["reference"][0], opts["triton"][0], torch.float32)
+    for a, b in zip(plain, opts["triton"][0]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("noise", ["mult_gaussian", "diag_fisher"])
+def test_noise_on_params_in_another_layout(noise, monkeypatch):
+    # Transposed (dense, non-contiguous) params with contiguous grad_sample. Weighted sums are layout
+    # free: each row is copied into its param's layout for the kernel. Normals are indexed in row-major
+    # order, which the kernels do not walk here, so that group is stepped by foreach (one warning).
+    monkeypatch.setattr(triton_backend, "_warned_layout", False)
+    base = make_params((20, 24))
+    params = [base[0].detach().view(4, 5).t(), base[1].detach().view(4, 6).t()]
+    pa, oa = _noisy_run("adapnm", "reference", noise, params, steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pb, ob = _noisy_run("adapnm", "triton", noise, params, steps=4)
+    assert pb[0].stride() == (1, 5)
+    assert len([w for w in caught if "foreach" in str(w.message)]) == (noise == "diag_fisher")
+    assert_same_state(oa, ob, pa, pb, torch.float32)
+
+
+def test_bad_noise_arguments_are_refused_before_any_launch():
+    ps = make_params((3, 9))
+    kwargs = dict(momentum=0, lr=0.1, beta1=0.9, beta2=0.0, beta0=0.0, eps=0.0, weight_decay=0.0, decoupled=True,
+                  nesterov=False, maximize=False, demon_total_steps=0, demon_delay=0.0, offsets=[0, 3],
+                  noise_kind=nf.noise.NOISE_CODES["multiplicative"])
+    rows = [torch.randn(4, *p.shape) for p in ps]
+    steps = [torch.zeros(()) for _ in ps]
+    with pytest.raises(RuntimeError, match="sample_weights"):
+        launch.fused_step(ps, [], [torch.zeros_like(p) for p in ps], [], [], [], steps, [], rows, **kwargs)
+    with pytest.raises(RuntimeError, match="grad_sample"):
+        launch.fused_step(ps, [], [torch.zeros_like(p) for p in ps], [], [], [], steps, [], rows[:1],
+                          sample_weights=torch.ones(4), **kwargs)
+    assert all(s.item() == 0 for s in steps)

@@ -131,3 +131,50 @@ def test_cuda_graph_captured_step():
         opt_ref.step()
     torch.cuda.synchronize()
     assert_same_state(opt_ref, opt, ref, ps, torch.float32)
+
+
+NOISES = {
+    "isotropic": nf.noise.Isotropic(0.5),
+    "diag_fisher": nf.noise.DiagFisher(small_batch=2),
+    "diag_fisher_centered": nf.noise.DiagFisher(scale=0.7, centered=True),
+    "mult_gaussian": nf.noise.Multiplicative("gaussian", small_batch=2),
+    "mult_centered": nf.noise.Multiplicative("gaussian_centered", small_batch=3),
+    "mult_bernoulli": nf.noise.Multiplicative("bernoulli", small_batch=3),
+}
+
+
+def _noisy_run(config, backend, noise, params, steps=10, batches=(8,), seed=0xF00DFACE_DEADBEEF):
+    ps = [p.detach().clone().requires_grad_() for p in params]
+    opt = CONFIGS[config](ps, backend=backend, noise=noise, seed=seed)
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        for i, p in enumerate(ps):
+            gen = torch.Generator().manual_seed(step * 1009 + i)
+            rows = torch.randn((batch, *p.shape), generator=gen, dtype=torch.float64).to(p.dtype).cuda()
+            p.grad_sample, p.grad = rows, rows.mean(0)
+        opt.step()
+    return ps, opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("noise,config", [("isotropic", "pnm_l2_demon"), ("diag_fisher", "adapnm"),
+                                          ("diag_fisher_centered", "demon_sgd_nesterov"),
+                                          ("mult_gaussian", "demon_adamw_ams"), ("mult_centered", "pnm"),
+                                          ("mult_bernoulli", "adapnm_noams_demon")])
+def test_noise_matches_reference_full_size(noise, config, dtype):
+    params = make_params(FULL, dtype, "cuda")
+    pa, oa = _noisy_run(config, "reference", NOISES[noise], params)
+    pb, ob = _noisy_run(config, "triton", NOISES[noise], params)
+    assert_same_state(oa, ob, pa, pb, dtype)
+
+
+@pytest.mark.parametrize("noise", ["isotropic", "diag_fisher", "mult_gaussian"])
+def test_no_recompilation_when_batch_seed_or_noise_values_change(noise):
+    params = make_params((1024, 4096), device="cuda")
+    _noisy_run("adapnm", "triton", NOISES[noise], params, steps=1)
+    count = _n_compiled(kernels.update_kernel)
+    other = {"isotropic": nf.noise.Isotropic(0.01), "diag_fisher": nf.noise.DiagFisher(small_batch=3),
+             "mult_gaussian": nf.noise.Multiplicative("gaussian", sigma=0.3)}[noise]
+    _noisy_run("adapnm", "triton", NOISES[noise], params, steps=3, batches=(8, 5, 16), seed=1)
+    _noisy_run("adapnm", "triton", other, params, steps=2, batches=(7,), seed=2**64 - 3)
+    assert _n_compiled(kernels.update_kernel) == count

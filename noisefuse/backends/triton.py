@@ -9,9 +9,12 @@ See docs/backends/triton.md.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
+from ..noise.step import NoiseStep
+from ..random.philox import seed_as_int64
 from .family import MOMENTUM_CODES, Family, Hyper
 from .step_tensors import StepTensors
 
@@ -24,9 +27,9 @@ try:
 except ImportError as exc:  # triton is not installed
     _IMPORT_ERROR = exc
 
-# Gradient noise is not drawn in these kernels yet (``kernels.form_grad`` is where it will be):
-# backend="auto" runs groups with noise= on foreach.
-supports_noise = False
+# Gradient noise is drawn inside the element kernel (``triton_kernels/grad.py``).
+supports_noise = True
+_warned_layout = False
 
 
 def _interpreter_on() -> bool:
@@ -58,14 +61,39 @@ def check_device(device: torch.device) -> None:
     raise RuntimeError(f"backend='triton' cannot run on {device}: {reason}")
 
 
-def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
+               noise: NoiseStep | None = None) -> None:
     if not ts.params:
         return
     check_device(ts.params[0].device)
+    if noise is not None and noise.kind in ("isotropic", "diag_fisher") and not all(
+            p.is_contiguous() for p in ts.params):
+        _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise)
+        return
+    noise_args = {"offsets": []}  # no noise: the op's defaults
+    if noise is not None:
+        noise_args = dict(offsets=ts.offsets, noise_kind=noise.code, seed=seed_as_int64(noise.seed),
+                          noise_std=noise.std, noise_scale=noise.scale, noise_centered=noise.centered)
+    reads_rows = noise is not None and noise.consumes_grad_sample
     torch.ops.noisefuse.triton_fused_step_(
         ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
-        ts.steps, ts.beta1_prods, grad_scale, found_inf, momentum=MOMENTUM_CODES[family.momentum], lr=hyper.lr,
-        beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
+        ts.steps, ts.beta1_prods, ts.grad_samples if reads_rows else [], grad_scale, found_inf,
+        noise.sample_weights if noise is not None else None, momentum=MOMENTUM_CODES[family.momentum],
+        lr=hyper.lr, beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
-        demon_delay=hyper.demon_delay)
+        demon_delay=hyper.demon_delay, **noise_args)
+
+
+def _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise):
+    """Per-element normals are indexed by an element's position in the row-major order of its param;
+    the kernels walk memory order, which differs for a dense non-contiguous param (channels_last,
+    a transpose). Such a group is stepped by the foreach backend: the same numbers, without fusion."""
+    global _warned_layout
+    if not _warned_layout:
+        _warned_layout = True
+        warnings.warn("backend='triton': params that are not contiguous (e.g. channels_last) with "
+                      f"noise={noise.kind!r} are stepped by the foreach backend", RuntimeWarning, stacklevel=4)
+    from . import foreach
+
+    foreach.fused_step(family, hyper, ts, grad_scale=grad_scale, found_inf=found_inf, noise=noise)

@@ -25,12 +25,14 @@ import triton.language as tl
 
 from .philox import split_seed
 
-PHILOX_M0: tl.constexpr = 0xD2511F53
-PHILOX_M1: tl.constexpr = 0xCD9E8D57
-PHILOX_W0: tl.constexpr = 0x9E3779B9
-PHILOX_W1: tl.constexpr = 0xBB67AE85
-UNIFORM_SCALE: tl.constexpr = 5.9604644775390625e-08  # 2^-24
-TWO_PI_F32: tl.constexpr = 6.2831854820251465  # float32(2 pi)
+# Constexpr objects, not annotations (`X: tl.constexpr = ...`): compiled kernels may read only the
+# former; the interpreter accepts both.
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+UNIFORM_SCALE = tl.constexpr(5.9604644775390625e-08)  # 2^-24
+TWO_PI_F32 = tl.constexpr(6.2831854820251465)  # float32(2 pi)
 
 
 @triton.jit

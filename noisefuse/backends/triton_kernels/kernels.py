@@ -19,20 +19,25 @@ device tensor, so changing it never compiles a kernel. Python floats reach a Tri
 so each double-precision hyperparameter travels as a pair ``(hi, lo)`` of float32 numbers with
 ``hi + lo`` equal to it within 2^-48 relative (``_f64``).
 
+The gradient itself (AMP, ``maximize``, gradient noise, L2 decay) is formed by ``grad.form_grad``.
+
 This file is loaded twice when the interpreter is used on CPU tensors (see ``launch.kernels_for``),
 so it holds kernels only and no state.
 """
 import triton
 import triton.language as tl
 
+from .grad import form_grad
+
 # Table layouts and flag codes, shared with the host code (which reads ``.value``). Globals a
 # Triton kernel reads must be constexpr objects.
-# Columns of the pointer table (one row of int64 data pointers per tensor).
+# Columns of the pointer table (one int64 row per tensor): data pointers, then the tensor's global
+# element offset for the noise (a number, not a pointer).
 (COL_PARAM, COL_GRAD, COL_EXP_AVG, COL_NEG_EXP_AVG, COL_EXP_AVG_SQ, COL_MAX_EXP_AVG_SQ, COL_STEP,
- COL_PROD) = (tl.constexpr(i) for i in range(8))
-N_COLS = tl.constexpr(8)
-# Columns of the per-tensor coefficient table (float64).
-SC_A, SC_B, SC_BETA1, SC_STEP_SIZE, SC_INV_SQRT_BC2, SC_ODD = (tl.constexpr(i) for i in range(6))
+ COL_PROD, COL_GRAD_SAMPLE, COL_OFFSET) = (tl.constexpr(i) for i in range(10))
+N_COLS = tl.constexpr(10)
+# Columns of the per-tensor coefficient table (float64); SC_T is the step t after the increment.
+SC_A, SC_B, SC_BETA1, SC_STEP_SIZE, SC_INV_SQRT_BC2, SC_ODD, SC_T = (tl.constexpr(i) for i in range(7))
 N_SCALARS = tl.constexpr(8)  # rows padded to 64 bytes
 # family.MOMENTUM_CODES
 MOMENTUM_HEAVY_BALL, MOMENTUM_EMA, MOMENTUM_PN = (tl.constexpr(i) for i in range(3))
@@ -150,34 +155,14 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr,
     tl.store(row + SC_STEP_SIZE, step_size, mask=mask)
     tl.store(row + SC_INV_SQRT_BC2, inv_sqrt_bc2, mask=mask)
     tl.store(row + SC_ODD, (t_int % 2).to(tl.float64), mask=mask)
+    tl.store(row + SC_T, t, mask=mask)
     tl.store(step_ptr, t.to(tl.float32), mask=mask)
 
 
 @triton.jit
-def form_grad(grad_ptr, p, offs, mask, grad_scale_ptr, weight_decay,
-              COMPUTE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
-              DECOUPLED: tl.constexpr):
-    """The gradient the update uses: ``g = grad / grad_scale``, negated when maximizing, plus
-    ``weight_decay * p`` for L2 decay (SPEC section 0; gradient noise will be formed here too).
-    ``p`` is the param before decoupled decay. The user's gradient is only read."""
-    g = tl.load(grad_ptr + offs, mask=mask).to(COMPUTE)
-    if HAS_GRAD_SCALE:
-        scale = tl.load(grad_scale_ptr).to(COMPUTE)
-        if COMPUTE == tl.float32:
-            g = tl.div_rn(g, scale)  # IEEE division, as torch; Triton's float32 `/` is approximate
-        else:
-            g = g / scale
-    if MAXIMIZE:
-        g = -g
-    if not DECOUPLED:
-        g = g + weight_decay * p
-    return g
-
-
-@triton.jit
 def _pointers(row, sc, DTYPE: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr):
-    """Typed pointers of one table row: param, grad, positive and negative momentum, v, vmax
-    (unused ones point at the param and are never dereferenced)."""
+    """Typed pointers of one table row: param, grad, positive and negative momentum, v, vmax,
+    grad_sample (unused ones are 0 or point at the param, and are never dereferenced)."""
     ty = tl.pointer_type(DTYPE)
     p_addr = tl.load(row + COL_PARAM)
     first = tl.load(row + COL_EXP_AVG)
@@ -190,6 +175,7 @@ def _pointers(row, sc, DTYPE: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.
     v = tl.load(row + COL_EXP_AVG_SQ)
     vmax = tl.load(row + COL_MAX_EXP_AVG_SQ)
     p_ptr, g_ptr = p_addr.to(ty), tl.load(row + COL_GRAD).to(ty)
+    gs_ptr = tl.load(row + COL_GRAD_SAMPLE).to(ty)
     pos_ptr, neg_ptr, v_ptr, vmax_ptr = pos.to(ty), neg.to(ty), v.to(ty), vmax.to(ty)
     if ALIGNED:
         # Every pointer of the group is 16-byte aligned (checked on the host): full tiles can then
@@ -197,24 +183,30 @@ def _pointers(row, sc, DTYPE: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.
         p_ptr, g_ptr = tl.multiple_of(p_ptr, 16), tl.multiple_of(g_ptr, 16)
         pos_ptr, neg_ptr = tl.multiple_of(pos_ptr, 16), tl.multiple_of(neg_ptr, 16)
         v_ptr, vmax_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(vmax_ptr, 16)
-    return p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr
+    return p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr, gs_ptr
 
 
 @triton.jit
-def _update_tile(row, sc, offs, mask, grad_scale_ptr, decay, weight_decay, beta2, one_minus_beta2, eps,
-                 c_pos, c_neg, DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
-                 SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
-                 MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
-                 ALIGNED: tl.constexpr):
+def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std, scale,
+                 decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE: tl.constexpr,
+                 COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr, SECOND_MOMENT: tl.constexpr,
+                 AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
+                 HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr, NOISE: tl.constexpr,
+                 CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr):
     """One tile of one tensor; ``mask`` is None for a full tile (unmasked, vectorizable accesses)."""
-    p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr = _pointers(row, sc, DTYPE, MOMENTUM, ALIGNED)
+    p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr, gs_ptr = _pointers(row, sc, DTYPE, MOMENTUM, ALIGNED)
+    # The noise's counter: the global element index and the step after this update's increment
+    # (unused, and compiled away, without noise).
+    index = tl.load(row + COL_OFFSET) + offs
+    t = tl.load(sc + SC_T).to(tl.int64)
     a = tl.load(sc + SC_A).to(COMPUTE)
     b = tl.load(sc + SC_B).to(COMPUTE)
     step_size = tl.load(sc + SC_STEP_SIZE).to(COMPUTE)
 
     p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
-    g = form_grad(g_ptr, p, offs, mask, grad_scale_ptr, weight_decay,
-                  COMPUTE, HAS_GRAD_SCALE, MAXIMIZE, DECOUPLED)
+    g = form_grad(g_ptr, gs_ptr, numel, offs, mask, p, index, t, grad_scale_ptr, weights_ptr, batch,
+                  seed_lo, seed_hi, std, scale, weight_decay, COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE,
+                  MAXIMIZE, DECOUPLED, ROWS_ALIGNED)
     if DECOUPLED:
         p = p * decay
     m = a * tl.load(pos_ptr + offs, mask=mask).to(COMPUTE) + b * g
@@ -245,14 +237,16 @@ def _update_tile(row, sc, offs, mask, grad_scale_ptr, decay, weight_decay, beta2
     tl.store(p_ptr + offs, _to_storage(p, DTYPE), mask=mask)
 
 
-@triton.jit
-def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_ptr, found_inf_ptr,
+@triton.jit(do_not_specialize=["batch", "seed_lo", "seed_hi"])
+def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_ptr, found_inf_ptr, weights_ptr,
                   decay_hi, decay_lo, wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
-                  c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo,
+                  c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo, batch, seed_lo, seed_hi, std_hi, std_lo,
+                  scale_hi, scale_lo,
                   DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
                   SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
                   MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
-                  HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                  HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, NOISE: tl.constexpr,
+                  CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     r"""The per-element update of block ``program_id`` (docs/kernel-contract.md), in ``COMPUTE``
     precision with one rounding to ``DTYPE`` on store:
 
@@ -265,6 +259,8 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
 
     with :math:`p \leftarrow (1 - \gamma\lambda) p` first for decoupled decay, and the per-tensor
     :math:`a, b, \beta_{1,t}, \eta, 1/\sqrt{1 - \beta_2^t}` read from the coefficient table.
+    :math:`g` is formed by ``grad.form_grad`` (``NOISE``: ``noisefuse.noise.NOISE_CODES``; ``batch``,
+    the seed's 32-bit halves as int32, and ``std``/``scale`` as float32 pairs are runtime values).
     """
     blk = tl.program_id(0)
     idx = tl.load(block_tensor + blk)
@@ -286,11 +282,15 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
         eps = (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64)).to(COMPUTE)
         c_pos = (tl.cast(c_pos_hi, tl.float64) + tl.cast(c_pos_lo, tl.float64)).to(COMPUTE)
         c_neg = (tl.cast(c_neg_hi, tl.float64) + tl.cast(c_neg_lo, tl.float64)).to(COMPUTE)
+        std = (tl.cast(std_hi, tl.float64) + tl.cast(std_lo, tl.float64)).to(COMPUTE)
+        scale = (tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)).to(COMPUTE)
         if start + BLOCK <= numel:
-            _update_tile(row, sc, offs, None, grad_scale_ptr, decay, weight_decay, beta2, one_minus_beta2,
-                         eps, c_pos, c_neg, DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV,
-                         MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE, ALIGNED)
+            _update_tile(row, sc, offs, None, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std,
+                         scale, decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE, COMPUTE,
+                         MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE,
+                         ALIGNED, NOISE, CENTERED, ROWS_ALIGNED)
         else:
-            _update_tile(row, sc, offs, offs < numel, grad_scale_ptr, decay, weight_decay, beta2,
-                         one_minus_beta2, eps, c_pos, c_neg, DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT,
-                         AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE, ALIGNED)
+            _update_tile(row, sc, offs, offs < numel, numel, grad_scale_ptr, weights_ptr, batch, seed_lo,
+                         seed_hi, std, scale, decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
+                         DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED,
+                         HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED)

@@ -1,5 +1,6 @@
 """Host side of the Triton fused step: validate a group, fetch its device tables, split the
-hyperparameters into float32 pairs, and launch the two kernels (``kernels.py``)."""
+hyperparameters into float32 pairs, and launch the two kernels (``kernels.py``, which forms the
+gradient and its noise with ``grad.py``)."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,48 +13,68 @@ import torch
 import triton
 import triton.language as tl
 
-from . import kernels, tables
+from ...noise.step import NOISE_CODES
+from ...random import philox_triton
+from . import grad, kernels, tables
 
 _STORAGE = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
             torch.float64: "float64"}
 _BLOCK_T = 128  # tensors per program of the coefficient launch
+# The modules of @triton.jit functions the kernels call, each importing the ones before it.
+_JIT_MODULES = (philox_triton, grad, kernels)
+_ROW_NOISES = (NOISE_CODES["diag_fisher"], NOISE_CODES["multiplicative"])
 _interpreted = None
 
 
 def _is_interpreted(module) -> bool:
+    """Whether the ``@triton.jit`` functions of ``module`` were decorated with the interpreter on."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    return isinstance(module.update_kernel, InterpretedFunction)
+    return any(isinstance(value, InterpretedFunction) for value in vars(module).values())
 
 
 def kernels_for(device: torch.device):
     """The kernel module to launch for tensors on ``device``.
 
     Triton decides at decoration time whether ``@triton.jit`` compiles or interprets (from
-    ``TRITON_INTERPRET``), so the module imported without it cannot run CPU tensors. For CPU
-    tensors (allowed only while ``TRITON_INTERPRET=1``, see ``backends.triton.available``) a second
-    copy of ``kernels.py`` is loaded with the interpreter on: the result does not depend on which
-    code imported noisefuse first, or with which environment.
+    ``TRITON_INTERPRET``), so the module imported without it cannot run CPU tensors, and an
+    interpreted kernel cannot call a compiled ``@triton.jit`` function. For CPU tensors (allowed only
+    while ``TRITON_INTERPRET=1``, see ``backends.triton.available``) second copies of
+    ``philox_triton.py``, ``grad.py`` and ``kernels.py`` are loaded with the interpreter on, each
+    importing the interpreted copies of the ones before it: the result does not depend on which code
+    imported noisefuse first, or with which environment.
     """
     global _interpreted
-    if device.type != "cpu" or _is_interpreted(kernels):
+    if device.type != "cpu" or all(map(_is_interpreted, _JIT_MODULES)):
         return kernels
     if _interpreted is None:
-        name = f"{kernels.__name__}_interpreted"
-        spec = importlib.util.spec_from_file_location(name, kernels.__file__)
-        module = importlib.util.module_from_spec(spec)
-        saved = os.environ.get("TRITON_INTERPRET")
-        os.environ["TRITON_INTERPRET"] = "1"
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            if saved is None:
-                del os.environ["TRITON_INTERPRET"]
-            else:
-                os.environ["TRITON_INTERPRET"] = saved
-        sys.modules[name] = module
-        _interpreted = module
+        _interpreted = _load_interpreted()
     return _interpreted
+
+
+def _load_interpreted():
+    saved_env = os.environ.get("TRITON_INTERPRET")
+    saved_modules = {m.__name__: m for m in _JIT_MODULES}
+    copies = []
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        for module in _JIT_MODULES:
+            spec = importlib.util.spec_from_file_location(f"{module.__name__}_interpreted", module.__file__)
+            copy = importlib.util.module_from_spec(spec)
+            # While the copies load, the real names resolve to them, so that `from .grad import ...`
+            # in the next copy imports the interpreted functions.
+            sys.modules[module.__name__] = copy
+            spec.loader.exec_module(copy)
+            copies.append(copy)
+    finally:
+        sys.modules.update(saved_modules)
+        if saved_env is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved_env
+    for copy in copies:
+        sys.modules[copy.__name__] = copy
+    return copies[-1]
 
 
 def split(x: float) -> tuple[float, float]:
@@ -91,19 +112,71 @@ def _check_layout(lists) -> None:
                     f"{lst[i].stride()}, its param {p.dtype} and {p.stride()}; they must match")
 
 
+def _rows_like(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` (``[B, *p.shape]``) with every row laid out like ``p``, copied if it is not: the
+    kernels walk row ``b`` as ``numel`` consecutive elements from ``data_ptr + b * numel``."""
+    layout = (p.numel(), *p.stride())
+    if p.numel() == 0 or rows.stride() == layout:
+        return rows
+    return torch.empty_strided(rows.shape, layout, dtype=p.dtype, device=p.device).copy_(rows)
+
+
+def _int32(word: int) -> int:
+    """A 32-bit word as a signed int32 kernel argument: Triton types an int argument by its value
+    (i32 below 2^31, i64 above), so passing words as they are would compile a second kernel for
+    seeds whose halves reach 2^31. The kernel converts it back to uint32 with the same bits."""
+    return word - 2**32 if word >= 2**31 else word
+
+
+def _check_noise(params, grads, grad_samples, offsets, noise_kind, sample_weights):
+    """Raise before any launch if the noise arguments do not fit the group; returns ``B``."""
+    n = len(params)
+    if noise_kind not in NOISE_CODES.values():
+        raise RuntimeError(f"backend='triton': unknown noise kind {noise_kind}")
+    if noise_kind and len(offsets) != n:
+        raise RuntimeError(f"backend='triton': noise needs one global offset per param, got {len(offsets)} for {n}")
+    if noise_kind not in _ROW_NOISES:
+        if len(grads) != n or grad_samples:
+            raise RuntimeError("backend='triton': grads (and no grad_samples) are read unless the noise reads "
+                               "grad_sample")
+        return 0
+    if len(grad_samples) != n or grads:
+        raise RuntimeError("backend='triton': a noise that reads grad_sample takes one grad_sample per param "
+                           "and no grads")
+    batch = grad_samples[0].shape[0] if grad_samples[0].dim() else -1
+    for i, (p, rows) in enumerate(zip(params, grad_samples)):
+        if rows.shape != (batch, *p.shape) or rows.dtype != p.dtype or rows.device != p.device:
+            raise RuntimeError(f"backend='triton': grad_sample {i} is {tuple(rows.shape)} {rows.dtype} on "
+                               f"{rows.device}; expected [{batch}, *{tuple(p.shape)}] {p.dtype} on {p.device}")
+    if noise_kind == NOISE_CODES["multiplicative"]:
+        w = sample_weights
+        if w is None or w.shape != (batch,) or w.dtype != torch.float32 or w.device != params[0].device:
+            raise RuntimeError(f"backend='triton': multiplicative noise needs sample_weights, float32 [{batch}] "
+                               f"on {params[0].device}")
+    return batch
+
+
 def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods,
-               *, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov, maximize,
-               demon_total_steps, demon_delay, grad_scale=None, found_inf=None) -> None:
-    """One fused step of a (device, dtype) group: at most two launches, no host synchronisation."""
+               grad_samples=(), *, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov,
+               maximize, demon_total_steps, demon_delay, grad_scale=None, found_inf=None, sample_weights=None,
+               offsets=(), noise_kind=0, seed=0, noise_std=0.0, noise_scale=0.0, noise_centered=False) -> None:
+    """One fused step of a (device, dtype) group: at most two launches, no host synchronisation.
+
+    Noise (docs/kernel-contract.md, "Noise"): ``noise_kind`` a value of ``NOISE_CODES``, ``seed`` the
+    stream's seed as a signed int64 (``seed_as_int64``), ``offsets`` each param's global element
+    offset; diag_fisher and multiplicative read ``grad_samples`` (``[B, *param.shape]``) instead of
+    ``grads``, and multiplicative the float32 ``[B]`` ``sample_weights``."""
     if not params:
         return
     device, dtype = params[0].device, params[0].dtype
     if dtype not in _STORAGE:
         raise RuntimeError(f"backend='triton' supports float32/float16/bfloat16/float64 params, not {dtype}")
+    batch = _check_noise(params, grads, grad_samples, offsets, noise_kind, sample_weights)
     grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
-    lists = [params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods]
+    grad_samples = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
+    lists = [params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods, grad_samples]
     block, num_warps = tables.launch_shape(device)
-    table = tables.get(lists, block)
+    table = tables.get(lists, offsets if noise_kind else (), block)
     if not table.layout_checked:  # once per table: layouts change only with new pointers
         _check_layout(lists)
         table.layout_checked = True
@@ -118,6 +191,8 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
     # Optional tensors: the flag says whether the kernel reads them; any tensor fills the slot.
     scale = grad_scale if grad_scale is not None else table.scalars
     inf = found_inf if found_inf is not None else table.scalars
+    weights = sample_weights if noise_kind == NOISE_CODES["multiplicative"] else table.scalars
+    seed_word = seed % 2**64
 
     k.scalars_kernel[(triton.cdiv(table.n_tensors, _BLOCK_T),)](
         table.ptrs, table.n_tensors, table.scalars, inf,
@@ -129,10 +204,12 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
         return
     norm = math.sqrt((1.0 + beta0) ** 2 + beta0**2)
     k.update_kernel[(table.n_blocks,)](
-        table.ptrs, table.numels, table.block_tensor, table.block_chunk, table.scalars, scale, inf,
+        table.ptrs, table.numels, table.block_tensor, table.block_chunk, table.scalars, scale, inf, weights,
         *split(1.0 - lr * weight_decay), *split(weight_decay), *split(beta2), *split(1.0 - beta2),
         *split(eps), *split((1.0 + beta0) / norm), *split(beta0 / norm),
+        batch, _int32(seed_word & 0xFFFFFFFF), _int32(seed_word >> 32), *split(noise_std), *split(noise_scale),
         DTYPE=storage, COMPUTE=compute, MOMENTUM=momentum, SECOND_MOMENT=second_moment, AMSGRAD=amsgrad,
         NESTEROV=nesterov, MAXIMIZE=maximize, DECOUPLED=decoupled, HAS_GRAD_SCALE=grad_scale is not None,
-        HAS_FOUND_INF=found_inf is not None, ALIGNED=table.aligned, BLOCK=block, num_warps=num_warps)
-
+        HAS_FOUND_INF=found_inf is not None, ALIGNED=table.aligned, NOISE=noise_kind,
+        CENTERED=bool(noise_centered) and noise_kind == NOISE_CODES["diag_fisher"],
+        ROWS_ALIGNED=table.rows_aligned and noise_kind in _ROW_NOISES, BLOCK=block, num_warps=num_warps)

@@ -2,8 +2,9 @@
 
 A group of ``n`` tensors is described to the kernels by one int64 buffer on their device:
 
-    ptrs         [n, 8]  data pointers: param, grad, exp_avg, neg_exp_avg, exp_avg_sq,
-                         max_exp_avg_sq, step, beta1_prod (0 where a list is unused)
+    ptrs         [n, 10] data pointers: param, grad, exp_avg, neg_exp_avg, exp_avg_sq,
+                         max_exp_avg_sq, step, beta1_prod, grad_sample (0 where a list is unused),
+                         then the tensor's global element offset for the noise (0 without noise)
     numels       [n]     elements per tensor
     block_tensor [nb]    block -> index of its tensor
     block_chunk  [nb]    block -> index of the block within its tensor (offset = chunk * BLOCK)
@@ -68,6 +69,7 @@ class Table:
     n_tensors: int
     n_blocks: int
     aligned: bool
+    rows_aligned: bool  # aligned, and every grad_sample row a multiple of 16 bytes long
     layout_checked: bool = False
     _keep: list = field(default_factory=list)  # pinned host copy, alive until its upload completes
 
@@ -95,16 +97,19 @@ def _ptr_columns(lists):
     return [[t.data_ptr() for t in lst] if lst else [0] * n for lst in lists]
 
 
-def get(lists, block: int) -> Table:
-    """The table of the tensor ``lists`` (in the column order of the module docstring; each empty or
-    of one length), built on a miss. ``block`` is the launch's block size."""
+def get(lists, offsets, block: int) -> Table:
+    """The table of the tensor ``lists`` (in the pointer column order of the module docstring; each
+    empty or of one length) and the noise's global element ``offsets`` (empty without noise), built on
+    a miss. ``block`` is the launch's block size."""
+    assert len(lists) + 1 == N_COLS, "one list per pointer column, then the offsets"
     params = lists[0]
     columns = _ptr_columns(lists)
     numels = [p.numel() for p in params]
-    key = (params[0].device, block, tuple(numels), *map(tuple, columns))
+    offsets = list(offsets) if offsets else [0] * len(params)
+    key = (params[0].device, block, tuple(numels), tuple(offsets), *map(tuple, columns))
     table = _cache.get(key)
     if table is None:
-        table = _build(columns, numels, block, params[0].device)
+        table = _build(columns, offsets, numels, params[0].element_size(), block, params[0].device)
         stats.builds += 1
         _cache[key] = table
         if len(_cache) > MAX_CACHED:
@@ -117,9 +122,9 @@ def get(lists, block: int) -> Table:
     return table
 
 
-def _build(columns, numels, block, device) -> Table:
+def _build(columns, offsets, numels, itemsize, block, device) -> Table:
     n = len(numels)
-    ptrs = torch.tensor(columns, dtype=torch.int64).t().contiguous()  # [n, 8]: one row per tensor
+    ptrs = torch.tensor(columns + [offsets], dtype=torch.int64).t().contiguous()  # [n, N_COLS]
     sizes = torch.tensor(numels, dtype=torch.int64)
     chunks = (sizes + block - 1) // block
     block_tensor = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), chunks)
@@ -136,6 +141,7 @@ def _build(columns, numels, block, device) -> Table:
         host[start:start + sec.numel()] = sec
         start += cut
     aligned = all(addr % _ALIGN == 0 for col in columns for addr in col)
+    rows_aligned = aligned and all(numel * itemsize % _ALIGN == 0 for numel in numels)
 
     keep = []
     if device.type == "cuda":
@@ -148,4 +154,4 @@ def _build(columns, numels, block, device) -> Table:
         flat = host.to(device)
     ptrs_d, numels_d, bt_d, bc_d = (view[:sec.numel()] for view, sec in zip(torch.split(flat, cuts), sections))
     scalars = torch.zeros(n, N_SCALARS, dtype=torch.float64, device=device)
-    return Table(ptrs_d, numels_d, bt_d, bc_d, scalars, n, nb, aligned, keep)
+    return Table(ptrs_d, numels_d, bt_d, bc_d, scalars, n, nb, aligned, rows_aligned, keep)
