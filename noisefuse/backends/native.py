@@ -1,5 +1,5 @@
 """The native backend: ``torch.ops.noisefuse.fused_step_``, one op with a CPU and a CUDA kernel
-(csrc/), chosen by PyTorch's dispatcher."""
+(csrc/), chosen by PyTorch's dispatcher. See docs/backends/native.md."""
 from __future__ import annotations
 
 import torch
@@ -34,6 +34,8 @@ def check_device(device: torch.device) -> None:
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+    if not ts.params:
+        return  # with no tensor argument the dispatcher could not choose a kernel
     torch.ops.noisefuse.fused_step_(
         ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
         ts.steps, ts.beta1_prods, momentum=MOMENTUM_CODES[family.momentum], lr=hyper.lr,
@@ -41,3 +43,16 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
         demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf)
+
+
+if _LOAD_ERROR is None:
+    # The FakeTensor kernel lets torch.compile trace the op without running it: the op only
+    # mutates its inputs in place (declared in the schema) and returns nothing.
+    _register_fake = getattr(torch.library, "register_fake", None) or torch.library.impl_abstract
+
+    @_register_fake("noisefuse::fused_step_")
+    def _fused_step_fake(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                         beta1_prods, *, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
+                         nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
+                         found_inf=None):
+        return None

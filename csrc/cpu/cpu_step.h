@@ -1,0 +1,50 @@
+// The plain-data description of one CPU fused step, handed from the op (fused_step_cpu.cpp) to a
+// kernel build (fused_step_cpu_kernel.h, compiled once per instruction set). Only raw pointers
+// and numbers cross this boundary, so the AVX2 build touches no torch object.
+#pragma once
+
+#include <cstdint>
+
+#include "noisefuse/step_scalars.h"
+
+namespace noisefuse {
+
+enum class CpuDtype : int { kFloat, kDouble, kHalf, kBFloat16 };
+
+// One tensor's element-wise operands; `m` is the buffer the step writes (PN's positive buffer).
+struct CpuTensor {
+  void* p;
+  const void* g;
+  void* m;
+  const void* m_neg;  // PN only
+  void* v;            // second moment only
+  void* vmax;         // amsgrad only
+  int64_t numel;
+  TensorScalars scalars;
+};
+
+struct CpuStep {
+  const CpuTensor* tensors;
+  int64_t num_tensors;
+  StepHyper hyper;
+  bool has_grad_scale;
+  float grad_scale;
+  CpuDtype dtype;
+  bool pn;
+  int second_moment;  // SecondMoment
+};
+
+// Elements per parallel work item: a multiple of every vector width, big enough that scheduling
+// costs nothing next to the work, small enough to balance a few large tensors over the threads.
+constexpr int64_t kCpuChunk = 32768;
+
+namespace cpu_default {
+void run_cpu_step(const CpuStep& step);
+}
+namespace cpu_avx2 {
+// False when this build has no AVX2 kernel (not x86-64 GCC); the caller also checks the CPU.
+extern const bool kCompiled;
+void run_cpu_step(const CpuStep& step);
+}  // namespace cpu_avx2
+
+}  // namespace noisefuse

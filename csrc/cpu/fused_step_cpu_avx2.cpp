@@ -1,0 +1,32 @@
+// The AVX2+FMA build of the CPU kernel (fused_step_cpu_kernel.h), chosen at run time when the CPU
+// has AVX2, FMA and F16C. The extension is compiled with baseline flags (setup.py applies one set
+// of flags to every file), so this file raises the target itself, as ATen's per-ISA kernel
+// builds do with -mavx2: the whole translation unit is AVX2 code, at::vec's AVX2 vectors live in
+// their own CPU_CAPABILITY namespace, and only plain data (cpu_step.h) crosses into it.
+#include "cpu_step.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("avx2,fma,f16c")
+// The pragma does not define the ISA macros; sleef.h declares its 8-wide functions only under them.
+// (No header of torch's tests them otherwise; __F16C__ stays undefined so c10::Half's shared
+// inline conversions keep their baseline form.)
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#define NF_CPU_KERNEL_NS cpu_avx2
+#include "fused_step_cpu_kernel.h"
+
+namespace noisefuse::cpu_avx2 {
+const bool kCompiled = true;
+}
+#else
+namespace noisefuse::cpu_avx2 {
+const bool kCompiled = false;
+void run_cpu_step(const CpuStep&) {}
+}  // namespace noisefuse::cpu_avx2
+#endif

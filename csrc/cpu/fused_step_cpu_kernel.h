@@ -1,0 +1,171 @@
+// The CPU kernel body, compiled once per instruction set: fused_step_cpu.cpp builds it for the
+// baseline ISA (namespace cpu_default), fused_step_cpu_avx2.cpp for AVX2+FMA (namespace cpu_avx2).
+// The including file defines NF_CPU_KERNEL_NS; at::vec picks its vector width from the
+// CPU_CAPABILITY macros in force, so the two builds are distinct types in distinct namespaces.
+//
+// Each tensor is cut into kCpuChunk-element chunks; at::parallel_for spreads the flat chunk range
+// over the intra-op threads; a chunk is updated one at::vec vector at a time (float16/bfloat16
+// widened to two float32 vectors, rounded once on store), the tensor's last partial vector with
+// partial loads/stores.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_step.h"
+#include "noisefuse/dispatch_family.h"
+#include "noisefuse/update_element.h"
+
+#ifndef NF_CPU_KERNEL_NS
+#error "define NF_CPU_KERNEL_NS before including fused_step_cpu_kernel.h"
+#endif
+
+namespace noisefuse {
+namespace NF_CPU_KERNEL_NS {
+namespace {
+
+using at::vec::Vectorized;
+
+struct VecOps {
+  template <typename V>
+  static V neg(const V& x) {
+    return x.neg();
+  }
+  template <typename V>
+  static V sqrt(const V& x) {
+    return x.sqrt();
+  }
+  template <typename V>
+  static V max(const V& a, const V& b) {
+    return at::vec::maximum(a, b);  // propagates NaN like torch.maximum
+  }
+};
+
+// Loads `count` elements at ptr as math-type vectors and stores them back: float and double are
+// one vector, float16/bfloat16 fill two float vectors. Full vectors use the fixed-size access,
+// only a tensor's tail the variable-length one.
+template <typename scalar_t, typename Enable = void>
+struct VecIO {
+  using Vec = Vectorized<scalar_t>;
+  static constexpr int64_t kWidth = Vec::size();
+  static constexpr int kParts = 1;
+  static void load(const scalar_t* ptr, int64_t count, Vec* out) {
+    out[0] = count == kWidth ? Vec::loadu(ptr) : Vec::loadu(ptr, count);
+  }
+  static void store(scalar_t* ptr, int64_t count, const Vec* in) {
+    if (count == kWidth) in[0].store(ptr);
+    else in[0].store(ptr, count);
+  }
+};
+
+template <typename scalar_t>
+struct VecIO<scalar_t, std::enable_if_t<std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>>> {
+  using Vec = Vectorized<float>;
+  using Raw = Vectorized<scalar_t>;
+  static constexpr int64_t kWidth = Raw::size();
+  static constexpr int kParts = 2;
+  static void load(const scalar_t* ptr, int64_t count, Vec* out) {
+    const Raw raw = count == kWidth ? Raw::loadu(ptr) : Raw::loadu(ptr, count);
+    auto [lo, hi] = at::vec::convert_to_float<scalar_t>(raw);
+    out[0] = lo;
+    out[1] = hi;
+  }
+  static void store(scalar_t* ptr, int64_t count, const Vec* in) {
+    const Raw raw = at::vec::convert_from_float<scalar_t>(in[0], in[1]);
+    if (count == kWidth) raw.store(ptr);
+    else raw.store(ptr, count);
+  }
+};
+
+template <typename scalar_t, bool kPn, int kSecond>
+struct ChunkKernel {
+  using IO = VecIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  static constexpr int kParts = IO::kParts;
+
+  scalar_t* p;
+  const scalar_t* g;
+  scalar_t* m;
+  const scalar_t* m_neg;
+  scalar_t* v;
+  scalar_t* vmax;
+
+  // Elements [i, i + count), count <= IO::kWidth.
+  void step_vector(int64_t i, int64_t count, const ElementCoefs<Vec>& c) const {
+    Vec rp[kParts], rg[kParts], rm[kParts], rmn[kParts], rv[kParts], rvm[kParts];
+    IO::load(p + i, count, rp);
+    IO::load(g + i, count, rg);
+    IO::load(m + i, count, rm);
+    if (kPn) IO::load(m_neg + i, count, rmn);
+    if (kSecond != kNoSecondMoment) IO::load(v + i, count, rv);
+    if (kSecond == kAmsgrad) IO::load(vmax + i, count, rvm);
+    for (int k = 0; k < kParts; ++k) {
+      update_element<kPn, kSecond, VecOps>(c, rp[k], rg[k], rm[k], rmn[k], rv[k], rvm[k]);
+    }
+    IO::store(p + i, count, rp);
+    IO::store(m + i, count, rm);
+    if (kSecond != kNoSecondMoment) IO::store(v + i, count, rv);
+    if (kSecond == kAmsgrad) IO::store(vmax + i, count, rvm);
+  }
+
+  void step_range(int64_t begin, int64_t end, const ElementCoefs<Vec>& c) const {
+    const int64_t full_end = begin + (end - begin) / IO::kWidth * IO::kWidth;
+    for (int64_t i = begin; i < full_end; i += IO::kWidth) step_vector(i, IO::kWidth, c);
+    if (full_end < end) step_vector(full_end, end - full_end, c);
+  }
+};
+
+template <typename scalar_t, bool kPn, int kSecond>
+void run_typed(const CpuStep& s) {
+  using Kernel = ChunkKernel<scalar_t, kPn, kSecond>;
+  using Vec = typename Kernel::Vec;
+  using math_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const int64_t n = s.num_tensors;
+  std::vector<ElementCoefs<Vec>> coefs;
+  coefs.reserve(n);
+  std::vector<int64_t> first_chunk(n + 1, 0);  // tensor i owns chunks [first_chunk[i], first_chunk[i+1])
+  for (int64_t i = 0; i < n; ++i) {
+    coefs.push_back(make_coefs<Vec, math_t>(s.hyper, s.tensors[i].scalars, s.has_grad_scale,
+                                            static_cast<math_t>(s.grad_scale)));
+    first_chunk[i + 1] = first_chunk[i] + (s.tensors[i].numel + kCpuChunk - 1) / kCpuChunk;
+  }
+  at::parallel_for(0, first_chunk[n], 1, [&](int64_t begin, int64_t end) {
+    int64_t i = std::upper_bound(first_chunk.begin(), first_chunk.end(), begin) - first_chunk.begin() - 1;
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      while (chunk >= first_chunk[i + 1]) ++i;  // skips empty tensors, which own no chunk
+      const CpuTensor& t = s.tensors[i];
+      const Kernel kernel{static_cast<scalar_t*>(t.p),    static_cast<const scalar_t*>(t.g),
+                          static_cast<scalar_t*>(t.m),    static_cast<const scalar_t*>(t.m_neg),
+                          static_cast<scalar_t*>(t.v),    static_cast<scalar_t*>(t.vmax)};
+      const int64_t start = (chunk - first_chunk[i]) * kCpuChunk;
+      kernel.step_range(start, std::min(start + kCpuChunk, t.numel), coefs[i]);
+    }
+  });
+}
+
+template <typename scalar_t>
+void run_family(const CpuStep& s) {
+  dispatch_family(s.pn, s.second_moment != kNoSecondMoment, s.second_moment == kAmsgrad, [&](auto pn, auto second) {
+    run_typed<scalar_t, decltype(pn)::value, decltype(second)::value>(s);
+  });
+}
+
+}  // namespace
+
+void run_cpu_step(const CpuStep& s) {
+  switch (s.dtype) {
+    case CpuDtype::kFloat: return run_family<float>(s);
+    case CpuDtype::kDouble: return run_family<double>(s);
+    case CpuDtype::kHalf: return run_family<c10::Half>(s);
+    case CpuDtype::kBFloat16: return run_family<c10::BFloat16>(s);
+  }
+}
+
+}  // namespace NF_CPU_KERNEL_NS
+}  // namespace noisefuse

@@ -1,0 +1,115 @@
+// Input validation shared by the CPU and CUDA kernels of noisefuse::fused_step_. It lives with the
+// CPU sources because those are compiled into every build; the CUDA kernel links against it.
+// Everything is checked before either kernel writes a byte, so a rejected call changes nothing.
+#include "noisefuse/fused_step_inputs.h"
+
+#include <string>
+
+#include <c10/util/Exception.h>
+
+namespace noisefuse {
+namespace {
+
+constexpr const char* kOp = "noisefuse.fused_step_: ";
+
+bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_length(at::TensorList list, const char* name, size_t expected, const char* why) {
+  TORCH_CHECK(list.size() == expected, kOp, name, " has ", list.size(), " tensors but ", expected,
+              " were expected (", why, ")");
+}
+
+// A one-element float32 tensor on `device` (step counters, Demon products, AMP scalars).
+void check_counter(const at::Tensor& t, const std::string& name, const c10::Device& device) {
+  TORCH_CHECK(t.defined(), kOp, name, " is undefined");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, kOp, name, " must be float32 but is ", t.scalar_type());
+  TORCH_CHECK(t.numel() == 1, kOp, name, " must have exactly one element but has ", t.numel());
+  TORCH_CHECK(t.device() == device, kOp, name, " is on ", t.device(), " but params are on ", device);
+}
+
+// A tensor updated element-wise alongside params[i]: same device, dtype, shape and memory layout,
+// so the kernels can walk all of them as flat arrays of numel elements.
+void check_like_param(const at::Tensor& t, const char* name, size_t i, const at::Tensor& p) {
+  TORCH_CHECK(t.defined(), kOp, name, "[", i, "] is undefined");
+  TORCH_CHECK(t.device() == p.device(), kOp, name, "[", i, "] is on ", t.device(), " but params[", i, "] is on ",
+              p.device());
+  TORCH_CHECK(t.scalar_type() == p.scalar_type(), kOp, name, "[", i, "] has dtype ", t.scalar_type(),
+              " but params[", i, "] has ", p.scalar_type());
+  TORCH_CHECK(t.sizes() == p.sizes(), kOp, name, "[", i, "] has shape ", t.sizes(), " but params[", i, "] has ",
+              p.sizes());
+  TORCH_CHECK(t.layout() == at::kStrided, kOp, name, "[", i, "] must be a dense (strided) tensor");
+  TORCH_CHECK(t.is_non_overlapping_and_dense(), kOp, name, "[", i,
+              "] is not dense (a view with gaps or overlaps); pass a contiguous tensor");
+  TORCH_CHECK(t.numel() <= 1 || t.strides() == p.strides(), kOp, name, "[", i, "] has strides ", t.strides(),
+              " but params[", i, "] has ", p.strides(), "; the kernels need one memory layout per index");
+}
+
+}  // namespace
+
+std::vector<at::TensorList> FusedStepLists::elementwise() const {
+  std::vector<at::TensorList> out{params, grads, exp_avgs};
+  if (pn()) out.push_back(neg_exp_avgs);
+  if (second_moment()) out.push_back(exp_avg_sqs);
+  if (amsgrad()) out.push_back(max_exp_avg_sqs);
+  return out;
+}
+
+StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, double lr, double beta1, double beta2,
+                                  double beta0, double eps, double weight_decay, bool decoupled, bool nesterov,
+                                  bool maximize, int64_t demon_total_steps, double demon_delay,
+                                  const std::optional<at::Tensor>& grad_scale,
+                                  const std::optional<at::Tensor>& found_inf, c10::DeviceType device_type) {
+  TORCH_CHECK(momentum == kHeavyBall || momentum == kEma || momentum == kPn, kOp,
+              "momentum must be 0 (heavy_ball), 1 (ema) or 2 (pn), got ", momentum);
+  TORCH_CHECK(demon_total_steps >= 0, kOp, "demon_total_steps must be >= 0, got ", demon_total_steps);
+  TORCH_CHECK(demon_delay >= 0.0 && demon_delay < 1.0, kOp, "demon_delay must be in [0, 1), got ", demon_delay);
+
+  const size_t n = l.params.size();
+  const bool second = !l.exp_avg_sqs.empty();
+  check_length(l.grads, "grads", n, "one per param");
+  check_length(l.exp_avgs, "exp_avgs", n, "one per param");
+  check_length(l.steps, "steps", n, "one per param");
+  check_length(l.neg_exp_avgs, "neg_exp_avgs", momentum == kPn ? n : 0, "one per param with momentum=pn, else none");
+  if (second) check_length(l.exp_avg_sqs, "exp_avg_sqs", n, "one per param, or none");
+  if (!l.max_exp_avg_sqs.empty()) {
+    TORCH_CHECK(second, kOp, "max_exp_avg_sqs (amsgrad) needs exp_avg_sqs");
+    check_length(l.max_exp_avg_sqs, "max_exp_avg_sqs", n, "one per param, or none");
+  }
+  const bool track_prod = second && demon_total_steps > 0;
+  check_length(l.beta1_prods, "beta1_prods", track_prod ? n : 0,
+               "one per param with a second moment and Demon, else none");
+
+  StepHyper h{lr,      beta1,           beta2,    beta0,    eps,     weight_decay, demon_delay, demon_total_steps,
+              static_cast<int32_t>(momentum), decoupled, nesterov, maximize, second,  track_prod};
+  if (n == 0) return h;
+
+  const at::Tensor& p0 = l.params[0];
+  TORCH_CHECK(p0.defined(), kOp, "params[0] is undefined");
+  const c10::Device device = p0.device();
+  TORCH_CHECK(device.type() == device_type, kOp, "params[0] is on ", device, " but this is the ",
+              c10::DeviceTypeName(device_type), " kernel");
+  TORCH_CHECK(supported_dtype(p0.scalar_type()), kOp, "params[0] has dtype ", p0.scalar_type(),
+              "; supported: float32, float64, float16, bfloat16");
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = l.params[i];
+    TORCH_CHECK(p.defined(), kOp, "params[", i, "] is undefined");
+    TORCH_CHECK(p.device() == device, kOp, "params[", i, "] is on ", p.device(), " but params[0] is on ", device);
+    TORCH_CHECK(p.scalar_type() == p0.scalar_type(), kOp, "params[", i, "] has dtype ", p.scalar_type(),
+                " but params[0] has ", p0.scalar_type(), " (one call updates one dtype)");
+    check_like_param(p, "params", i, p);
+    check_like_param(l.grads[i], "grads", i, p);
+    check_like_param(l.exp_avgs[i], "exp_avgs", i, p);
+    if (!l.neg_exp_avgs.empty()) check_like_param(l.neg_exp_avgs[i], "neg_exp_avgs", i, p);
+    if (!l.exp_avg_sqs.empty()) check_like_param(l.exp_avg_sqs[i], "exp_avg_sqs", i, p);
+    if (!l.max_exp_avg_sqs.empty()) check_like_param(l.max_exp_avg_sqs[i], "max_exp_avg_sqs", i, p);
+    check_counter(l.steps[i], "steps[" + std::to_string(i) + "]", device);
+    if (!l.beta1_prods.empty()) check_counter(l.beta1_prods[i], "beta1_prods[" + std::to_string(i) + "]", device);
+  }
+  if (grad_scale.has_value()) check_counter(*grad_scale, "grad_scale", device);
+  if (found_inf.has_value()) check_counter(*found_inf, "found_inf", device);
+  return h;
+}
+
+}  // namespace noisefuse

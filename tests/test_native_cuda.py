@@ -1,0 +1,134 @@
+"""The native backend's CUDA kernel: the CPU tests' checks on the GPU (against the reference run on
+the same device), plus what only CUDA has: launches split by the kernel-argument table, a tensor
+of more than 2^31 elements, misaligned operands, capture in a CUDA graph. Skipped without a GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cases import BIG_SIZE, CONFIGS, SIZES, compare_backends
+from noisefuse.backends import native, reference
+from noisefuse.backends.family import Family, Hyper
+from test_native import DTYPES, FAMILIES, assert_same, clone, op_args, step_tensors
+
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and native.available(torch.device("cuda"))),
+                                reason="needs a GPU and the native extension's CUDA kernel")
+CUDA = "cuda"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_matches_reference(config, dtype):
+    compare_backends(config, "native", dtype=dtype, device=CUDA, sizes=SIZES + (BIG_SIZE, 3 * 65536), steps=21)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_variant_with_grad_scale(name, dtype):
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 65536 + 3), dtype=dtype, device=CUDA)
+    expected = clone(ts)
+    scale = torch.tensor(64.0, device=CUDA)
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected, grad_scale=scale)
+        native.fused_step(family, hyper, ts, grad_scale=scale)
+    assert_same(expected, ts, dtype)
+
+
+@pytest.mark.parametrize("name", ["pn_ams", "heavy_ball"])
+def test_more_tensors_than_one_launch_table(name):
+    """300 tensors need several launches of the pointer table; counters stay per tensor."""
+    family, hyper = FAMILIES[name]
+    sizes = [(i * 37) % 300 for i in range(300)]  # zero-sized ones among them
+    ts = step_tensors(family, hyper, sizes=sizes, device=CUDA)
+    expected = clone(ts)
+    for _ in range(2):
+        reference.fused_step(family, hyper, expected)
+        native.fused_step(family, hyper, ts)
+    assert_same(expected, ts, torch.float32)
+
+
+def test_misaligned_operands_take_the_scalar_path():
+    family, hyper = FAMILIES["pn_ams"]
+    ts = step_tensors(family, hyper, sizes=(70001, 5), device=CUDA)
+    for key, lst in vars(ts).items():
+        if lst and key not in ("steps", "beta1_prods"):
+            lst[0] = torch.cat([torch.zeros(1, device=CUDA), lst[0]])[1:]
+    expected = clone(ts)
+    reference.fused_step(family, hyper, expected)
+    native.fused_step(family, hyper, ts)
+    assert_same(expected, ts, torch.float32)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_opcheck(name):
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(3, 70000), device=CUDA)
+    args, kwargs = op_args(family, hyper, ts, grad_scale=torch.tensor(2.0, device=CUDA),
+                           found_inf=torch.tensor(0.0, device=CUDA))
+    torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, args, kwargs)
+
+
+def test_found_inf_skips_everything_on_device():
+    family, hyper = FAMILIES["pn_ams"]
+    ts = step_tensors(family, hyper, device=CUDA)
+    before = clone(ts)
+    native.fused_step(family, hyper, ts, grad_scale=torch.tensor(8.0, device=CUDA),
+                      found_inf=torch.tensor(1.0, device=CUDA))
+    assert_same(before, ts, torch.float32, exact=True)
+
+
+def test_cuda_graph_replay_equals_eager_steps():
+    """capturable: no host read of counters or AMP scalars, so the step captures and replays."""
+    family, hyper = FAMILIES["pn_ams"]
+    ts = step_tensors(family, hyper, sizes=(5000, 3), device=CUDA)
+    eager = clone(ts)
+    scale, found_inf = torch.tensor(4.0, device=CUDA), torch.tensor(0.0, device=CUDA)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside capture, as torch.cuda.graphs requires
+        native.fused_step(family, hyper, ts, grad_scale=scale, found_inf=found_inf)
+    torch.cuda.current_stream().wait_stream(side)
+    native.fused_step(family, hyper, eager, grad_scale=scale, found_inf=found_inf)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        native.fused_step(family, hyper, ts, grad_scale=scale, found_inf=found_inf)
+    for _ in range(3):
+        graph.replay()
+        native.fused_step(family, hyper, eager, grad_scale=scale, found_inf=found_inf)
+    torch.cuda.synchronize()
+    assert_same(eager, ts, torch.float32)
+
+
+def test_counters_on_another_device_rejected():
+    family, hyper = FAMILIES["ema_v"]
+    ts = step_tensors(family, hyper, device=CUDA)
+    ts.steps[1] = ts.steps[1].cpu()
+    before = clone(ts)
+    with pytest.raises(RuntimeError, match=r"steps\[1\] is on cpu but params are on cuda"):
+        native.fused_step(family, hyper, ts)
+    assert_same(before, ts, torch.float32, exact=True)
+
+
+def test_tensor_beyond_2_pow_31_elements():
+    """A float16 tensor of 2^31 + 5 elements: chunk offsets past 2^31 must not wrap. The update is
+    element-wise with one set of scalars per tensor, so slices of it must match the reference run
+    on the same slices."""
+    free, _ = torch.cuda.mem_get_info()
+    n = 2**31 + 5
+    if free < 4 * 2 * n + (1 << 30):
+        pytest.skip("needs about 18 GB of free GPU memory")
+    family, hyper = Family("heavy_ball"), Hyper(lr=0.05, beta1=0.9, weight_decay=0.01)
+    gen = torch.Generator(device=CUDA).manual_seed(0)
+    ts = step_tensors(family, hyper, sizes=(0,), dtype=torch.float16, device=CUDA)
+    expected = clone(ts)  # the same counters; its tensors become the picked slices
+    picks = torch.cat([torch.arange(0, 1000), torch.arange(2**31 - 1000, n)]).to(CUDA)
+    for key in ("params", "grads", "exp_avgs"):
+        full = torch.randn(n, generator=gen, device=CUDA, dtype=torch.float16)
+        getattr(ts, key)[0] = full
+        getattr(expected, key)[0] = full[picks].clone()
+    native.fused_step(family, hyper, ts)
+    reference.fused_step(family, hyper, expected)
+    for key in ("params", "exp_avgs"):
+        torch.testing.assert_close(getattr(ts, key)[0][picks], getattr(expected, key)[0], atol=1e-3, rtol=2e-3)
+    assert ts.steps[0].item() == expected.steps[0].item() == 4.0
