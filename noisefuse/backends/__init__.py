@@ -39,30 +39,19 @@ def preload(name: str, devices) -> None:
 def resolve(name: str, device: torch.device):
     """The module to run tensors on ``device`` with: ``name`` itself, or for "auto" the fastest
     available (native, then Triton on GPUs, then foreach); never fails where foreach works."""
-    return get(_resolve_name(name, device.type, device.index))
-
-
-_assume_constant = getattr(torch.compiler, "assume_constant_result", None) or torch._dynamo.assume_constant_result
-
-
-@_assume_constant
-def _resolve_name(name: str, device_type: str, device_index) -> str:
-    # Which backend runs a device is fixed for the life of a process, so torch.compile may take
-    # the answer as a constant of the graph (the probes below are not traceable).
-    device = torch.device(device_type, device_index)
     if name != "auto":
         module = get(name)
         if hasattr(module, "check_device"):
             module.check_device(device)
-        return name
+        return module
     native = get("native")
     if native.available(device):
-        return "native"
-    if device_type != "cpu" and get("triton").available(device):
-        return "triton"
+        return native
+    if device.type != "cpu" and get("triton").available(device):
+        return get("triton")
     global _warned_native_missing
     if not _warned_native_missing and native.load_error() is not None:
         _warned_native_missing = True
         warnings.warn(f"noisefuse: the native extension is unavailable ({native.load_error()}); "
-                      "falling back to the foreach backend", RuntimeWarning, stacklevel=4)
-    return "foreach"
+                      "falling back to the foreach backend", RuntimeWarning, stacklevel=3)
+    return get("foreach")

@@ -81,6 +81,7 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"Invalid seed: {seed!r} (must be an int in [0, 2**64))")
         defaults = dict(defaults, demon=demon.as_dict() if demon else None, noise=noise,
                         backend=backend, seed=seed, maximize=maximize, capturable=capturable)
+        self._backends = {}  # (backend, device type, index, noisy) -> module; see _backend()
         super().__init__(params, defaults)
 
     # ----- subclass interface -------------------------------------------------------------------
@@ -107,9 +108,15 @@ class FusedOptimizer(Optimizer):
         except (ValueError, NotImplementedError):
             self.param_groups.pop()
             raise
+        for device in {p.device for p in group["params"]}:
+            try:
+                self._backend(group, device)  # choose now, so a compiled first step only looks it up
+            except RuntimeError:
+                pass  # a backend that cannot run here says so at the step, before anything is written
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        self.__dict__.setdefault("_backends", {})
         for group in self.param_groups:
             for key, value in COMMON_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -178,7 +185,7 @@ class FusedOptimizer(Optimizer):
         plans = []
         for gi, group in enumerate(self.param_groups):
             params = self._params_with_grad(gi, group)
-            chosen = {d: _resolve(group, d) for d in {p.device for p in params}}
+            chosen = {d: self._backend(group, d) for d in {p.device for p in params}}
             plans.append((group, params, chosen))
         noise = StepNoise([plan[:2] for plan in plans], self.param_groups, self.state, type(self).__name__)
         for gi, (group, params, chosen) in enumerate(plans):
@@ -186,7 +193,8 @@ class FusedOptimizer(Optimizer):
                 continue
             family, demon = self._family(group), as_demon(group["demon"])
             hyper = self._hyper(group, demon)
-            for (device, dtype), tensors in self._init_group(group, params, family, demon, hyper).items():
+            buckets = self._init_group(group, params, family, demon, hyper, chosen)
+            for (device, dtype), tensors in buckets.items():
                 extra = {}
                 if noise.noisy(gi):
                     bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)]
@@ -196,71 +204,95 @@ class FusedOptimizer(Optimizer):
         return loss
 
     # ----- helpers ------------------------------------------------------------------------------
+    def _backend(self, group, device):
+        """The backend module of ``group`` on ``device``, chosen once and remembered: the choice
+        cannot change within a process, and a step traced by torch.compile then only looks it up
+        (the availability probes are not traceable)."""
+        # Plain values only, so torch.compile looks the key up in the real dict; and no
+        # group["capturable"]: while tracing an optimizer, torch.compile shows it as True.
+        key = (group["backend"], device.type, device.index, group["noise"] is not None)
+        module = self._backends.get(key)
+        if module is None:
+            module = self._backends[key] = _resolve(group, device)
+        return module
+
     def _params_with_grad(self, group_index, group):
         params = []
         reads_rows = consumes_grad_sample(group["noise"])
+        dtensor_cls = _loaded_dtensor_class()
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
                 if reads_rows and getattr(p, "grad_sample", None) is not None:
                     params.append(p)  # the noise forms g from the per-sample gradients alone
                 continue
-            where = f"param {i} of param group {group_index}"
-            if g.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients ({where})")
-            if p.is_complex() or not p.is_floating_point():
-                raise RuntimeError(f"{type(self).__name__} supports real floating-point params only; {where} is {p.dtype}")
-            if _is_dtensor(p) and (not _is_dtensor(g) or g.placements != p.placements):
-                raise RuntimeError(f"the gradient of {where} must be a DTensor placed like it "
-                                   f"({p.placements}), got {getattr(g, 'placements', 'a plain tensor')}")
-            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-                raise RuntimeError(
-                    f"the gradient of {where} does not match it: grad {tuple(g.shape)} {g.dtype} on {g.device}, "
-                    f"param {tuple(p.shape)} {p.dtype} on {p.device}")
+            if g.is_sparse or not p.is_floating_point() or g.dtype != p.dtype or g.shape != p.shape \
+                    or g.device != p.device or (dtensor_cls is not None and isinstance(p, dtensor_cls)):
+                self._check_grad(group_index, i, p, g, dtensor_cls)  # says what is wrong, or passes a DTensor
             params.append(p)
         return params
 
-    def _step_device(self, group, p):
-        if p.device.type == "cpu":
-            return p.device
-        # The fused kernels and capturable steps read the counters on the device; the host-side
-        # backends read them with .item(), so they keep them on the CPU as torch.optim does.
-        on_host = group["backend"] in ("reference", "foreach") and not group["capturable"]
-        return torch.device("cpu") if on_host else p.device
+    def _check_grad(self, group_index, i, p, g, dtensor_cls):
+        where = f"param {i} of param group {group_index}"
+        if g.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients ({where})")
+        if not p.is_floating_point():  # complex and integer params alike
+            raise RuntimeError(f"{type(self).__name__} supports real floating-point params only; {where} is {p.dtype}")
+        if dtensor_cls is not None and isinstance(p, dtensor_cls) and (
+                not isinstance(g, dtensor_cls) or g.placements != p.placements):
+            raise RuntimeError(f"the gradient of {where} must be a DTensor placed like it "
+                               f"({p.placements}), got {getattr(g, 'placements', 'a plain tensor')}")
+        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            raise RuntimeError(
+                f"the gradient of {where} does not match it: grad {tuple(g.shape)} {g.dtype} on {g.device}, "
+                f"param {tuple(p.shape)} {p.dtype} on {p.device}")
 
-    def _init_group(self, group, params, family: Family, demon: Demon | None, hyper: Hyper):
-        keys = self._state_keys(group)
+    def _init_group(self, group, params, family: Family, demon: Demon | None, hyper: Hyper, chosen):
+        key_items = list(self._state_keys(group).items())
         track_prod = family.second_moment and demon is not None
+        # The fused kernels read the counters on the device; the host-side backends read them with
+        # .item(), so on accelerators they keep them on the CPU, as torch.optim does.
+        host_devices = {d for d, module in chosen.items() if d.type != "cpu" and _name(module) not in CAPTURABLE}
+        dtensor_cls = _loaded_dtensor_class()
+        cpu = torch.device("cpu")
         buckets = defaultdict(StepTensors)
         for p in params:
             state = self.state[p]
-            step_device = self._step_device(group, p)
-            fresh = "step" not in state
+            step_device = cpu if host_devices and p.device in host_devices else p.device
+            step = state.get("step")
+            fresh = step is None
             if fresh:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
-            elif not torch.is_tensor(state["step"]) or state["step"].device != step_device:
+                state["step"] = step = torch.zeros((), dtype=torch.float32, device=step_device)
+            elif type(step) is not torch.Tensor or step.device != step_device:
                 # The official code stores a Python int; a checkpoint may come from another device.
-                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(step_device)
-            for key in keys.values():
+                state["step"] = step = torch.as_tensor(step, dtype=torch.float32).to(step_device)
+            for _, key in key_items:
                 if key not in state:
                     state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if track_prod and "beta1_prod" not in state:
-                # The empty product is 1. Demon added to a run under way: rebuild the exact product
-                # of the betas so far (reading the counter is a host sync, paid once).
-                prod = 1.0 if fresh else demon.beta_product(hyper.beta1, int(state["step"]))
-                state["beta1_prod"] = torch.full((), prod, dtype=torch.float32, device=step_device)
-            elif track_prod and state["beta1_prod"].device != step_device:
-                state["beta1_prod"] = state["beta1_prod"].to(step_device)
 
+            # A DTensor param has a DTensor grad and state, placed like it: run on the local shards.
+            unwrap = local_tensor if dtensor_cls is not None and isinstance(p, dtensor_cls) else _same
             ts = buckets[(p.device, p.dtype)]
-            ts.params.append(local_tensor(p))
-            ts.grads.append(local_tensor(p.grad))
-            ts.steps.append(state["step"])
-            for field, key in keys.items():
-                getattr(ts, field).append(local_tensor(state[key]))
+            ts.params.append(unwrap(p))
+            ts.grads.append(unwrap(p.grad))
+            ts.steps.append(step)
+            for field, key in key_items:
+                getattr(ts, field).append(unwrap(state[key]))
             if track_prod:
-                ts.beta1_prods.append(state["beta1_prod"])
+                ts.beta1_prods.append(self._beta1_prod(state, fresh, step_device, demon, hyper))
         return buckets
+
+    @staticmethod
+    def _beta1_prod(state, fresh, step_device, demon, hyper):
+        prod = state.get("beta1_prod")
+        if prod is None:
+            # The empty product is 1. Demon added to a run under way: rebuild the exact product
+            # of the betas so far (reading the counter is a host sync, paid once).
+            value = 1.0 if fresh else demon.beta_product(hyper.beta1, int(state["step"]))
+            prod = state["beta1_prod"] = torch.full((), value, dtype=torch.float32, device=step_device)
+        elif prod.device != step_device:
+            prod = state["beta1_prod"] = prod.to(step_device)
+        return prod
 
 
 def _supports_noise(name):
@@ -271,9 +303,9 @@ def _resolve(group, device):
     """The backend of ``group`` on ``device``; "auto" sends a group with noise to foreach while the
     faster backend's kernels do not draw noise (``supports_noise``)."""
     module = backends.resolve(group["backend"], device)
-    if group["capturable"] and device.type != "cpu" and module.__name__.rsplit(".", 1)[-1] not in CAPTURABLE:
+    if group["capturable"] and device.type != "cpu" and _name(module) not in CAPTURABLE:
         raise RuntimeError(f"capturable=True on {device} needs a fused backend ({' or '.join(CAPTURABLE)}): "
-                           f"{module.__name__.rsplit('.', 1)[-1]} reads the step counters on the host")
+                           f"{_name(module)} reads the step counters on the host")
     if group["noise"] is not None and getattr(module, "supports_noise", False) is not True:
         if group["backend"] != "auto":
             raise NotImplementedError(f"backend={group['backend']!r} does not support noise= yet")
@@ -281,17 +313,25 @@ def _resolve(group, device):
     return module
 
 
+def _name(backend_module):
+    return backend_module.__name__.rsplit(".", 1)[-1]
+
+
 def local_tensor(t):
-    """A DTensor's local shard (FSDP2, tensor parallel), else ``t``. The update is elementwise, so
-    every backend runs on the shards and the state stays a DTensor sharded like its param."""
-    return t._local_tensor if _is_dtensor(t) else t
+    """A DTensor's local shard (FSDP2, tensor parallel); None stays None. The update is elementwise,
+    so every backend runs on the shards and the state stays a DTensor sharded like its param."""
+    return None if t is None else t._local_tensor
 
 
-def _is_dtensor(t):
-    # A DTensor exists only once its module is imported: look there instead of importing it
-    # (0.75 s) just to find out that a plain model has none.
+def _loaded_dtensor_class():
+    """torch's DTensor class if its module is imported, else None: a DTensor exists only once its
+    module is, so there is no need to import it (0.75 s) to learn that a plain model has none."""
     module = sys.modules.get("torch.distributed.tensor") or sys.modules.get("torch.distributed._tensor")
-    return module is not None and isinstance(t, module.DTensor)
+    return None if module is None else module.DTensor
+
+
+def _same(t):
+    return t
 
 
 def _on(t, device):
