@@ -15,8 +15,9 @@ TORCH_LIBRARY(noisefuse, m) {
   m.def(
       "fused_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] neg_exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, "
-      "Tensor(f!)[] steps, Tensor(g!)[] beta1_prods, *, int momentum, float lr, float beta1, "
-      "float beta2, float beta0, float eps, float weight_decay, bool decoupled, bool nesterov, "
-      "bool maximize, int demon_total_steps, float demon_delay, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
+      "Tensor(f!)[] steps, Tensor(g!)[] beta1_prods, Tensor[] grad_samples, *, int momentum, float lr, "
+      "float beta1, float beta2, float beta0, float eps, float weight_decay, bool decoupled, "
+      "bool nesterov, bool maximize, int demon_total_steps, float demon_delay, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None, Tensor? sample_weights=None, int[] offsets=[], int noise_kind=0, "
+      "int seed=0, float noise_std=0., float noise_scale=0., bool noise_centered=False) -> ()");
 }

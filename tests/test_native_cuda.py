@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cases import BIG_SIZE, CONFIGS, SIZES, compare_backends
+from cases import BIG_SIZE, CONFIGS, SIZES, assert_same_state, compare_backends, make_params
 from noisefuse.backends import native, reference
 from noisefuse.backends.family import Family, Hyper
 from test_native import DTYPES, FAMILIES, assert_same, clone, op_args, step_tensors
+from test_native_noise import PAIRS, noisy_op_args, noisy_run
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and native.available(torch.device("cuda"))),
                                 reason="needs a GPU and the native extension's CUDA kernel")
@@ -132,3 +133,74 @@ def test_tensor_beyond_2_pow_31_elements():
     for key in ("params", "exp_avgs"):
         torch.testing.assert_close(getattr(ts, key)[0][picks], getattr(expected, key)[0], atol=1e-3, rtol=2e-3)
     assert ts.steps[0].item() == expected.steps[0].item() == 4.0
+
+
+# ----- gradient noise (the CPU versions are in tests/test_native_noise.py) --------------------------
+# 0, 1, odd (rows not a whole number of 4-element packs: the scalar path), and more than one chunk.
+NOISE_SIZES = (0, 1, 37, 65536 + 4099, 4096)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("noise,config", PAIRS)
+def test_noise_matches_reference(noise, config, dtype):
+    params = make_params(NOISE_SIZES, dtype, device=CUDA)
+    pa, oa = noisy_run(config, "reference", noise, params)
+    pb, ob = noisy_run(config, "native", noise, params)
+    assert_same_state(oa, ob, pa, pb, dtype)
+
+
+@pytest.mark.parametrize("noise", ["isotropic", "diag_fisher_centered", "mult_gaussian"])
+def test_noise_in_float64(noise):
+    params = make_params((1, 37, 70000), torch.float64, device=CUDA)
+    pa, oa = noisy_run("adapnm_noams_demon", "reference", noise, params, steps=6)
+    pb, ob = noisy_run("adapnm_noams_demon", "native", noise, params, steps=6)
+    assert_same_state(oa, ob, pa, pb, torch.float32)  # float32 normals: float32 tolerances
+
+
+@pytest.mark.parametrize("noise", ["isotropic", "diag_fisher", "mult_bernoulli"])
+def test_noise_over_several_launch_tables(noise):
+    """200 tensors: several tables (fewer tensors per table with offsets); each element's normal
+    depends on its global offset alone."""
+    params = make_params([(i * 37) % 150 for i in range(200)], device=CUDA)
+    pa, oa = noisy_run("adapnm", "reference", noise, params, steps=3)
+    pb, ob = noisy_run("adapnm", "native", noise, params, steps=3)
+    assert_same_state(oa, ob, pa, pb, torch.float32)
+
+
+def _on_cuda(x):
+    if torch.is_tensor(x):
+        return x.to(CUDA)
+    return [t.to(CUDA) if torch.is_tensor(t) else t for t in x] if isinstance(x, list) else x
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "diag_fisher", "multiplicative"])
+def test_opcheck_with_noise(kind):
+    _, args, kwargs = noisy_op_args(kind)
+    torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, tuple(_on_cuda(a) for a in args),
+                          {k: _on_cuda(v) for k, v in kwargs.items()})
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "multiplicative"])
+def test_noisy_step_replays_in_a_cuda_graph(kind):
+    """Weights are read on the device, B/seed/std are launch arguments and the step counter is read
+    in-kernel: a noisy step captures and replays like an eager one (new normals every step)."""
+    _, args, kwargs = noisy_op_args(kind, sizes=(5000, 3))
+    graph_args = tuple(_on_cuda(a) for a in args)
+    kwargs = {k: _on_cuda(v) for k, v in kwargs.items()}
+    eager_args = tuple([t.clone() for t in a] for a in graph_args)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside capture
+        torch.ops.noisefuse.fused_step_(*graph_args, **kwargs)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.ops.noisefuse.fused_step_(*eager_args, **kwargs)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.ops.noisefuse.fused_step_(*graph_args, **kwargs)
+    for _ in range(3):
+        graph.replay()
+        torch.ops.noisefuse.fused_step_(*eager_args, **kwargs)
+    torch.cuda.synchronize()
+    for a, b in zip(graph_args, eager_args):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, atol=0, rtol=0)

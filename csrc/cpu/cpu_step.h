@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "noisefuse/noise_element.h"
 #include "noisefuse/step_scalars.h"
 
 namespace noisefuse {
@@ -14,12 +15,13 @@ enum class CpuDtype : int { kFloat, kDouble, kHalf, kBFloat16 };
 // One tensor's element-wise operands; `m` is the buffer the step writes (PN's positive buffer).
 struct CpuTensor {
   void* p;
-  const void* g;
+  const void* g;      // grad, or row 0 of grad_sample (rows laid out like p) when the noise reads rows
   void* m;
   const void* m_neg;  // PN only
   void* v;            // second moment only
   void* vmax;         // amsgrad only
   int64_t numel;
+  uint64_t offset;  // global index of element 0 (noise)
   TensorScalars scalars;
 };
 
@@ -32,6 +34,8 @@ struct CpuStep {
   CpuDtype dtype;
   bool pn;
   int second_moment;  // SecondMoment
+  NoiseHyper noise;
+  const float* weights;  // multiplicative noise: the step's B weights, else null
 };
 
 // Elements per parallel work item: a multiple of every vector width, big enough that scheduling

@@ -1,7 +1,7 @@
-// CPU kernel of noisefuse::fused_step_: validates the call, reads the host-side counters, computes
-// each tensor's scalars (step_scalars.h), runs the element-wise kernel (fused_step_cpu_kernel.h)
-// in its AVX2 build when the CPU supports it and its baseline build otherwise, then advances the
-// counters once every element is written.
+// CPU kernel of noisefuse::fused_step_: validates the call (noise included), reads the host-side
+// counters, computes each tensor's scalars (step_scalars.h), runs the element-wise kernel
+// (fused_step_cpu_kernel.h) in its AVX2 build when the CPU supports it and its baseline build
+// otherwise, then advances the counters once every element is written.
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -47,17 +47,24 @@ CpuDtype cpu_dtype(at::ScalarType t) {
 
 void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                     at::TensorList neg_exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-                    at::TensorList steps, at::TensorList beta1_prods, int64_t momentum, double lr, double beta1,
-                    double beta2, double beta0, double eps, double weight_decay, bool decoupled, bool nesterov,
-                    bool maximize, int64_t demon_total_steps, double demon_delay,
-                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                    at::TensorList steps, at::TensorList beta1_prods, at::TensorList grad_samples, int64_t momentum,
+                    double lr, double beta1, double beta2, double beta0, double eps, double weight_decay,
+                    bool decoupled, bool nesterov, bool maximize, int64_t demon_total_steps, double demon_delay,
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets, int64_t noise_kind,
+                    int64_t seed, double noise_std, double noise_scale, bool noise_centered) {
   const FusedStepLists l{params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods};
+  const NoiseArgs noise{grad_samples, sample_weights, offsets, noise_kind, seed, noise_std, noise_scale, noise_centered};
+  NoiseHyper nh;
   const StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
                                               nesterov, maximize, demon_total_steps, demon_delay, grad_scale,
-                                              found_inf, c10::DeviceType::CPU);
+                                              found_inf, noise, c10::DeviceType::CPU, &nh);
   if (params.empty()) return;
   // Host memory: reading the AMP scalars and the counters costs no synchronisation.
   if (found_inf.has_value() && *found_inf->const_data_ptr<float>() != 0.f) return;
+  const std::vector<at::Tensor> rows = rows_like_params(l, noise);
+  const at::Tensor weights =
+      nh.kind == kMultiplicativeNoise ? sample_weights->contiguous() : at::Tensor();
 
   std::vector<CpuTensor> tensors(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
@@ -65,12 +72,13 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
     const TensorScalars sc = tensor_scalars(h, *steps[i].const_data_ptr<float>(), prod);
     const bool pos_is_first = !l.pn() || sc.odd;  // PN: exp_avgs is "pos" at odd steps
     tensors[i] = CpuTensor{params[i].data_ptr(),
-                           grads[i].const_data_ptr(),
+                           rows.empty() ? grads[i].const_data_ptr() : rows[i].const_data_ptr(),
                            (pos_is_first ? exp_avgs : neg_exp_avgs)[i].data_ptr(),
                            l.pn() ? (pos_is_first ? neg_exp_avgs : exp_avgs)[i].const_data_ptr() : nullptr,
                            l.second_moment() ? exp_avg_sqs[i].data_ptr() : nullptr,
                            l.amsgrad() ? max_exp_avg_sqs[i].data_ptr() : nullptr,
                            params[i].numel(),
+                           nh.kind != kNoNoise ? static_cast<uint64_t>(offsets[i]) : 0,
                            sc};
   }
   const CpuStep step{tensors.data(),
@@ -80,7 +88,9 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                      grad_scale.has_value() ? *grad_scale->const_data_ptr<float>() : 1.f,
                      cpu_dtype(params[0].scalar_type()),
                      l.pn(),
-                     l.amsgrad() ? kAmsgrad : (l.second_moment() ? kSecondMoment : kNoSecondMoment)};
+                     l.amsgrad() ? kAmsgrad : (l.second_moment() ? kSecondMoment : kNoSecondMoment),
+                     nh,
+                     weights.defined() ? weights.const_data_ptr<float>() : nullptr};
   if (use_avx2()) {
     cpu_avx2::run_cpu_step(step);
   } else {

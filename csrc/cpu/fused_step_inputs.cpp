@@ -3,8 +3,10 @@
 // Everything is checked before either kernel writes a byte, so a rejected call changes nothing.
 #include "noisefuse/fused_step_inputs.h"
 
+#include <limits>
 #include <string>
 
+#include <ATen/ops/empty_strided.h>
 #include <c10/util/Exception.h>
 
 namespace noisefuse {
@@ -46,10 +48,82 @@ void check_like_param(const at::Tensor& t, const char* name, size_t i, const at:
               " but params[", i, "] has ", p.strides(), "; the kernels need one memory layout per index");
 }
 
+// A grad_sample: [B, *param.shape], the param's dtype and device, strided; any memory layout
+// (rows_like_params copies it into the param's layout when it differs).
+void check_rows(const at::Tensor& rows, size_t i, const at::Tensor& p, int64_t batch) {
+  TORCH_CHECK(rows.defined(), kOp, "grad_samples[", i, "] is undefined");
+  TORCH_CHECK(rows.device() == p.device(), kOp, "grad_samples[", i, "] is on ", rows.device(), " but params[", i,
+              "] is on ", p.device());
+  TORCH_CHECK(rows.scalar_type() == p.scalar_type(), kOp, "grad_samples[", i, "] has dtype ", rows.scalar_type(),
+              " but params[", i, "] has ", p.scalar_type());
+  TORCH_CHECK(rows.layout() == at::kStrided, kOp, "grad_samples[", i, "] must be a strided tensor");
+  TORCH_CHECK(rows.dim() == p.dim() + 1 && rows.size(0) == batch && rows.sizes().slice(1) == p.sizes(), kOp,
+              "grad_samples[", i, "] has shape ", rows.sizes(), " but [B, *params[", i, "].shape] = [", batch, ", ",
+              p.sizes(), "] was expected (one batch size B for every param)");
+}
+
+// Per-element normals are indexed by an element's row-major position; the kernels walk memory
+// order, the same order only for a row-major contiguous param.
+void check_row_major(const at::Tensor& p, size_t i, int64_t kind) {
+  TORCH_CHECK(p.is_contiguous(), kOp, "noise_kind=", kind, " draws a normal per element at its row-major index, ",
+              "but params[", i, "] has strides ", p.strides(), " (not row-major contiguous, e.g. channels_last or ",
+              "transposed); pass contiguous params (the native backend steps such groups with foreach)");
+}
+
+void check_noise(const FusedStepLists& l, const NoiseArgs& a, NoiseHyper* out) {
+  *out = NoiseHyper{static_cast<int32_t>(a.kind), 0, static_cast<uint64_t>(a.seed), a.std, a.scale,
+                    a.centered && a.kind == kDiagFisherNoise};
+  const size_t n = l.params.size();
+  const bool rows = noise_reads_rows(static_cast<int>(a.kind));
+  check_length(a.grad_samples, "grad_samples", rows ? n : 0,
+               "one per param when noise_kind reads grad_sample (2 or 3), else none");
+  if (a.kind == kNoNoise || n == 0) return;
+  TORCH_CHECK(a.offsets.size() == n, kOp, "offsets has ", a.offsets.size(), " entries but ", n,
+              " were expected (one global element offset per param with noise)");
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(a.offsets[i] >= 0, kOp, "offsets[", i, "] is ", a.offsets[i], "; global offsets are >= 0");
+    if (noise_draws_normals(static_cast<int>(a.kind))) check_row_major(l.params[i], i, a.kind);
+  }
+  if (!rows) return;
+  const at::Tensor& first = a.grad_samples[0];
+  TORCH_CHECK(first.defined() && first.dim() >= 1 && first.size(0) >= 1, kOp,
+              "grad_samples[0] must be [B, *params[0].shape] with B >= 1");
+  const int64_t batch = first.size(0);
+  TORCH_CHECK(batch <= std::numeric_limits<int32_t>::max(), kOp, "batch size ", batch, " is too large");
+  for (size_t i = 0; i < n; ++i) check_rows(a.grad_samples[i], i, l.params[i], batch);
+  out->batch = static_cast<int32_t>(batch);
+  if (a.kind == kMultiplicativeNoise) {
+    const at::Tensor* w = a.sample_weights.has_value() ? &*a.sample_weights : nullptr;
+    TORCH_CHECK(w != nullptr && w->defined(), kOp, "multiplicative noise (noise_kind=3) needs sample_weights");
+    TORCH_CHECK(w->scalar_type() == at::kFloat && w->dim() == 1 && w->size(0) == batch &&
+                    w->device() == l.params[0].device(),
+                kOp, "sample_weights must be float32 [", batch, "] on ", l.params[0].device(), " but is ",
+                w->scalar_type(), " ", w->sizes(), " on ", w->device());
+  }
+}
+
 }  // namespace
 
-std::vector<at::TensorList> FusedStepLists::elementwise() const {
-  std::vector<at::TensorList> out{params, grads, exp_avgs};
+std::vector<at::Tensor> rows_like_params(const FusedStepLists& l, const NoiseArgs& a) {
+  std::vector<at::Tensor> out;
+  if (!noise_reads_rows(static_cast<int>(a.kind))) return out;
+  out.reserve(l.params.size());
+  for (size_t i = 0; i < l.params.size(); ++i) {
+    const at::Tensor& p = l.params[i];
+    const at::Tensor& rows = a.grad_samples[i];
+    std::vector<int64_t> layout{p.numel()};
+    layout.insert(layout.end(), p.strides().begin(), p.strides().end());
+    if (p.numel() == 0 || rows.strides() == at::IntArrayRef(layout)) {
+      out.push_back(rows);
+    } else {
+      out.push_back(at::empty_strided(rows.sizes(), layout, rows.options()).copy_(rows));
+    }
+  }
+  return out;
+}
+
+std::vector<at::TensorList> FusedStepLists::elementwise(at::TensorList grad_source) const {
+  std::vector<at::TensorList> out{params, grad_source, exp_avgs};
   if (pn()) out.push_back(neg_exp_avgs);
   if (second_moment()) out.push_back(exp_avg_sqs);
   if (amsgrad()) out.push_back(max_exp_avg_sqs);
@@ -60,7 +134,10 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
                                   double beta0, double eps, double weight_decay, bool decoupled, bool nesterov,
                                   bool maximize, int64_t demon_total_steps, double demon_delay,
                                   const std::optional<at::Tensor>& grad_scale,
-                                  const std::optional<at::Tensor>& found_inf, c10::DeviceType device_type) {
+                                  const std::optional<at::Tensor>& found_inf, const NoiseArgs& noise,
+                                  c10::DeviceType device_type, NoiseHyper* noise_out) {
+  TORCH_CHECK(noise.kind >= kNoNoise && noise.kind <= kMultiplicativeNoise, kOp,
+              "noise_kind must be 0 (none), 1 (isotropic), 2 (diag_fisher) or 3 (multiplicative), got ", noise.kind);
   TORCH_CHECK(momentum == kHeavyBall || momentum == kEma || momentum == kPn, kOp,
               "momentum must be 0 (heavy_ball), 1 (ema) or 2 (pn), got ", momentum);
   TORCH_CHECK(demon_total_steps >= 0, kOp, "demon_total_steps must be >= 0, got ", demon_total_steps);
@@ -68,7 +145,9 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
 
   const size_t n = l.params.size();
   const bool second = !l.exp_avg_sqs.empty();
-  check_length(l.grads, "grads", n, "one per param");
+  const bool rows = noise_reads_rows(static_cast<int>(noise.kind));
+  check_length(l.grads, "grads", rows ? 0 : n,
+               rows ? "none: this noise_kind reads grad_samples instead" : "one per param");
   check_length(l.exp_avgs, "exp_avgs", n, "one per param");
   check_length(l.steps, "steps", n, "one per param");
   check_length(l.neg_exp_avgs, "neg_exp_avgs", momentum == kPn ? n : 0, "one per param with momentum=pn, else none");
@@ -83,7 +162,10 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
 
   StepHyper h{lr,      beta1,           beta2,    beta0,    eps,     weight_decay, demon_delay, demon_total_steps,
               static_cast<int32_t>(momentum), decoupled, nesterov, maximize, second,  track_prod};
-  if (n == 0) return h;
+  if (n == 0) {
+    check_noise(l, noise, noise_out);
+    return h;
+  }
 
   const at::Tensor& p0 = l.params[0];
   TORCH_CHECK(p0.defined(), kOp, "params[0] is undefined");
@@ -99,7 +181,7 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
     TORCH_CHECK(p.scalar_type() == p0.scalar_type(), kOp, "params[", i, "] has dtype ", p.scalar_type(),
                 " but params[0] has ", p0.scalar_type(), " (one call updates one dtype)");
     check_like_param(p, "params", i, p);
-    check_like_param(l.grads[i], "grads", i, p);
+    if (!rows) check_like_param(l.grads[i], "grads", i, p);
     check_like_param(l.exp_avgs[i], "exp_avgs", i, p);
     if (!l.neg_exp_avgs.empty()) check_like_param(l.neg_exp_avgs[i], "neg_exp_avgs", i, p);
     if (!l.exp_avg_sqs.empty()) check_like_param(l.exp_avg_sqs[i], "exp_avg_sqs", i, p);
@@ -109,6 +191,7 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
   }
   if (grad_scale.has_value()) check_counter(*grad_scale, "grad_scale", device);
   if (found_inf.has_value()) check_counter(*found_inf, "found_inf", device);
+  check_noise(l, noise, noise_out);
   return h;
 }
 

@@ -11,6 +11,10 @@
 // first by the stream, costs one tiny kernel, and needs no host read of the step (capturable).
 // AMP: both kernels read found_inf on the device and return at once when it is set, so a skipped
 // step leaves params, state and counters untouched without a host synchronisation.
+// Noise (noisy_grad.cuh): the kind is a template parameter; for the kinds that read grad_sample the
+// table's grad slot holds the rows' base pointer (row b at + b * numel), and for the kinds that
+// draw normals the table carries each tensor's global offset. B, seed, std, scale are runtime
+// values and the weights are read from device memory, so a noisy step stays capturable.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -22,6 +26,7 @@
 #include "noisefuse/dispatch_family.h"
 #include "noisefuse/fused_step_inputs.h"
 #include "noisefuse/update_element.h"
+#include "noisy_grad.cuh"
 
 namespace noisefuse {
 namespace cuda {
@@ -37,7 +42,7 @@ struct alignas(sizeof(T) * kIlp) Pack {
 template <typename scalar_t>
 struct ChunkPtrs {
   scalar_t* p;
-  const scalar_t* g;
+  const scalar_t* g;  // grad, or grad_sample row 0 (rows BlockNoise::row_stride apart)
   scalar_t* m;
   const scalar_t* m_neg;
   scalar_t* v;
@@ -72,12 +77,15 @@ __device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& 
   }
 }
 
-// Elements [i, i + kIlp) with one vector access per operand; needs aligned pointers.
-template <typename scalar_t, bool kPn, int kSecond, typename math_t>
-__device__ inline void step_aligned(const ChunkPtrs<scalar_t>& x, int i, const ElementCoefs<math_t>& c) {
+// Elements [i, i + kIlp) with one vector access per operand (and per grad_sample row); needs
+// aligned pointers.
+template <typename scalar_t, bool kPn, int kSecond, int kNoise, typename math_t>
+__device__ inline void step_aligned(const ChunkPtrs<scalar_t>& x, int i, const ElementCoefs<math_t>& c,
+                                    const BlockNoise<math_t>& nz) {
   Regs<math_t> r;
+  const auto load_row = [&](int b, math_t* out) { load_pack(x.g + b * nz.row_stride, i, out); };
+  form_grads<kNoise, kIlp>(load_row, [&](int j) { return i + j; }, c, nz, r.g);
   load_pack(x.p, i, r.p);
-  load_pack(x.g, i, r.g);
   load_pack(x.m, i, r.m);
   if (kPn) load_pack(x.m_neg, i, r.mn);
   if (kSecond != kNoSecondMoment) load_pack(x.v, i, r.v);
@@ -90,16 +98,24 @@ __device__ inline void step_aligned(const ChunkPtrs<scalar_t>& x, int i, const E
 }
 
 // Elements base + j * stride (j < kIlp) that are below n, one scalar access each; any alignment.
-template <typename scalar_t, bool kPn, int kSecond, typename math_t>
+template <typename scalar_t, bool kPn, int kSecond, int kNoise, typename math_t>
 __device__ inline void step_strided(const ChunkPtrs<scalar_t>& x, int base, int stride, int n,
-                                    const ElementCoefs<math_t>& c) {
+                                    const ElementCoefs<math_t>& c, const BlockNoise<math_t>& nz) {
   Regs<math_t> r{};  // lanes past n compute on zeros and are never stored
+  const auto load_row = [&](int b, math_t* out) {
+    const scalar_t* row = x.g + b * nz.row_stride;
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) {
+      const int i = base + j * stride;
+      out[j] = i < n ? static_cast<math_t>(row[i]) : math_t(0);
+    }
+  };
+  form_grads<kNoise, kIlp>(load_row, [&](int j) { return base + j * stride; }, c, nz, r.g);
 #pragma unroll
   for (int j = 0; j < kIlp; ++j) {
     const int i = base + j * stride;
     if (i < n) {
       r.p[j] = static_cast<math_t>(x.p[i]);
-      r.g[j] = static_cast<math_t>(x.g[i]);
       r.m[j] = static_cast<math_t>(x.m[i]);
       if (kPn) r.mn[j] = static_cast<math_t>(x.m_neg[i]);
       if (kSecond != kNoSecondMoment) r.v[j] = static_cast<math_t>(x.v[i]);
@@ -125,9 +141,10 @@ __device__ inline void step_strided(const ChunkPtrs<scalar_t>& x, int base, int 
 // to the kernel's parameter table would make the compiler copy the table into local memory.
 template <typename math_t>
 __device__ __noinline__ void block_coefs(StepHyper h, float step, float prod, const float* grad_scale,
-                                         ElementCoefs<math_t>* coefs, bool* odd) {
+                                         ElementCoefs<math_t>* coefs, bool* odd, int64_t* t) {
   const TensorScalars sc = tensor_scalars(h, step, prod);
   *odd = sc.odd;
+  *t = sc.t;
   *coefs = make_coefs<math_t, math_t>(h, sc, grad_scale != nullptr,
                                       grad_scale != nullptr ? static_cast<math_t>(*grad_scale) : math_t(1));
 }
@@ -137,21 +154,25 @@ __device__ inline bool is_aligned(const void* ptr) {
   return reinterpret_cast<uintptr_t>(ptr) % (sizeof(scalar_t) * kIlp) == 0;
 }
 
-template <typename scalar_t, bool kPn, int kSecond, int kLists>
+template <int kLists, int kNoise>
+using NoiseTable = TensorTable<kLists, noise_draws_normals(kNoise)>;
+
+template <typename scalar_t, bool kPn, int kSecond, int kLists, int kNoise>
 __global__ void __launch_bounds__(kBlockThreads)
-    fused_step_kernel(const TensorTable<kLists> table, const StepHyper h, const float* grad_scale,
-                      const float* found_inf) {
+    fused_step_kernel(const NoiseTable<kLists, kNoise> table, const StepHyper h, const float* grad_scale,
+                      const float* found_inf, const NoiseHyper noise, const float* weights) {
   using math_t = at::opmath_type<scalar_t>;
   if (found_inf != nullptr && *found_inf != 0.f) return;  // AMP overflow: the step is a no-op
 
   __shared__ int tensor_s;
   __shared__ bool odd_s;
   __shared__ ElementCoefs<math_t> coefs_s;
+  __shared__ int64_t step_s;
   if (threadIdx.x == 0) {
     const int ti = locate_tensor(table, blockIdx.x);
     tensor_s = ti;
     block_coefs<math_t>(h, *table.steps[ti], h.track_beta1_prod ? *table.beta1_prods[ti] : 1.f, grad_scale, &coefs_s,
-                        &odd_s);
+                        &odd_s, &step_s);
   }
   __syncthreads();
   const int ti = tensor_s;
@@ -169,7 +190,19 @@ __global__ void __launch_bounds__(kBlockThreads)
                               kSecond != kNoSecondMoment ? operand(3 + kPn) : nullptr,
                               kSecond == kAmsgrad ? operand(4 + kPn) : nullptr};
 
+  const BlockNoise<math_t> nz{make_noise_coefs<math_t, math_t>(noise),
+                              weights,
+                              noise.seed,
+                              (noise_draws_normals(kNoise) ? static_cast<uint64_t>(table.offsets[ti]) : 0) +
+                                  static_cast<uint64_t>(start),
+                              static_cast<uint64_t>(step_s),
+                              table.numel[ti],
+                              noise.batch,
+                              noise.centered};
+
   bool aligned = is_aligned<scalar_t>(x.p) && is_aligned<scalar_t>(x.g) && is_aligned<scalar_t>(x.m);
+  // Rows are aligned when the first is and each is a whole number of packs long.
+  if (noise_reads_rows(kNoise)) aligned = aligned && table.numel[ti] % kIlp == 0;
   if (kPn) aligned = aligned && is_aligned<scalar_t>(x.m_neg);
   if (kSecond != kNoSecondMoment) aligned = aligned && is_aligned<scalar_t>(x.v);
   if (kSecond == kAmsgrad) aligned = aligned && is_aligned<scalar_t>(x.vmax);
@@ -178,20 +211,20 @@ __global__ void __launch_bounds__(kBlockThreads)
   if (aligned) {
     const int full = n - n % kIlp;
     for (int i = threadIdx.x * kIlp; i < full; i += stride * kIlp) {
-      step_aligned<scalar_t, kPn, kSecond>(x, i, c);
+      step_aligned<scalar_t, kPn, kSecond, kNoise>(x, i, c, nz);
     }
     if (threadIdx.x < n - full) {  // the last n % kIlp elements of a tensor
-      step_strided<scalar_t, kPn, kSecond>(x, full + threadIdx.x, n, n, c);
+      step_strided<scalar_t, kPn, kSecond, kNoise>(x, full + threadIdx.x, n, n, c, nz);
     }
   } else {
     for (int base = threadIdx.x; base < n; base += stride * kIlp) {
-      step_strided<scalar_t, kPn, kSecond>(x, base, stride, n, c);
+      step_strided<scalar_t, kPn, kSecond, kNoise>(x, base, stride, n, c, nz);
     }
   }
 }
 
-template <int kLists>
-__global__ void advance_counters_kernel(const TensorTable<kLists> table, const StepHyper h, const float* found_inf) {
+template <typename Table>
+__global__ void advance_counters_kernel(const Table table, const StepHyper h, const float* found_inf) {
   if (found_inf != nullptr && *found_inf != 0.f) return;
   const int ti = blockIdx.x * blockDim.x + threadIdx.x;
   if (ti >= table.num_tensors) return;
@@ -202,44 +235,77 @@ __global__ void advance_counters_kernel(const TensorTable<kLists> table, const S
   *table.steps[ti] = static_cast<float>(t);
 }
 
-template <typename scalar_t, bool kPn, int kSecond>
-void launch_fused_step(const FusedStepLists& l, const StepHyper& h, const float* grad_scale, const float* found_inf) {
+// The call's noise as the launches see it.
+struct LaunchNoise {
+  NoiseHyper hyper;
+  at::IntArrayRef offsets;
+  const float* weights;
+};
+
+template <typename scalar_t, bool kPn, int kSecond, int kNoise>
+void launch_fused_step(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
+                       const LaunchNoise& noise, const float* grad_scale, const float* found_inf) {
   constexpr int kLists = 3 + (kPn ? 1 : 0) + kSecond;
-  using Table = TensorTable<kLists>;
+  using Table = NoiseTable<kLists, kNoise>;
   static_assert(sizeof(Table) <= kTableBytes, "the tensor table outgrew its share of the kernel arguments");
-  static_assert(sizeof(Table) + sizeof(StepHyper) + 2 * sizeof(float*) <= kKernelParamBytes,
+  static_assert(sizeof(Table) + sizeof(StepHyper) + sizeof(NoiseHyper) + 3 * sizeof(float*) <= kKernelParamBytes,
                 "the kernel arguments exceed CUDA's 4 KB parameter limit");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  multi_tensor_apply<kLists>(l.elementwise(), l.steps, l.beta1_prods, [&](const Table& table) {
-    const int32_t blocks = table.first_block[table.num_tensors];
-    if (blocks > 0) {  // a table of empty tensors only has counters to advance
-      fused_step_kernel<scalar_t, kPn, kSecond, kLists>
-          <<<blocks, kBlockThreads, 0, stream>>>(table, h, grad_scale, found_inf);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    constexpr int kCounterThreads = 32 * ((Table::kMaxTensors + 31) / 32);
-    advance_counters_kernel<kLists><<<1, kCounterThreads, 0, stream>>>(table, h, found_inf);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  multi_tensor_apply<kLists, noise_draws_normals(kNoise)>(
+      lists, l.steps, l.beta1_prods, noise.offsets, [&](const Table& table) {
+        const int32_t blocks = table.first_block[table.num_tensors];
+        if (blocks > 0) {  // a table of empty tensors only has counters to advance
+          fused_step_kernel<scalar_t, kPn, kSecond, kLists, kNoise>
+              <<<blocks, kBlockThreads, 0, stream>>>(table, h, grad_scale, found_inf, noise.hyper, noise.weights);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        constexpr int kCounterThreads = 32 * ((Table::kMaxTensors + 31) / 32);
+        advance_counters_kernel<Table><<<1, kCounterThreads, 0, stream>>>(table, h, found_inf);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 void fused_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                      at::TensorList neg_exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-                     at::TensorList steps, at::TensorList beta1_prods, int64_t momentum, double lr, double beta1,
-                     double beta2, double beta0, double eps, double weight_decay, bool decoupled, bool nesterov,
-                     bool maximize, int64_t demon_total_steps, double demon_delay,
-                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                     at::TensorList steps, at::TensorList beta1_prods, at::TensorList grad_samples, int64_t momentum,
+                     double lr, double beta1, double beta2, double beta0, double eps, double weight_decay,
+                     bool decoupled, bool nesterov, bool maximize, int64_t demon_total_steps, double demon_delay,
+                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                     const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets, int64_t noise_kind,
+                     int64_t seed, double noise_std, double noise_scale, bool noise_centered) {
   const FusedStepLists l{params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods};
+  const NoiseArgs noise{grad_samples, sample_weights, offsets, noise_kind, seed, noise_std, noise_scale, noise_centered};
+  NoiseHyper nh;
   const StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
                                               nesterov, maximize, demon_total_steps, demon_delay, grad_scale,
-                                              found_inf, c10::DeviceType::CUDA);
+                                              found_inf, noise, c10::DeviceType::CUDA, &nh);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard device_guard(params[0].device());
   const float* scale_ptr = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
   const float* found_inf_ptr = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  // Copies (rows in another layout than their param, strided weights) are stream-ordered before
+  // the launches and freed to the caching allocator only after them.
+  const std::vector<at::Tensor> rows = rows_like_params(l, noise);
+  const at::Tensor weights = nh.kind == kMultiplicativeNoise ? sample_weights->contiguous() : at::Tensor();
+  const LaunchNoise launch{nh, nh.kind != kNoNoise ? offsets : at::IntArrayRef(),
+                           weights.defined() ? weights.const_data_ptr<float>() : nullptr};
+  const std::vector<at::TensorList> lists = l.elementwise(rows.empty() ? grads : at::TensorList(rows));
+  using None = std::integral_constant<int, kNoNoise>;
+  using Iso = std::integral_constant<int, kIsotropicNoise>;
+  using Fisher = std::integral_constant<int, kDiagFisherNoise>;
+  using Mult = std::integral_constant<int, kMultiplicativeNoise>;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "noisefuse_fused_step_cuda", [&] {
     dispatch_family(l.pn(), l.second_moment(), l.amsgrad(), [&](auto pn, auto second) {
-      launch_fused_step<scalar_t, decltype(pn)::value, decltype(second)::value>(l, h, scale_ptr, found_inf_ptr);
+      const auto run = [&](auto kind) {
+        launch_fused_step<scalar_t, decltype(pn)::value, decltype(second)::value, decltype(kind)::value>(
+            lists, l, h, launch, scale_ptr, found_inf_ptr);
+      };
+      switch (nh.kind) {
+        case kIsotropicNoise: return run(Iso{});
+        case kDiagFisherNoise: return run(Fisher{});
+        case kMultiplicativeNoise: return run(Mult{});
+        default: return run(None{});
+      }
     });
   });
 }

@@ -27,17 +27,21 @@ constexpr int kIlp = 4;  // elements per thread per iteration (one vector load w
 constexpr size_t kKernelParamBytes = 4096;
 constexpr size_t kTableBytes = 3840;
 
-// The pointer/size table of one launch. kLists element-wise lists (params, grads, buffers) plus
-// each tensor's step counter and Demon product, both read in-kernel (capturable: no host reads).
-template <int kLists>
+// The pointer/size table of one launch. kLists element-wise lists (params, grads or grad_sample
+// rows, buffers) plus each tensor's step counter and Demon product, both read in-kernel
+// (capturable: no host reads), and with kOffsets each tensor's global element offset (noise that
+// draws per-element normals: one int64 more per tensor, so a few tensors fewer per launch).
+template <int kLists, bool kOffsets = false>
 struct TensorTable {
-  static constexpr int kBytesPerTensor = kLists * sizeof(void*) + 2 * sizeof(float*) + sizeof(int64_t) + sizeof(int32_t);
-  static constexpr int kMaxTensors = (kTableBytes - 2 * sizeof(int32_t)) / kBytesPerTensor;
+  static constexpr int kBytesPerTensor = kLists * sizeof(void*) + 2 * sizeof(float*) + sizeof(int64_t) +
+                                         sizeof(int32_t) + (kOffsets ? sizeof(int64_t) : 0);
+  static constexpr int kMaxTensors = (kTableBytes - 2 * sizeof(int32_t) - sizeof(int64_t)) / kBytesPerTensor;
 
   void* ptrs[kLists][kMaxTensors];
   float* steps[kMaxTensors];
   float* beta1_prods[kMaxTensors];  // null when the call tracks no Demon product
   int64_t numel[kMaxTensors];
+  int64_t offsets[kOffsets ? kMaxTensors : 1];  // global index of element 0; unused without kOffsets
   int32_t first_block[kMaxTensors + 1];  // first_block[num_tensors] is the grid size
   int32_t num_tensors;
 };
@@ -58,10 +62,11 @@ C10_DEVICE inline int locate_tensor(const Table& table, int32_t block) {
 // Fills tables with the tensors of `lists` (each a per-param list, all of equal length) in order
 // and calls launch(table) whenever a table is full and once at the end. A tensor is never split
 // across tables, so a launch's counters can be advanced right after it on the same stream.
-template <int kLists, typename Launch>
+template <int kLists, bool kOffsets, typename Launch>
 void multi_tensor_apply(const std::vector<at::TensorList>& lists, at::TensorList steps, at::TensorList beta1_prods,
-                        Launch&& launch) {
-  using Table = TensorTable<kLists>;
+                        at::IntArrayRef offsets, Launch&& launch) {
+  using Table = TensorTable<kLists, kOffsets>;
+  TORCH_INTERNAL_ASSERT(!kOffsets || offsets.size() == lists[0].size());
   TORCH_INTERNAL_ASSERT(lists.size() == static_cast<size_t>(kLists));
   Table table;
   table.num_tensors = 0;
@@ -84,6 +89,7 @@ void multi_tensor_apply(const std::vector<at::TensorList>& lists, at::TensorList
     table.steps[k] = steps[i].data_ptr<float>();
     table.beta1_prods[k] = beta1_prods.empty() ? nullptr : beta1_prods[i].data_ptr<float>();
     table.numel[k] = numel;
+    if (kOffsets) table.offsets[k] = offsets[i];
     table.first_block[k + 1] = table.first_block[k] + static_cast<int32_t>(blocks);
     table.num_tensors = k + 1;
   }

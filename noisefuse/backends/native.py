@@ -1,9 +1,14 @@
 """The native backend: ``torch.ops.noisefuse.fused_step_``, one op with a CPU and a CUDA kernel
-(csrc/), chosen by PyTorch's dispatcher. See docs/backends/native.md."""
+(csrc/), chosen by PyTorch's dispatcher. Gradient noise is drawn inside the kernels.
+See docs/backends/native.md."""
 from __future__ import annotations
+
+import warnings
 
 import torch
 
+from ..noise.step import NoiseStep
+from ..random.philox import seed_as_int64
 from .family import MOMENTUM_CODES, Family, Hyper
 from .step_tensors import StepTensors
 
@@ -13,6 +18,11 @@ try:
     _LOAD_ERROR = None
 except ImportError as exc:  # the extension was not built
     _LOAD_ERROR = exc
+
+
+# Every noise kind is drawn inside the kernels (csrc/include/noisefuse/noise_element.h).
+supports_noise = True
+_warned_layout = False
 
 
 def load_error():
@@ -33,16 +43,43 @@ def check_device(device: torch.device) -> None:
         raise RuntimeError(f"backend='native' cannot run on {device}: {reason}")
 
 
-def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None) -> None:
+def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
+               noise: NoiseStep | None = None) -> None:
     if not ts.params:
         return  # with no tensor argument the dispatcher could not choose a kernel
+    if noise is not None and noise.kind in ("isotropic", "diag_fisher") and not all(
+            p.is_contiguous() for p in ts.params):
+        _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise)
+        return
+    noise_args = {}  # no noise: the op's defaults
+    if noise is not None:
+        noise_args = dict(sample_weights=noise.sample_weights, offsets=ts.offsets, noise_kind=noise.code,
+                          seed=seed_as_int64(noise.seed), noise_std=noise.std, noise_scale=noise.scale,
+                          noise_centered=noise.centered)
+    reads_rows = noise is not None and noise.consumes_grad_sample
     torch.ops.noisefuse.fused_step_(
         ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
-        ts.steps, ts.beta1_prods, momentum=MOMENTUM_CODES[family.momentum], lr=hyper.lr,
+        ts.steps, ts.beta1_prods, ts.grad_samples if reads_rows else [],
+        momentum=MOMENTUM_CODES[family.momentum], lr=hyper.lr,
         beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
-        demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf)
+        demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf, **noise_args)
+
+
+def _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise):
+    """Normals are indexed by an element's row-major position; the kernels walk memory order, which
+    differs for a dense non-contiguous param (channels_last, a transpose), and the op refuses such
+    params for isotropic and diag_fisher noise. Their group is stepped by the foreach backend: the
+    same numbers, without fusion. (Multiplicative noise draws no per-element normals: any layout.)"""
+    global _warned_layout
+    if not _warned_layout:
+        _warned_layout = True
+        warnings.warn("backend='native': params that are not contiguous (e.g. channels_last) with "
+                      f"noise={noise.kind!r} are stepped by the foreach backend", RuntimeWarning, stacklevel=4)
+    from . import foreach
+
+    foreach.fused_step(family, hyper, ts, grad_scale=grad_scale, found_inf=found_inf, noise=noise)
 
 
 if _LOAD_ERROR is None:
@@ -52,7 +89,8 @@ if _LOAD_ERROR is None:
 
     @_register_fake("noisefuse::fused_step_")
     def _fused_step_fake(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                         beta1_prods, *, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
-                         nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
-                         found_inf=None):
+                         beta1_prods, grad_samples, *, momentum, lr, beta1, beta2, beta0, eps, weight_decay,
+                         decoupled, nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
+                         found_inf=None, sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0,
+                         noise_scale=0.0, noise_centered=False):
         return None

@@ -8,6 +8,7 @@
 #include "noisefuse/update_element.h"
 
 namespace noisefuse {
+inline namespace NF_ISA_NS {
 
 template <typename Fn>
 void dispatch_family(bool pn, bool second_moment, bool amsgrad, Fn&& fn) {
@@ -27,4 +28,5 @@ void dispatch_family(bool pn, bool second_moment, bool amsgrad, Fn&& fn) {
   }
 }
 
+}  // namespace NF_ISA_NS
 }  // namespace noisefuse

@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "noisefuse/noise_element.h"
 #include "noisefuse/step_scalars.h"
 
 namespace noisefuse {
@@ -19,18 +20,37 @@ struct FusedStepLists {
   bool second_moment() const { return !exp_avg_sqs.empty(); }
   bool amsgrad() const { return !max_exp_avg_sqs.empty(); }
 
-  // The element-wise lists in the kernels' pointer order: params, grads, exp_avgs, then
-  // neg_exp_avgs / exp_avg_sqs / max_exp_avg_sqs where used.
-  std::vector<at::TensorList> elementwise() const;
+  // The element-wise lists in the kernels' pointer order: params, `grad_source` (grads, or the
+  // grad_sample rows when the noise reads them), exp_avgs, then neg_exp_avgs / exp_avg_sqs /
+  // max_exp_avg_sqs where used.
+  std::vector<at::TensorList> elementwise(at::TensorList grad_source) const;
 };
 
-// Validates every list, tensor and scalar and returns the call's StepHyper; throws (naming the list
-// and index) on the first problem. `device_type` is the kernel's: all tensors must be on one device
-// of that type.
+// The op's noise arguments (docs/kernel-contract.md, "Native op schema").
+struct NoiseArgs {
+  at::TensorList grad_samples;
+  const std::optional<at::Tensor>& sample_weights;
+  at::IntArrayRef offsets;
+  int64_t kind;
+  int64_t seed;
+  double std;
+  double scale;
+  bool centered;
+};
+
+// Validates every list, tensor and scalar (noise included) and returns the call's StepHyper and
+// NoiseHyper; throws (naming the list and index) on the first problem. `device_type` is the
+// kernel's: all tensors must be on one device of that type.
 StepHyper check_fused_step_inputs(const FusedStepLists& lists, int64_t momentum, double lr, double beta1,
                                   double beta2, double beta0, double eps, double weight_decay, bool decoupled,
                                   bool nesterov, bool maximize, int64_t demon_total_steps, double demon_delay,
                                   const std::optional<at::Tensor>& grad_scale,
-                                  const std::optional<at::Tensor>& found_inf, c10::DeviceType device_type);
+                                  const std::optional<at::Tensor>& found_inf, const NoiseArgs& noise,
+                                  c10::DeviceType device_type, NoiseHyper* noise_out);
+
+// The grad_sample rows as the kernels read them: row b of tensor i at data_ptr + b * numel, laid out
+// like params[i]. Rows already in that layout are returned as they are, others copied (the user's
+// tensors are only read). Empty unless the noise reads rows.
+std::vector<at::Tensor> rows_like_params(const FusedStepLists& lists, const NoiseArgs& noise);
 
 }  // namespace noisefuse

@@ -9,7 +9,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include "noisefuse/isa.h"
+
 namespace noisefuse {
+inline namespace NF_ISA_NS {
 namespace philox {
 
 constexpr uint32_t kM0 = 0xD2511F53u;
@@ -41,6 +44,18 @@ C10_HOST_DEVICE inline void mulhilo(uint32_t m, uint32_t c, uint32_t& hi, uint32
 #endif
 }
 
+// One Philox round on the counter words under the round key (k0, k1). Kept apart so the CPU
+// kernel can run it lane by lane over arrays of counters, a loop the compiler vectorises.
+C10_HOST_DEVICE inline void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+  uint32_t hi0, lo0, hi1, lo1;
+  mulhilo(kM0, c0, hi0, lo0);
+  mulhilo(kM1, c2, hi1, lo1);
+  c0 = hi1 ^ c1 ^ k0;
+  c1 = lo1;
+  c2 = hi0 ^ c3 ^ k1;
+  c3 = lo0;
+}
+
 // Philox4x32-10 of the counter (c0, c1, c2, c3) under the key (k0, k1).
 C10_HOST_DEVICE inline Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                            uint32_t k0, uint32_t k1) {
@@ -49,15 +64,7 @@ C10_HOST_DEVICE inline Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2
       k0 += kW0;  // unsigned: wraps mod 2^32
       k1 += kW1;
     }
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo(kM0, c0, hi0, lo0);
-    mulhilo(kM1, c2, hi1, lo1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0;
-    const uint32_t n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
+    philox_round(c0, c1, c2, c3, k0, k1);
   }
   return Words{{c0, c1, c2, c3}};
 }
@@ -91,4 +98,5 @@ C10_HOST_DEVICE inline Words weight_words(uint64_t seed, uint64_t step, uint32_t
 }
 
 }  // namespace philox
+}  // namespace NF_ISA_NS
 }  // namespace noisefuse

@@ -9,6 +9,8 @@
 
 #include <c10/macros/Macros.h>
 
+#include "noisefuse/isa.h"
+
 namespace noisefuse {
 
 // Codes of the op's `momentum` argument (noisefuse.backends.family.MOMENTUM_CODES).
@@ -45,6 +47,8 @@ struct TensorScalars {
   double new_beta1_prod;
   bool odd;  // PN: exp_avgs is the positive buffer at odd steps
 };
+
+inline namespace NF_ISA_NS {
 
 // Demon's decayed beta1 for the 1-based step t (SPEC section 3).
 C10_HOST_DEVICE inline double demon_beta(double beta_init, int64_t t, int64_t total_steps, double delay) {
@@ -111,4 +115,5 @@ C10_HOST_DEVICE inline TensorScalars tensor_scalars(const StepHyper& h, float st
   return sc;
 }
 
+}  // namespace NF_ISA_NS
 }  // namespace noisefuse

@@ -4,14 +4,32 @@
 // whose spelling differs between them (negate, sqrt, NaN-propagating max).
 #pragma once
 
+#include <cmath>
+
 #include <c10/macros/Macros.h>
 
+#include "noisefuse/isa.h"
 #include "noisefuse/step_scalars.h"
 
 namespace noisefuse {
 
 // Second-moment variants, a template parameter because each adds a state tensor's memory traffic.
 enum SecondMoment : int { kNoSecondMoment = 0, kSecondMoment = 1, kAmsgrad = 2 };
+
+// One tensor's coefficients in the math type V, rounded once from the double TensorScalars the
+// same way the reference's Python scalars are rounded when they meet a float32 tensor.
+template <typename V>
+struct ElementCoefs {
+  V a, b, c_pos, c_neg, beta1_t;
+  V lr, step_size, inv_sqrt_bc2, eps;
+  V beta2, one_minus_beta2;
+  V decay;         // 1 - lr * weight_decay (decoupled)
+  V weight_decay;  // L2 coefficient (not decoupled)
+  V grad_scale;
+  bool has_grad_scale, maximize, decoupled, nesterov;
+};
+
+inline namespace NF_ISA_NS {
 
 // Scalar operations for float/double math (CUDA kernels, CPU tails).
 struct ScalarOps {
@@ -30,19 +48,6 @@ struct ScalarOps {
     if (b != b) return b;
     return a > b ? a : b;
   }
-};
-
-// One tensor's coefficients in the math type V, rounded once from the double TensorScalars the
-// same way the reference's Python scalars are rounded when they meet a float32 tensor.
-template <typename V>
-struct ElementCoefs {
-  V a, b, c_pos, c_neg, beta1_t;
-  V lr, step_size, inv_sqrt_bc2, eps;
-  V beta2, one_minus_beta2;
-  V decay;         // 1 - lr * weight_decay (decoupled)
-  V weight_decay;  // L2 coefficient (not decoupled)
-  V grad_scale;
-  bool has_grad_scale, maximize, decoupled, nesterov;
 };
 
 // `S` is the scalar math type (float, or double for float64 storage); V is constructible from it.
@@ -70,23 +75,25 @@ C10_HOST_DEVICE inline ElementCoefs<V> make_coefs(const StepHyper& h, const Tens
   return c;
 }
 
-// The gradient-forming stage (SPEC section 0): unscale, maximize, L2. Kept apart from the update
-// because in-kernel gradient noise (SPEC section 4) is inserted here, between maximize and L2.
+// SPEC section 0 steps 1-2 on one loaded gradient, or on one grad_sample row: unscale, maximize.
+// Gradient noise (step 3, noise_element.h) follows; rows are each preprocessed before they are
+// summed, as the reference does, so the sums see exactly the rows it sees.
 template <typename Ops, typename V>
-C10_HOST_DEVICE inline V form_grad(V g, const V& p, const ElementCoefs<V>& c) {
+C10_HOST_DEVICE inline V preprocess_grad(V g, const ElementCoefs<V>& c) {
   if (c.has_grad_scale) g = g / c.grad_scale;
   if (c.maximize) g = Ops::neg(g);
-  if (!c.decoupled) g = g + c.weight_decay * p;
   return g;
 }
 
-// Updates one element (or one vector of elements) in registers. `m` is the buffer this step writes
-// (PN's positive buffer), `m_neg` PN's other buffer (read only); `v`/`vmax` are used per kSecond.
-// The operation order follows reference.py so that float32 results agree to a few ulps.
+// Updates one element (or one vector of elements) in registers. `g` has been through steps 1-3 of
+// SPEC section 0 (preprocess_grad, then the noise if any); L2 decay (step 4) is applied here.
+// `m` is the buffer this step writes (PN's positive buffer), `m_neg` PN's other buffer (read only);
+// `v`/`vmax` are used per kSecond. The operation order follows reference.py so that float32
+// results agree to a few ulps.
 template <bool kPn, int kSecond, typename Ops, typename V>
 C10_HOST_DEVICE inline void update_element(const ElementCoefs<V>& c, V& p, V g, V& m, const V& m_neg, V& v,
                                            V& vmax) {
-  g = form_grad<Ops>(g, p, c);
+  if (!c.decoupled) g = g + c.weight_decay * p;
   if (c.decoupled) p = p * c.decay;
   m = c.a * m + c.b * g;
   V d = m;
@@ -108,4 +115,5 @@ C10_HOST_DEVICE inline void update_element(const ElementCoefs<V>& c, V& p, V g, 
   }
 }
 
+}  // namespace NF_ISA_NS
 }  // namespace noisefuse

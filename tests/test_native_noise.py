@@ -1,0 +1,245 @@
+"""Gradient noise inside the native CPU kernel against the reference (docs/kernel-contract.md,
+"Noise"): every noise kind with several optimizers, both CPU builds (AVX2 where the CPU has it and
+the baseline one, NOISEFUSE_CPU_KERNEL=baseline), float32/bfloat16/float64, sizes 0, 1, odd and
+more than one 32K-element chunk; rows unscaled and negated one by one; diverging step counters;
+other layouts; bad noise arguments refused before any write; opcheck. Plus the check that the two
+CPU builds share no code (noisefuse/isa.h). The CUDA versions are in tests/test_native_cuda.py."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import warnings
+
+import pytest
+import torch
+
+import noisefuse as nf
+from cases import CONFIGS, assert_same_state, make_params
+from noisefuse.backends import native
+from noisefuse.random.philox import TAG_ISOTROPIC, element_normals
+from test_native import FAMILIES, assert_same, clone, op_args, step_tensors
+
+pytestmark = pytest.mark.skipif(not native.available(torch.device("cpu")),
+                                reason=f"native extension not built: {native.load_error()}")
+
+NOISES = {
+    "isotropic": nf.noise.Isotropic(0.5),
+    "diag_fisher": nf.noise.DiagFisher(small_batch=2),
+    "diag_fisher_centered": nf.noise.DiagFisher(scale=0.7, centered=True),
+    "mult_gaussian": nf.noise.Multiplicative("gaussian", small_batch=2),
+    "mult_centered": nf.noise.Multiplicative("gaussian_centered", small_batch=3),
+    "mult_bernoulli": nf.noise.Multiplicative("bernoulli", small_batch=3),
+}
+SEED = 0xF00DFACE_DEADBEEF  # both 32-bit halves >= 2^31
+# An empty tensor, one element, an odd size, and two 32K-element chunks plus a partial vector.
+SIZES = (0, 1, 37, 32768 + 4099)
+PAIRS = [("isotropic", "pnm_l2_demon"), ("diag_fisher", "adapnm"), ("diag_fisher_centered", "demon_sgd_nesterov"),
+         ("mult_gaussian", "demon_adamw_ams"), ("mult_centered", "pnm"), ("mult_bernoulli", "adapnm_noams_demon")]
+
+
+def noisy_run(config, backend, noise, params, steps=10, batch=4, **kw):
+    """``steps`` steps with per-sample gradients (``grad`` their mean); param 2 sits out every third
+    step, so the step counters in the noise's counter differ between tensors."""
+    ps = [p.detach().clone().requires_grad_() for p in params]
+    opt = CONFIGS[config](ps, backend=backend, noise=NOISES[noise], seed=SEED, **kw)
+    for step in range(steps):
+        for i, p in enumerate(ps):
+            gen = torch.Generator().manual_seed(step * 1009 + i)
+            rows = torch.randn((batch, *p.shape), generator=gen, dtype=torch.float64).to(p.dtype).to(p.device)
+            skip = i == 2 and step % 3 == 1
+            p.grad_sample = None if skip else rows
+            p.grad = None if skip else rows.mean(0)
+        opt.step()
+    return ps, opt
+
+
+@pytest.mark.parametrize("isa", ["best", "baseline"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("noise,config", PAIRS)
+def test_noise_matches_reference(noise, config, dtype, isa, monkeypatch):
+    if isa == "baseline":
+        monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
+    params = make_params(SIZES, dtype)
+    pa, oa = noisy_run(config, "reference", noise, params)
+    pb, ob = noisy_run(config, "native", noise, params)
+    assert_same_state(oa, ob, pa, pb, dtype)
+
+
+@pytest.mark.parametrize("isa", ["best", "baseline"])
+@pytest.mark.parametrize("noise", ["isotropic", "diag_fisher_centered", "mult_gaussian"])
+def test_noise_in_float64(noise, isa, monkeypatch):
+    if isa == "baseline":
+        monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
+    params = make_params((1, 37, 0), torch.float64)
+    pa, oa = noisy_run("adapnm_noams_demon", "reference", noise, params, steps=6)
+    pb, ob = noisy_run("adapnm_noams_demon", "native", noise, params, steps=6)
+    # The normals are float32 by contract, equal across backends only to float32 rounding of log/cos
+    # (a few float32 ulps): the noisy float64 trajectories agree to float32 tolerances.
+    assert_same_state(oa, ob, pa, pb, torch.float32)
+
+
+@pytest.mark.parametrize("isa", ["best", "baseline"])
+def test_normals_are_the_streams(isa, monkeypatch):
+    # SGD with lr=1, no momentum and a zero gradient turns p into -std * xi: the kernel's normals
+    # themselves, equal to the pure-torch Philox stream (so its integer words are the same bits).
+    if isa == "baseline":
+        monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
+    p = torch.zeros(2 * 32768 + 13, requires_grad=True)
+    opt = nf.DemonSGD([torch.zeros(5, requires_grad=True), p], lr=1.0, momentum=0.0, total_steps=10,
+                      noise=nf.noise.Isotropic(2.0), seed=SEED, backend="native")
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    expected = element_normals(SEED, 1, TAG_ISOTROPIC, 5, p.numel())
+    torch.testing.assert_close(p.detach() / -2.0, expected, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize("noise", ["diag_fisher_centered", "mult_centered"])
+def test_rows_are_unscaled_and_negated_each(noise):
+    # Rows scaled by -4 with grad_scale=4 and maximize: unscaling and negation apply to each row
+    # before the Fisher diagonal or the weighted sum, which then equal those of the plain rows.
+    params = make_params((3, 40))
+    plain, _ = noisy_run("pnm", "reference", noise, params, steps=4)
+    runs = {}
+    for backend in ("reference", "native"):
+        qs = [p.detach().clone().requires_grad_() for p in params]
+        opt = CONFIGS["pnm"](qs, backend=backend, noise=NOISES[noise], seed=SEED, maximize=True)
+        opt.grad_scale, opt.found_inf = torch.tensor([4.0]), torch.tensor([0.0])
+        for step in range(4):
+            for i, q in enumerate(qs):
+                gen = torch.Generator().manual_seed(step * 1009 + i)
+                q.grad_sample = -4.0 * torch.randn((4, *q.shape), generator=gen, dtype=torch.float64).float()
+            opt.step()
+        runs[backend] = (qs, opt)
+    assert_same_state(runs["reference"][1], runs["native"][1], runs["reference"][0], runs["native"][0], torch.float32)
+    for a, b in zip(plain, runs["native"][0]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("noise", ["mult_gaussian", "diag_fisher"])
+def test_params_in_another_layout(noise, monkeypatch):
+    # Transposed params, contiguous grad_sample: weighted sums are layout free (the op copies the rows
+    # into the param's layout); normals are indexed row-major, which the kernel does not walk here, so
+    # that group is stepped by foreach with one warning.
+    monkeypatch.setattr(native, "_warned_layout", False)
+    base = make_params((20, 24))
+    params = [base[0].detach().view(4, 5).t(), base[1].detach().view(4, 6).t()]
+    pa, oa = noisy_run("adapnm", "reference", noise, params, steps=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pb, ob = noisy_run("adapnm", "native", noise, params, steps=4)
+    assert pb[0].stride() == (1, 5)
+    assert len([w for w in caught if "foreach" in str(w.message)]) == (noise == "diag_fisher")
+    assert_same_state(oa, ob, pa, pb, torch.float32)
+
+
+# ----- the op: noise arguments ---------------------------------------------------------------------
+def noisy_op_args(kind, sizes=(3, 70), batch=4, **kw):
+    family, hyper = FAMILIES["pn_ams"]
+    ts = step_tensors(family, hyper, sizes=sizes)
+    ts.offsets = [0, sizes[0]][:len(sizes)]
+    noise = dict(noise_kind=nf.noise.NOISE_CODES[kind], seed=-5, offsets=ts.offsets)
+    if kind in ("diag_fisher", "multiplicative"):
+        ts.grad_samples = [torch.randn(batch, *p.shape) for p in ts.params]
+        ts.grads = []
+        noise.update(noise_scale=0.3, noise_centered=True)
+    if kind == "multiplicative":
+        noise["sample_weights"] = torch.linspace(0.5, 2.0, batch)
+    if kind == "isotropic":
+        noise["noise_std"] = 0.1
+    noise.update(kw)
+    return ts, *op_args(family, hyper, ts, **noise)
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "diag_fisher", "multiplicative"])
+def test_opcheck_with_noise(kind):
+    _, args, kwargs = noisy_op_args(kind)
+    torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, args, kwargs)
+
+
+BAD = [
+    ("multiplicative", dict(sample_weights=None), r"needs sample_weights"),
+    ("multiplicative", dict(sample_weights=torch.ones(3)), r"sample_weights must be float32 \[4\]"),
+    ("diag_fisher", dict(offsets=[0]), r"offsets has 1 entries but 2"),
+    ("isotropic", dict(offsets=[0, -1]), r"offsets\[1\] is -1"),
+    ("isotropic", dict(noise_kind=7), r"noise_kind must be"),
+]
+
+
+@pytest.mark.parametrize("kind,change,pattern", BAD)
+def test_bad_noise_arguments_rejected_before_any_write(kind, change, pattern):
+    ts, args, kwargs = noisy_op_args(kind)
+    kwargs.update(change)
+    before = clone(ts)
+    with pytest.raises(RuntimeError, match=pattern):
+        torch.ops.noisefuse.fused_step_(*args, **kwargs)
+    assert_same(before, ts, torch.float32, exact=True)
+
+
+def test_bad_rows_rejected_before_any_write():
+    ts, args, kwargs = noisy_op_args("diag_fisher")
+    ts.grad_samples[1] = torch.randn(5, 70)  # another batch size than grad_samples[0]
+    before = clone(ts)
+    with pytest.raises(RuntimeError, match=r"grad_samples\[1\] has shape \[5, 70\]"):
+        torch.ops.noisefuse.fused_step_(*args[:8], ts.grad_samples, **kwargs)
+    with pytest.raises(RuntimeError, match=r"grads has 2 tensors but 0"):
+        torch.ops.noisefuse.fused_step_(*args[:1], before.exp_avgs, *args[2:], **kwargs)
+    channels_last = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match=r"row-major"):
+        torch.ops.noisefuse.fused_step_([channels_last], [torch.zeros_like(channels_last)],
+                                        [torch.zeros_like(channels_last)], [torch.zeros_like(channels_last)],
+                                        [torch.zeros_like(channels_last)], [torch.zeros_like(channels_last)],
+                                        [torch.zeros(())], [], [],
+                                        **dict(kwargs, noise_kind=1, offsets=[0], demon_total_steps=0))
+    assert_same(before, ts, torch.float32, exact=True)
+
+
+# ----- the two CPU builds share no code ------------------------------------------------------------
+AVX2_NAMES = ("isa_avx2", "cpu_avx2", "at::vec::AVX2")
+
+
+def _library():
+    return nf._C.__file__
+
+
+@pytest.mark.skipif(shutil.which("nm") is None or shutil.which("objdump") is None, reason="needs binutils")
+def test_cpu_builds_share_no_code():
+    """An inline function of the shared headers emitted by both CPU builds is one symbol, and the
+    linker keeps one copy (possibly the AVX2 one) for both: noisefuse/isa.h gives each build its own
+    namespace. Checked on the built library: (1) every noisefuse function that can have copies (weak
+    symbols) is in an ISA namespace, and both builds have some; (2) no exported function outside
+    the AVX2 namespaces contains AVX instructions (VEX-encoded: v-prefixed or ymm), so the baseline
+    build never runs AVX2 code whichever copies the linker kept."""
+    symbols = subprocess.run(["nm", "-C", "--defined-only", _library()], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    kinds = {}
+    for line in symbols:
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            kinds[parts[2]] = parts[1]
+    weak = [name for name, kind in kinds.items() if kind in "WV" and "noisefuse::" in name]
+    assert weak, "expected inline noisefuse functions in the library"
+    # A symbol is per build when it names a per-ISA namespace, its own or one of its template arguments.
+    outside = [n for n in weak if not re.search(
+        r"noisefuse::(isa_baseline|isa_avx2|cpu_default|cpu_avx2|cuda)::|at::vec::(AVX2|CPU_CAPABILITY)::", n)]
+    assert not outside, f"noisefuse inline functions outside the ISA namespaces: {outside[:5]}"
+    assert any("isa_avx2" in n for n in kinds) or not native_avx2_compiled()
+    assert any("isa_baseline" in n for n in kinds)
+
+    listing = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", _library()], capture_output=True,
+                             text=True, check=True).stdout
+    function, offenders = None, set()
+    for line in listing.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if head:
+            function = head.group(1)
+        elif function and re.search(r"\t(v[a-z0-9]+)\b|%ymm", line):
+            exported = kinds.get(function, "t") not in "tbdr"
+            if exported and not any(name in function for name in AVX2_NAMES):
+                offenders.add(function)
+    assert not offenders, f"exported functions with AVX instructions outside the AVX2 build: {sorted(offenders)[:5]}"
+
+
+def native_avx2_compiled():
+    return any("cpu_avx2::run_cpu_step" in line for line in subprocess.run(
+        ["nm", "-C", "--defined-only", _library()], capture_output=True, text=True).stdout.splitlines())
