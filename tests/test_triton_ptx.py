@@ -36,18 +36,22 @@ def compile_ptx(fn, constants, num_warps):
 
 
 @pytest.mark.parametrize(
-    "dtype, compute, momentum, noise, centered",
+    "dtype, state_dtype, compute, momentum, noise, centered, stochastic_rounding",
     [
-        ("float32", "float32", 2, 0, False),  # AdaPNM, no noise
-        ("float32", "float32", 1, 2, True),  # DemonAdam with centered diagonal-Fisher noise
-        ("bfloat16", "float32", 2, 3, False),  # multiplicative noise on bf16 storage
-        ("float64", "float64", 0, 1, False),  # DemonSGD with isotropic noise in float64
+        ("float32", "float32", "float32", 2, 0, False, False),  # AdaPNM, no noise
+        ("float32", "float32", "float32", 1, 2, True, False),  # DemonAdam with centered diagonal-Fisher noise
+        ("bfloat16", "bfloat16", "float32", 2, 3, False, False),  # multiplicative noise on bf16 storage
+        ("float64", "float64", "float64", 0, 1, False, False),  # DemonSGD with isotropic noise in float64
+        ("bfloat16", "float32", "float32", 2, 1, False, True),  # bf16 params, float32 state, stochastic rounding
+        ("float16", "float32", "float32", 1, 0, False, False),  # fp16 params, float32 state
     ],
 )
-def test_update_kernel_compiles_for_hopper(dtype, compute, momentum, noise, centered):
-    constants = dict(DTYPE=getattr(tl, dtype), COMPUTE=getattr(tl, compute), MOMENTUM=momentum, SECOND_MOMENT=True,
-                     AMSGRAD=True, NESTEROV=False, MAXIMIZE=True, DECOUPLED=False, HAS_GRAD_SCALE=True,
-                     HAS_FOUND_INF=True, ALIGNED=True, NOISE=noise, CENTERED=centered, ROWS_ALIGNED=True, BLOCK=4096)
+def test_update_kernel_compiles_for_hopper(dtype, state_dtype, compute, momentum, noise, centered,
+                                           stochastic_rounding):
+    constants = dict(DTYPE=getattr(tl, dtype), STATE_DTYPE=getattr(tl, state_dtype), COMPUTE=getattr(tl, compute),
+                     MOMENTUM=momentum, SECOND_MOMENT=True, AMSGRAD=True, NESTEROV=False, MAXIMIZE=True,
+                     DECOUPLED=False, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, ALIGNED=True, NOISE=noise,
+                     CENTERED=centered, ROWS_ALIGNED=True, STOCHASTIC_ROUNDING=stochastic_rounding, BLOCK=4096)
     ptx = compile_ptx(kernels.update_kernel, constants, num_warps=8)
     assert ".target sm_90" in ptx
     if dtype == "float32":

@@ -2,7 +2,9 @@
 
 Tensors whose scalars coincide (in practice all of a bucket: they share their step) are updated
 together; float16/bfloat16 tensors are upcast to float32 working copies so the math matches the
-contract, then rounded once when copied back.
+contract, then rounded once when copied back. float32 state (``state_dtype=torch.float32``) is
+updated in place, with no working copy; bfloat16 params given a ``rounding_seed`` are rounded
+stochastically (``noisefuse.random.rounding``) instead of to nearest.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from ..noise.step import NoiseStep
 from ..noise.transforms import fisher_stats, weighted_mean
 from ..random.philox import TAG_DIAG_FISHER, TAG_ISOTROPIC, element_normals_multi
+from ..random.rounding import stochastic_round_bf16_multi
 from .family import Family, Hyper, tensor_scalars
 from .reference import compute_dtype
 from .step_tensors import StepTensors
@@ -34,10 +37,12 @@ def _take(tensors, idx):
 
 
 supports_noise = True
+supports_mixed_state = True
+supports_stochastic_rounding = True
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
-               noise: NoiseStep | None = None) -> None:
+               noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
     if not ts.params:
         return
     if found_inf is not None and found_inf.item() != 0:
@@ -50,7 +55,7 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
             memo[key] = tensor_scalars(family, hyper, *key)
         buckets[memo[key]].append(i)
     for sc, idx in buckets.items():
-        _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise)
+        _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise, rounding_seed)
 
 
 def _noisy(noise: NoiseStep, g, offsets, t):
@@ -69,7 +74,7 @@ def _noisy(noise: NoiseStep, g, offsets, t):
     return torch._foreach_add(mean, torch._foreach_mul(coef, xi))
 
 
-def _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise=None):
+def _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise=None, rounding_seed=None):
     dt = compute_dtype(ts.params[0].dtype)
     params = _take(ts.params, idx)
     p = _upcast(params, dt)
@@ -127,6 +132,8 @@ def _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise=None):
         torch._foreach_add_(p, d, alpha=-hyper.lr)
 
     _store(pos_store, m)
+    if rounding_seed is not None and params[0].dtype == torch.bfloat16:
+        p = stochastic_round_bf16_multi(p, rounding_seed, sc.t, _take(ts.offsets, idx))
     _store(params, p)
     torch._foreach_add_(_take(ts.steps, idx), 1.0)
     if sc.new_beta1_prod is not None:

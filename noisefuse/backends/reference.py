@@ -1,12 +1,16 @@
 """The reference backend: a plain loop over tensors that reads like SPEC.md. The oracle of every test.
 
-Each tensor is updated in float32 (float64 for float64 params) and rounded once when stored.
+Each tensor is updated in float32 (float64 for float64 params) and rounded once when stored: state
+to its own dtype (the param's, or float32 with ``state_dtype=torch.float32``: then stored exactly),
+the param to nearest, or stochastically for bfloat16 params given a ``rounding_seed``
+(docs/kernel-contract.md, "Mixed precision").
 """
 from __future__ import annotations
 
 import torch
 
 from ..noise.step import NoiseStep
+from ..random.rounding import stochastic_round_bf16
 from .family import Family, Hyper, tensor_scalars
 from .step_tensors import StepTensors
 
@@ -16,10 +20,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 supports_noise = True
+supports_mixed_state = True
+supports_stochastic_rounding = True
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
-               noise: NoiseStep | None = None) -> None:
+               noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
     if found_inf is not None and found_inf.item() != 0:
         return  # AMP found an inf/nan: the step is a no-op, counters included
     for i, param in enumerate(ts.params):
@@ -66,6 +72,8 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
             p = p - hyper.lr * d
 
         pos.copy_(m)
+        if rounding_seed is not None and param.dtype == torch.bfloat16:
+            p = stochastic_round_bf16(p, rounding_seed, sc.t, ts.offsets[i])
         param.copy_(p)
         ts.steps[i].fill_(sc.t)
         if sc.new_beta1_prod is not None:

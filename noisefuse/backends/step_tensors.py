@@ -8,7 +8,8 @@ import torch
 
 @dataclass
 class StepTensors:
-    """Per-param lists of one (device, dtype) bucket; optional lists are empty when unused."""
+    """Per-param lists of one (device, dtype) bucket; optional lists are empty when unused. The
+    state lists share one dtype: the params' or, with ``state_dtype=torch.float32``, float32."""
 
     params: list[torch.Tensor] = field(default_factory=list)
     grads: list[torch.Tensor] = field(default_factory=list)
@@ -19,7 +20,8 @@ class StepTensors:
     steps: list[torch.Tensor] = field(default_factory=list)
     beta1_prods: list[torch.Tensor] = field(default_factory=list)
     # Noise only (docs/kernel-contract.md, "Noise"): per-sample gradients [B, *param.shape] when the
-    # noise reads them (``grads`` is then empty), and each param's global element offset.
+    # noise reads them (``grads`` is then empty). Noise and stochastic rounding: each param's global
+    # element offset.
     grad_samples: list[torch.Tensor] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
 

@@ -81,9 +81,10 @@ class StepNoise:
     for every tensor of the optimizer whatever their grouping.
     """
 
-    def __init__(self, plans, param_groups, opt_state, name: str = "optimizer"):
+    def __init__(self, plans, param_groups, opt_state, name: str = "optimizer", rounding: bool = False):
         self.configs = [as_noise(group["noise"]) for group, _ in plans]
-        self.offsets = element_offsets(param_groups) if any(self.configs) else {}
+        # Stochastic rounding (``rounding``) indexes its draws by the same global offsets.
+        self.offsets = element_offsets(param_groups) if rounding or any(self.configs) else {}
         self.batch_size = None
         self._weights = {}
         first = None
@@ -118,12 +119,16 @@ class StepNoise:
     def noisy(self, group_index: int) -> bool:
         return self.configs[group_index] is not None
 
+    def offsets_of(self, params) -> list[int]:
+        """The global index of each param's first element (a DTensor shard's, for a shard)."""
+        return [self.offsets[id(p)] + _shard_start(p) for p in params]
+
     def for_call(self, group_index: int, group, ts, params) -> NoiseStep:
         """The ``NoiseStep`` of a call over ``ts``, the bucket of the group holding ``params`` (in
         order); fills ``ts.offsets`` and, when the noise reads per-sample gradients,
         ``ts.grad_samples`` in place of ``ts.grads``."""
         noise, seed = self.configs[group_index], group["seed"]
-        ts.offsets = [self.offsets[id(p)] + _shard_start(p) for p in params]
+        ts.offsets = self.offsets_of(params)
         if noise.needs_grad_sample:
             if any(_is_sharded(p) for p in params):
                 raise NotImplementedError("noise that reads grad_sample does not support DTensor params yet")

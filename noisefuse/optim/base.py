@@ -15,6 +15,7 @@ from ..backends.family import Family, Hyper
 from ..backends.step_tensors import StepTensors
 from ..demon import Demon, as_demon
 from ..noise import StepNoise, as_noise, consumes_grad_sample
+from .precision import check_state_dtype, keep_state_dtypes
 
 # The per-param lists a fused call takes, besides params/grads/steps (docs/kernel-contract.md).
 BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
@@ -24,7 +25,13 @@ BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 # The backends whose step never reads a device value on the host, so it can be captured in a CUDA graph.
 CAPTURABLE = ("native", "triton")
 
-COMMON_DEFAULTS = dict(demon=None, noise=None, backend="auto", maximize=False, capturable=False)
+COMMON_DEFAULTS = dict(demon=None, noise=None, backend="auto", maximize=False, capturable=False,
+                       state_dtype=None, stochastic_rounding=False)
+
+# What a group may ask of its backend beyond the plain update, in the order of _needs(): the backend
+# module's flag, and the argument as errors spell it (docs/kernel-contract.md, "Noise", "Mixed precision").
+FEATURES = (("supports_noise", "noise="), ("supports_mixed_state", "state_dtype="),
+            ("supports_stochastic_rounding", "stochastic_rounding=True"))
 
 
 def common_hyper(group, demon: Demon | None) -> dict:
@@ -72,7 +79,7 @@ class FusedOptimizer(Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, *, demon=None, noise=None, backend="auto", seed=None,
-                 maximize=False, capturable=False):
+                 maximize=False, capturable=False, state_dtype=None, stochastic_rounding=False):
         demon = as_demon(demon)
         if seed is None:
             # Drawn from torch's default generator, so torch.manual_seed makes runs reproducible.
@@ -80,8 +87,9 @@ class FusedOptimizer(Optimizer):
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"Invalid seed: {seed!r} (must be an int in [0, 2**64))")
         defaults = dict(defaults, demon=demon.as_dict() if demon else None, noise=noise,
-                        backend=backend, seed=seed, maximize=maximize, capturable=capturable)
-        self._backends = {}  # (backend, device type, index, noisy) -> module; see _backend()
+                        backend=backend, seed=seed, maximize=maximize, capturable=capturable,
+                        state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
+        self._backends = {}  # (backend, device type, index, *_needs()) -> module; see _backend()
         super().__init__(params, defaults)
 
     # ----- subclass interface -------------------------------------------------------------------
@@ -130,9 +138,16 @@ class FusedOptimizer(Optimizer):
     def load_state_dict(self, state_dict):
         """As ``torch.optim.Optimizer.load_state_dict``, but a dict that does not fit the params
         (wrong group sizes, a state tensor of another shape, an unknown param index) is rejected
-        with an error naming the entry, and the optimizer is left as it was."""
+        with an error naming the entry, and the optimizer is left as it was.
+
+        ``state_dtype`` is this optimizer's, not the checkpoint's: it says how this process stores
+        the state, as the params' device does. The saved state is converted to it once, here (so a
+        bfloat16-state checkpoint resumes with float32 state, and float32 state stays exact rather
+        than being rounded through the param dtype as torch's loader rounds every state tensor)."""
         self._check_state_dict_fits(state_dict)
+        state_dtypes = [group["state_dtype"] for group in self.param_groups]
         super().load_state_dict(state_dict)
+        keep_state_dtypes(self, state_dict, state_dtypes)
 
     def _check_state_dict_fits(self, state_dict):
         for key in ("state", "param_groups"):
@@ -166,9 +181,13 @@ class FusedOptimizer(Optimizer):
         check_bool("capturable", group["capturable"])
         noise = as_noise(group["noise"])
         group["noise"] = None if noise is None else noise.as_dict()  # plain values: weights_only loads
-        if noise is not None and group["backend"] in ("native", "triton") and not _supports_noise(group["backend"]):
-            raise NotImplementedError(f"backend={group['backend']!r} does not support noise= yet; use "
-                                      "backend='auto' (which runs noisy groups on 'foreach'), 'foreach' or 'reference'")
+        check_bool("stochastic_rounding", group["stochastic_rounding"])
+        check_state_dtype(group["state_dtype"], group["params"])
+        missing = [] if group["backend"] == "auto" else _missing(backends.get(group["backend"]), group)
+        if missing:
+            raise NotImplementedError(f"backend={group['backend']!r} does not support {missing[0]} yet; use "
+                                      "backend='auto' (which runs such groups on a backend that does), "
+                                      "'foreach' or 'reference'")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -187,7 +206,9 @@ class FusedOptimizer(Optimizer):
             params = self._params_with_grad(gi, group)
             chosen = {d: self._backend(group, d) for d in {p.device for p in params}}
             plans.append((group, params, chosen))
-        noise = StepNoise([plan[:2] for plan in plans], self.param_groups, self.state, type(self).__name__)
+        rounding = any(group["stochastic_rounding"] for group in self.param_groups)
+        noise = StepNoise([plan[:2] for plan in plans], self.param_groups, self.state, type(self).__name__,
+                          rounding=rounding)
         for gi, (group, params, chosen) in enumerate(plans):
             if not params:
                 continue
@@ -196,9 +217,15 @@ class FusedOptimizer(Optimizer):
             buckets = self._init_group(group, params, family, demon, hyper, chosen)
             for (device, dtype), tensors in buckets.items():
                 extra = {}
-                if noise.noisy(gi):
+                rounds = group["stochastic_rounding"] and dtype == torch.bfloat16  # a no-op for other dtypes
+                if noise.noisy(gi) or rounds:
                     bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)]
-                    extra["noise"] = noise.for_call(gi, group, tensors, bucket)
+                    if noise.noisy(gi):
+                        extra["noise"] = noise.for_call(gi, group, tensors, bucket)
+                    else:
+                        tensors.offsets = noise.offsets_of(bucket)
+                    if rounds:
+                        extra["rounding_seed"] = group["seed"]
                 chosen[device].fused_step(family, hyper, tensors, grad_scale=_on(grad_scale, device),
                                           found_inf=_on(found_inf, device), **extra)
         return loss
@@ -210,7 +237,7 @@ class FusedOptimizer(Optimizer):
         (the availability probes are not traceable)."""
         # Plain values only, so torch.compile looks the key up in the real dict; and no
         # group["capturable"]: while tracing an optimizer, torch.compile shows it as True.
-        key = (group["backend"], device.type, device.index, group["noise"] is not None)
+        key = (group["backend"], device.type, device.index, *_needs(group))
         module = self._backends.get(key)
         if module is None:
             module = self._backends[key] = _resolve(group, device)
@@ -249,6 +276,7 @@ class FusedOptimizer(Optimizer):
 
     def _init_group(self, group, params, family: Family, demon: Demon | None, hyper: Hyper, chosen):
         key_items = list(self._state_keys(group).items())
+        state_dtype = group["state_dtype"]
         track_prod = family.second_moment and demon is not None
         # The fused kernels read the counters on the device; the host-side backends read them with
         # .item(), so on accelerators they keep them on the CPU, as torch.optim does.
@@ -266,9 +294,16 @@ class FusedOptimizer(Optimizer):
             elif type(step) is not torch.Tensor or step.device != step_device:
                 # The official code stores a Python int; a checkpoint may come from another device.
                 state["step"] = step = torch.as_tensor(step, dtype=torch.float32).to(step_device)
+            buffer_dtype = p.dtype if state_dtype is None else state_dtype
             for _, key in key_items:
-                if key not in state:
-                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buf = state.get(key)
+                if buf is None:
+                    # zeros_like keeps a DTensor param's placement whatever the dtype (FSDP2).
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format, dtype=buffer_dtype)
+                elif buf.dtype != buffer_dtype:
+                    # State of another dtype (e.g. bfloat16 state, float32 now asked for): converted
+                    # once; the fused kernels read one state dtype per call.
+                    state[key] = buf.to(buffer_dtype)
 
             # A DTensor param has a DTensor grad and state, placed like it: run on the local shards.
             unwrap = local_tensor if dtensor_cls is not None and isinstance(p, dtensor_cls) else _same
@@ -295,21 +330,33 @@ class FusedOptimizer(Optimizer):
         return prod
 
 
-def _supports_noise(name):
-    return getattr(backends.get(name), "supports_noise", False) is True
+def _needs(group) -> tuple:
+    """Which of FEATURES ``group`` uses, as plain booleans (part of the backend cache key)."""
+    return (group["noise"] is not None, group["state_dtype"] is not None, group["stochastic_rounding"])
+
+
+def _missing(module, group) -> list:
+    """The features ``group`` uses that ``module`` does not support, spelled as arguments."""
+    return [what for (flag, what), used in zip(FEATURES, _needs(group))
+            if used and getattr(module, flag, False) is not True]
 
 
 def _resolve(group, device):
-    """The backend of ``group`` on ``device``; "auto" sends a group with noise to foreach while the
-    faster backend's kernels do not draw noise (``supports_noise``)."""
+    """The backend of ``group`` on ``device``. "auto" sends a group that uses a feature the fastest
+    backend lacks (noise, mixed state, stochastic rounding: FEATURES) to the fastest one that has
+    it: Triton on accelerators where it runs, else foreach."""
     module = backends.resolve(group["backend"], device)
+    missing = _missing(module, group)
+    if missing:
+        if group["backend"] != "auto":
+            raise NotImplementedError(f"backend={group['backend']!r} does not support {missing[0]} yet")
+        candidates = ["foreach"]
+        if device.type != "cpu" and backends.get("triton").available(device):
+            candidates.insert(0, "triton")
+        module = next(m for m in map(backends.get, candidates) if not _missing(m, group))
     if group["capturable"] and device.type != "cpu" and _name(module) not in CAPTURABLE:
         raise RuntimeError(f"capturable=True on {device} needs a fused backend ({' or '.join(CAPTURABLE)}): "
                            f"{_name(module)} reads the step counters on the host")
-    if group["noise"] is not None and getattr(module, "supports_noise", False) is not True:
-        if group["backend"] != "auto":
-            raise NotImplementedError(f"backend={group['backend']!r} does not support noise= yet")
-        return backends.get("foreach")
     return module
 
 

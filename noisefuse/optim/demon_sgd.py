@@ -40,19 +40,22 @@ class DemonSGD(FusedOptimizer):
         weight_decay: :math:`\lambda`; L2 (:math:`g \leftarrow g + \lambda\theta`) unless ``decoupled``.
         decoupled: decoupled weight decay :math:`\theta \leftarrow \theta(1 - \gamma\lambda)`.
         delay: fraction of ``total_steps`` before the decay starts.
-        demon, backend, seed, maximize, capturable: as in :class:`noisefuse.PNM`.
+        demon, backend, seed, maximize, capturable, state_dtype, stochastic_rounding: as in
+            :class:`noisefuse.PNM`.
     """
 
     def __init__(self, params, lr=None, momentum=0.9, total_steps=None, nesterov=False, weight_decay=0.0,
                  decoupled=False, *, delay=0.0, demon=None, noise=None, backend="auto", seed=None,
-                 maximize=False, capturable=False):
+                 maximize=False, capturable=False, state_dtype=None,
+                 stochastic_rounding=False):
         if lr is None:
             raise TypeError("DemonSGD() missing required argument: 'lr'")
         demon = demon_argument("DemonSGD", total_steps, delay, demon)
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         decoupled=decoupled)
         super().__init__(params, defaults, demon=demon, noise=noise, backend=backend, seed=seed,
-                         maximize=maximize, capturable=capturable)
+                         maximize=maximize, capturable=capturable, state_dtype=state_dtype,
+                         stochastic_rounding=stochastic_rounding)
 
     def _check_group(self, group):
         check_lr(group["lr"])

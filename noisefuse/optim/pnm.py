@@ -33,15 +33,21 @@ class PNM(FusedOptimizer):
         seed: seed of the noise stream (drawn from torch's generator when ``None``).
         maximize: maximize the objective instead of minimizing.
         capturable: keep step counters on the device so the step can be captured in a CUDA graph.
+        state_dtype: dtype of the state buffers: ``None`` (the param's) or ``torch.float32`` (exact
+            state for bfloat16/float16 params, the update still rounded once into the param).
+        stochastic_rounding: round bfloat16 params stochastically (unbiased; draws from the seed's
+            stream) instead of to nearest; a no-op for other dtypes.
     """
 
     def __init__(self, params, lr=None, betas=(0.9, 1.0), weight_decay=0.0, decoupled=True, *,
-                 demon=None, noise=None, backend="auto", seed=None, maximize=False, capturable=False):
+                 demon=None, noise=None, backend="auto", seed=None, maximize=False, capturable=False, state_dtype=None,
+                 stochastic_rounding=False):
         if lr is None:
             raise TypeError("PNM() missing required argument: 'lr'")
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decoupled=decoupled)
         super().__init__(params, defaults, demon=demon, noise=noise, backend=backend, seed=seed,
-                         maximize=maximize, capturable=capturable)
+                         maximize=maximize, capturable=capturable, state_dtype=state_dtype,
+                         stochastic_rounding=stochastic_rounding)
 
     def _check_group(self, group):
         check_lr(group["lr"])

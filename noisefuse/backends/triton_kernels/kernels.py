@@ -13,9 +13,10 @@ the coefficients of the *old* counter from the table: launches on one stream are
 can see a half-advanced counter (the race a single launch would have, where the block that advances
 a counter cannot know when the other blocks of its tensor have read it).
 
-Storage dtype and algorithm flags are ``tl.constexpr``; every value that changes during training
-(lr, betas, the Demon schedule, the counters, the AMP scale) is a runtime scalar or is read from a
-device tensor, so changing it never compiles a kernel. Python floats reach a Triton kernel as float32,
+Storage dtypes (the params' ``DTYPE`` and the state's ``STATE_DTYPE``: the same, or float32 state
+for bfloat16/float16 params), stochastic rounding and algorithm flags are ``tl.constexpr``; every
+value that changes during training (lr, betas, the Demon schedule, the counters, the AMP scale, the
+seed) is a runtime scalar or is read from a device tensor, so changing it never compiles a kernel. Python floats reach a Triton kernel as float32,
 so each double-precision hyperparameter travels as a pair ``(hi, lo)`` of float32 numbers with
 ``hi + lo`` equal to it within 2^-48 relative (``_f64``).
 
@@ -27,6 +28,8 @@ so it holds kernels only and no state.
 import triton
 import triton.language as tl
 
+from ...random.philox import TAG_ROUNDING
+from ...random.philox_triton import rounding_bits
 from .grad import form_grad
 
 # Table layouts and flag codes, shared with the host code (which reads ``.value``). Globals a
@@ -41,6 +44,7 @@ SC_A, SC_B, SC_BETA1, SC_STEP_SIZE, SC_INV_SQRT_BC2, SC_ODD, SC_T = (tl.constexp
 N_SCALARS = tl.constexpr(8)  # rows padded to 64 bytes
 # family.MOMENTUM_CODES
 MOMENTUM_HEAVY_BALL, MOMENTUM_EMA, MOMENTUM_PN = (tl.constexpr(i) for i in range(3))
+TAG_ROUNDING_C = tl.constexpr(TAG_ROUNDING)
 
 
 @triton.jit
@@ -84,6 +88,18 @@ def _to_storage(x, DTYPE: tl.constexpr):
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(DTYPE)
+
+
+@triton.jit
+def _to_bf16_stochastic(x, r):
+    """float32 ``x`` rounded stochastically to bfloat16 with the 16-bit draws ``r`` (uint32):
+    ``(bits(x) + r) >> 16``, and NaN/inf as rounding to nearest gives them (the add must not carry
+    into or out of them; ``noisefuse.random.rounding`` has the derivation)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + r) >> 16
+    special = (bits & 0x7F800000) == 0x7F800000
+    rounded = tl.where(special, tl.where(x != x, 0x7FC0, bits >> 16), rounded)
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit(do_not_specialize=["n_tensors"])
@@ -160,10 +176,13 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr,
 
 
 @triton.jit
-def _pointers(row, sc, DTYPE: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr):
+def _pointers(row, sc, DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, MOMENTUM: tl.constexpr,
+              ALIGNED: tl.constexpr):
     """Typed pointers of one table row: param, grad, positive and negative momentum, v, vmax,
-    grad_sample (unused ones are 0 or point at the param, and are never dereferenced)."""
+    grad_sample (unused ones are 0 or point at the param, and are never dereferenced). The four
+    state pointers are of ``STATE_DTYPE``, the others of ``DTYPE``."""
     ty = tl.pointer_type(DTYPE)
+    state_ty = tl.pointer_type(STATE_DTYPE)
     p_addr = tl.load(row + COL_PARAM)
     first = tl.load(row + COL_EXP_AVG)
     pos, neg = first, p_addr
@@ -176,7 +195,7 @@ def _pointers(row, sc, DTYPE: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.
     vmax = tl.load(row + COL_MAX_EXP_AVG_SQ)
     p_ptr, g_ptr = p_addr.to(ty), tl.load(row + COL_GRAD).to(ty)
     gs_ptr = tl.load(row + COL_GRAD_SAMPLE).to(ty)
-    pos_ptr, neg_ptr, v_ptr, vmax_ptr = pos.to(ty), neg.to(ty), v.to(ty), vmax.to(ty)
+    pos_ptr, neg_ptr, v_ptr, vmax_ptr = pos.to(state_ty), neg.to(state_ty), v.to(state_ty), vmax.to(state_ty)
     if ALIGNED:
         # Every pointer of the group is 16-byte aligned (checked on the host): full tiles can then
         # use 128-bit accesses, which Triton cannot prove for an address read from memory.
@@ -189,14 +208,16 @@ def _pointers(row, sc, DTYPE: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.
 @triton.jit
 def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std, scale,
                  decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE: tl.constexpr,
-                 COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr, SECOND_MOMENT: tl.constexpr,
-                 AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
-                 HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr, NOISE: tl.constexpr,
-                 CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr):
+                 STATE_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
+                 SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
+                 MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+                 ALIGNED: tl.constexpr, NOISE: tl.constexpr, CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr,
+                 STOCHASTIC_ROUNDING: tl.constexpr):
     """One tile of one tensor; ``mask`` is None for a full tile (unmasked, vectorizable accesses)."""
-    p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr, gs_ptr = _pointers(row, sc, DTYPE, MOMENTUM, ALIGNED)
-    # The noise's counter: the global element index and the step after this update's increment
-    # (unused, and compiled away, without noise).
+    p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr, gs_ptr = _pointers(row, sc, DTYPE, STATE_DTYPE, MOMENTUM,
+                                                                        ALIGNED)
+    # The counter of the noise and of stochastic rounding: the global element index and the step
+    # after this update's increment (unused, and compiled away, without either).
     index = tl.load(row + COL_OFFSET) + offs
     t = tl.load(sc + SC_T).to(tl.int64)
     a = tl.load(sc + SC_A).to(COMPUTE)
@@ -222,8 +243,8 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
         vv = v
         if AMSGRAD:
             vv = tl.maximum(tl.load(vmax_ptr + offs, mask=mask).to(COMPUTE), v)
-            tl.store(vmax_ptr + offs, _to_storage(vv, DTYPE), mask=mask)
-        tl.store(v_ptr + offs, _to_storage(v, DTYPE), mask=mask)
+            tl.store(vmax_ptr + offs, _to_storage(vv, STATE_DTYPE), mask=mask)
+        tl.store(v_ptr + offs, _to_storage(v, STATE_DTYPE), mask=mask)
         inv_sqrt_bc2 = tl.load(sc + SC_INV_SQRT_BC2).to(COMPUTE)
         # IEEE sqrt and division, as torch (Triton's float32 defaults are approximations).
         if COMPUTE == tl.float32:
@@ -233,8 +254,12 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
     else:
         p = p - step_size * d
 
-    tl.store(pos_ptr + offs, _to_storage(m, DTYPE), mask=mask)
-    tl.store(p_ptr + offs, _to_storage(p, DTYPE), mask=mask)
+    tl.store(pos_ptr + offs, _to_storage(m, STATE_DTYPE), mask=mask)
+    if STOCHASTIC_ROUNDING:  # bfloat16 params only (the host checks)
+        r = rounding_bits(seed_lo, seed_hi, t, tl.full(index.shape, TAG_ROUNDING_C, tl.uint32), index)
+        tl.store(p_ptr + offs, _to_bf16_stochastic(p, r), mask=mask)
+    else:
+        tl.store(p_ptr + offs, _to_storage(p, DTYPE), mask=mask)
 
 
 @triton.jit(do_not_specialize=["batch", "seed_lo", "seed_hi"])
@@ -242,13 +267,15 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
                   decay_hi, decay_lo, wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
                   c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo, batch, seed_lo, seed_hi, std_hi, std_lo,
                   scale_hi, scale_lo,
-                  DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
-                  SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
-                  MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
-                  HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, NOISE: tl.constexpr,
-                  CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+                  DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, COMPUTE: tl.constexpr,
+                  MOMENTUM: tl.constexpr, SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr,
+                  NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
+                  HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr,
+                  NOISE: tl.constexpr, CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr,
+                  STOCHASTIC_ROUNDING: tl.constexpr, BLOCK: tl.constexpr):
     r"""The per-element update of block ``program_id`` (docs/kernel-contract.md), in ``COMPUTE``
-    precision with one rounding to ``DTYPE`` on store:
+    precision with one rounding on store: state to ``STATE_DTYPE``, the param to ``DTYPE`` (to
+    nearest, or stochastically with ``STOCHASTIC_ROUNDING``, from the stream at ``TAG_ROUNDING``):
 
     .. math::
         m \leftarrow a\,m + b\,g,\quad
@@ -286,11 +313,11 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
         scale = (tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)).to(COMPUTE)
         if start + BLOCK <= numel:
             _update_tile(row, sc, offs, None, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std,
-                         scale, decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE, COMPUTE,
-                         MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE,
-                         ALIGNED, NOISE, CENTERED, ROWS_ALIGNED)
+                         scale, decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE, STATE_DTYPE,
+                         COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE,
+                         ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING)
         else:
             _update_tile(row, sc, offs, offs < numel, numel, grad_scale_ptr, weights_ptr, batch, seed_lo,
                          seed_hi, std, scale, decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
-                         DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED,
-                         HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED)
+                         DTYPE, STATE_DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE,
+                         DECOUPLED, HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING)

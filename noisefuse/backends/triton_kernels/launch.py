@@ -99,17 +99,32 @@ def _is_dense(t: torch.Tensor) -> bool:
     return True
 
 
-def _check_layout(lists) -> None:
+def _check_layout(lists, state_dtype) -> None:
     """Every tensor of a row must be dense and laid out like its param: the kernels walk
-    ``numel`` consecutive elements from each data pointer."""
+    ``numel`` consecutive elements from each data pointer. Grads have the params' dtype, the four
+    state lists ``state_dtype``."""
     for i, p in enumerate(lists[0]):
         if not _is_dense(p):
             raise RuntimeError(f"backend='triton' needs dense params; param {i} has strides {p.stride()}")
-        for lst in lists[1:6]:
-            if lst and (lst[i].stride() != p.stride() or lst[i].dtype != p.dtype):
+        for k, lst in enumerate(lists[1:6]):
+            dtype = p.dtype if k == 0 else state_dtype
+            if lst and (lst[i].stride() != p.stride() or lst[i].dtype != dtype):
                 raise RuntimeError(
-                    f"backend='triton': a state tensor of param {i} has dtype {lst[i].dtype} and strides "
-                    f"{lst[i].stride()}, its param {p.dtype} and {p.stride()}; they must match")
+                    f"backend='triton': a {'grad' if k == 0 else 'state'} tensor of param {i} has dtype "
+                    f"{lst[i].dtype} and strides {lst[i].stride()}; expected {dtype} and its param's {p.stride()}")
+
+
+def _state_dtype(dtype, exp_avgs, stochastic_rounding, offsets, n):
+    """The state dtype of the group (its first buffer's), checked with the stochastic rounding
+    arguments before any launch (docs/kernel-contract.md, "Mixed precision")."""
+    state_dtype = exp_avgs[0].dtype if exp_avgs else dtype
+    if state_dtype != dtype and not (state_dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16)):
+        raise RuntimeError(f"backend='triton': {state_dtype} state for {dtype} params; the state must have "
+                           "the params' dtype, or be float32 for float16/bfloat16 params")
+    if stochastic_rounding and (dtype != torch.bfloat16 or len(offsets) != n):
+        raise RuntimeError(f"backend='triton': stochastic rounding takes bfloat16 params (got {dtype}) and one "
+                           f"global offset per param ({len(offsets)} for {n})")
+    return state_dtype
 
 
 def _rows_like(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -159,26 +174,30 @@ def _check_noise(params, grads, grad_samples, offsets, noise_kind, sample_weight
 def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods,
                grad_samples=(), *, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov,
                maximize, demon_total_steps, demon_delay, grad_scale=None, found_inf=None, sample_weights=None,
-               offsets=(), noise_kind=0, seed=0, noise_std=0.0, noise_scale=0.0, noise_centered=False) -> None:
+               offsets=(), noise_kind=0, seed=0, noise_std=0.0, noise_scale=0.0, noise_centered=False,
+               stochastic_rounding=False) -> None:
     """One fused step of a (device, dtype) group: at most two launches, no host synchronisation.
 
     Noise (docs/kernel-contract.md, "Noise"): ``noise_kind`` a value of ``NOISE_CODES``, ``seed`` the
     stream's seed as a signed int64 (``seed_as_int64``), ``offsets`` each param's global element
     offset; diag_fisher and multiplicative read ``grad_samples`` (``[B, *param.shape]``) instead of
-    ``grads``, and multiplicative the float32 ``[B]`` ``sample_weights``."""
+    ``grads``, and multiplicative the float32 ``[B]`` ``sample_weights``.
+    Mixed precision ("Mixed precision"): the state lists may be float32 for float16/bfloat16 params;
+    ``stochastic_rounding`` rounds bfloat16 params with draws from ``seed`` at ``offsets``."""
     if not params:
         return
     device, dtype = params[0].device, params[0].dtype
     if dtype not in _STORAGE:
         raise RuntimeError(f"backend='triton' supports float32/float16/bfloat16/float64 params, not {dtype}")
     batch = _check_noise(params, grads, grad_samples, offsets, noise_kind, sample_weights)
+    state_dtype = _state_dtype(dtype, exp_avgs, stochastic_rounding, offsets, len(params))
     grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
     grad_samples = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
     lists = [params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods, grad_samples]
     block, num_warps = tables.launch_shape(device)
-    table = tables.get(lists, offsets if noise_kind else (), block)
+    table = tables.get(lists, offsets if noise_kind or stochastic_rounding else (), block)
     if not table.layout_checked:  # once per table: layouts change only with new pointers
-        _check_layout(lists)
+        _check_layout(lists, state_dtype)
         table.layout_checked = True
     k = kernels_for(device)
 
@@ -208,8 +227,10 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
         *split(1.0 - lr * weight_decay), *split(weight_decay), *split(beta2), *split(1.0 - beta2),
         *split(eps), *split((1.0 + beta0) / norm), *split(beta0 / norm),
         batch, _int32(seed_word & 0xFFFFFFFF), _int32(seed_word >> 32), *split(noise_std), *split(noise_scale),
-        DTYPE=storage, COMPUTE=compute, MOMENTUM=momentum, SECOND_MOMENT=second_moment, AMSGRAD=amsgrad,
-        NESTEROV=nesterov, MAXIMIZE=maximize, DECOUPLED=decoupled, HAS_GRAD_SCALE=grad_scale is not None,
+        DTYPE=storage, STATE_DTYPE=getattr(tl, _STORAGE[state_dtype]), COMPUTE=compute, MOMENTUM=momentum,
+        SECOND_MOMENT=second_moment, AMSGRAD=amsgrad, NESTEROV=nesterov, MAXIMIZE=maximize, DECOUPLED=decoupled,
+        HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None, ALIGNED=table.aligned, NOISE=noise_kind,
         CENTERED=bool(noise_centered) and noise_kind == NOISE_CODES["diag_fisher"],
-        ROWS_ALIGNED=table.rows_aligned and noise_kind in _ROW_NOISES, BLOCK=block, num_warps=num_warps)
+        ROWS_ALIGNED=table.rows_aligned and noise_kind in _ROW_NOISES,
+        STOCHASTIC_ROUNDING=bool(stochastic_rounding), BLOCK=block, num_warps=num_warps)
