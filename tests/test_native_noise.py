@@ -9,13 +9,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import warnings
 
 import pytest
 import torch
 
 import noisefuse as nf
-from cases import CONFIGS, assert_same_state, make_params
+from cases import assert_same_state, make_params
+from noise_cases import PAIRS, SEED, noisy_run
 from noisefuse.backends import native
 from noisefuse.random.philox import TAG_ISOTROPIC, element_normals
 from test_native import FAMILIES, assert_same, clone, op_args, step_tensors
@@ -23,36 +23,8 @@ from test_native import FAMILIES, assert_same, clone, op_args, step_tensors
 pytestmark = pytest.mark.skipif(not native.available(torch.device("cpu")),
                                 reason=f"native extension not built: {native.load_error()}")
 
-NOISES = {
-    "isotropic": nf.noise.Isotropic(0.5),
-    "diag_fisher": nf.noise.DiagFisher(small_batch=2),
-    "diag_fisher_centered": nf.noise.DiagFisher(scale=0.7, centered=True),
-    "mult_gaussian": nf.noise.Multiplicative("gaussian", small_batch=2),
-    "mult_centered": nf.noise.Multiplicative("gaussian_centered", small_batch=3),
-    "mult_bernoulli": nf.noise.Multiplicative("bernoulli", small_batch=3),
-}
-SEED = 0xF00DFACE_DEADBEEF  # both 32-bit halves >= 2^31
 # An empty tensor, one element, an odd size, and two 32K-element chunks plus a partial vector.
 SIZES = (0, 1, 37, 32768 + 4099)
-PAIRS = [("isotropic", "pnm_l2_demon"), ("diag_fisher", "adapnm"), ("diag_fisher_centered", "demon_sgd_nesterov"),
-         ("mult_gaussian", "demon_adamw_ams"), ("mult_centered", "pnm"), ("mult_bernoulli", "adapnm_noams_demon")]
-
-
-def noisy_run(config, backend, noise, params, steps=10, batch=4, **kw):
-    """``steps`` steps with per-sample gradients (``grad`` their mean); param 2 sits out every third
-    step, so the step counters in the noise's counter differ between tensors."""
-    ps = [p.detach().clone().requires_grad_() for p in params]
-    opt = CONFIGS[config](ps, backend=backend, noise=NOISES[noise], seed=SEED, **kw)
-    for step in range(steps):
-        for i, p in enumerate(ps):
-            gen = torch.Generator().manual_seed(step * 1009 + i)
-            rows = torch.randn((batch, *p.shape), generator=gen, dtype=torch.float64).to(p.dtype).to(p.device)
-            skip = i == 2 and step % 3 == 1
-            p.grad_sample = None if skip else rows
-            p.grad = None if skip else rows.mean(0)
-        opt.step()
-    return ps, opt
-
 
 @pytest.mark.parametrize("isa", ["best", "baseline"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -92,45 +64,6 @@ def test_normals_are_the_streams(isa, monkeypatch):
     opt.step()
     expected = element_normals(SEED, 1, TAG_ISOTROPIC, 5, p.numel())
     torch.testing.assert_close(p.detach() / -2.0, expected, atol=2e-6, rtol=2e-6)
-
-
-@pytest.mark.parametrize("noise", ["diag_fisher_centered", "mult_centered"])
-def test_rows_are_unscaled_and_negated_each(noise):
-    # Rows scaled by -4 with grad_scale=4 and maximize: unscaling and negation apply to each row
-    # before the Fisher diagonal or the weighted sum, which then equal those of the plain rows.
-    params = make_params((3, 40))
-    plain, _ = noisy_run("pnm", "reference", noise, params, steps=4)
-    runs = {}
-    for backend in ("reference", "native"):
-        qs = [p.detach().clone().requires_grad_() for p in params]
-        opt = CONFIGS["pnm"](qs, backend=backend, noise=NOISES[noise], seed=SEED, maximize=True)
-        opt.grad_scale, opt.found_inf = torch.tensor([4.0]), torch.tensor([0.0])
-        for step in range(4):
-            for i, q in enumerate(qs):
-                gen = torch.Generator().manual_seed(step * 1009 + i)
-                q.grad_sample = -4.0 * torch.randn((4, *q.shape), generator=gen, dtype=torch.float64).float()
-            opt.step()
-        runs[backend] = (qs, opt)
-    assert_same_state(runs["reference"][1], runs["native"][1], runs["reference"][0], runs["native"][0], torch.float32)
-    for a, b in zip(plain, runs["native"][0]):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-
-
-@pytest.mark.parametrize("noise", ["mult_gaussian", "diag_fisher"])
-def test_params_in_another_layout(noise, monkeypatch):
-    # Transposed params, contiguous grad_sample: weighted sums are layout free (the op copies the rows
-    # into the param's layout); normals are indexed row-major, which the kernel does not walk here, so
-    # that group is stepped by foreach with one warning.
-    monkeypatch.setattr(native, "_warned_layout", False)
-    base = make_params((20, 24))
-    params = [base[0].detach().view(4, 5).t(), base[1].detach().view(4, 6).t()]
-    pa, oa = noisy_run("adapnm", "reference", noise, params, steps=4)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pb, ob = noisy_run("adapnm", "native", noise, params, steps=4)
-    assert pb[0].stride() == (1, 5)
-    assert len([w for w in caught if "foreach" in str(w.message)]) == (noise == "diag_fisher")
-    assert_same_state(oa, ob, pa, pb, torch.float32)
 
 
 # ----- the op: noise arguments ---------------------------------------------------------------------

@@ -15,7 +15,6 @@ comparisons at full size.
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -24,6 +23,7 @@ pytest.importorskip("triton")
 
 import noisefuse as nf  # noqa: E402
 from cases import CONFIGS, assert_same_state, compare_backends, make_grads, make_params, run  # noqa: E402
+from noise_cases import PAIRS, noisy_run  # noqa: E402
 from noisefuse.backends import triton as triton_backend  # noqa: E402
 from noisefuse.backends.triton_kernels import launch, tables  # noqa: E402
 
@@ -276,54 +276,24 @@ def test_interpreter_whatever_the_import_order():
 
 
 # ----- gradient noise ---------------------------------------------------------------------------
-NOISES = {
-    "isotropic": nf.noise.Isotropic(0.5),
-    "diag_fisher": nf.noise.DiagFisher(small_batch=2),
-    "diag_fisher_centered": nf.noise.DiagFisher(scale=0.7, centered=True),
-    "mult_gaussian": nf.noise.Multiplicative("gaussian", small_batch=2),
-    "mult_centered": nf.noise.Multiplicative("gaussian_centered", small_batch=3),
-    "mult_bernoulli": nf.noise.Multiplicative("bernoulli", small_batch=3),
-}
-SEED = 0xF00DFACE_DEADBEEF  # both 32-bit halves >= 2^31: the kernel receives them as int32
 NOISE_SIZES = (0, 1, 70, 129)  # with 64-element blocks: an empty tensor, a 1-element one, 2 and 3 blocks
 
 
-def _noisy_run(config, backend, noise, params, steps=10, batch=6, groups=None, **kw):
-    """``steps`` steps with per-sample gradients (``grad`` their mean); param 2 sits out every third
-    step, so the step counters of the noise's counter differ between tensors."""
-    ps = [p.detach().clone().requires_grad_() for p in params]
-    arg = ps if groups is None else [dict(g, params=[ps[i] for i in g["params"]]) for g in groups]
-    opt = CONFIGS[config](arg, backend=backend, noise=NOISES[noise], seed=SEED, **kw)
-    for step in range(steps):
-        for i, p in enumerate(ps):
-            gen = torch.Generator().manual_seed(step * 1009 + i)
-            rows = torch.randn((batch, *p.shape), generator=gen, dtype=torch.float64).to(p.dtype)
-            skip = i == 2 and step % 3 == 1
-            p.grad_sample = None if skip else rows
-            p.grad = None if skip else rows.mean(0)
-        opt.step()
-    return ps, opt
-
-
-NOISE_PAIRS = [("isotropic", "pnm_l2_demon"), ("diag_fisher", "adapnm"), ("diag_fisher_centered", "demon_sgd_nesterov"),
-               ("mult_gaussian", "demon_adamw_ams"), ("mult_centered", "pnm"), ("mult_bernoulli", "adapnm_noams_demon")]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("noise,config", NOISE_PAIRS)
+@pytest.mark.parametrize("noise,config", PAIRS)
 def test_noise_matches_reference(noise, config, dtype, monkeypatch):
     monkeypatch.setenv("NOISEFUSE_TRITON_BLOCK", "64")
     params = make_params(NOISE_SIZES, dtype)
-    pa, oa = _noisy_run(config, "reference", noise, params)
-    pb, ob = _noisy_run(config, "triton", noise, params)
+    pa, oa = noisy_run(config, "reference", noise, params)
+    pb, ob = noisy_run(config, "triton", noise, params)
     assert_same_state(oa, ob, pa, pb, dtype)
 
 
 @pytest.mark.parametrize("noise", ["isotropic", "diag_fisher_centered", "mult_gaussian"])
 def test_noise_in_float64(noise):
     params = make_params((1, 37), torch.float64)
-    pa, oa = _noisy_run("adapnm_noams_demon", "reference", noise, params, steps=6)
-    pb, ob = _noisy_run("adapnm_noams_demon", "triton", noise, params, steps=6)
+    pa, oa = noisy_run("adapnm_noams_demon", "reference", noise, params, steps=6)
+    pb, ob = noisy_run("adapnm_noams_demon", "triton", noise, params, steps=6)
     # The normals are float32 by contract, equal across backends only to float32 rounding of log/cos
     # (a few float32 ulps): the noisy float64 trajectories agree to float32 tolerances, not float64 ones.
     assert_same_state(oa, ob, pa, pb, torch.float32)
@@ -341,48 +311,9 @@ def test_noise_is_the_same_whatever_the_block_size_and_table_layout(noise, monke
             monkeypatch.delenv("NOISEFUSE_TRITON_BLOCK", raising=False)
         else:
             monkeypatch.setenv("NOISEFUSE_TRITON_BLOCK", block)
-        results.append(_noisy_run("adapnm", "triton", noise, params, steps=4, groups=groups)[0])
+        results.append(noisy_run("adapnm", "triton", noise, params, steps=4, groups=groups)[0])
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
-
-
-@pytest.mark.parametrize("noise", ["diag_fisher_centered", "mult_centered"])
-def test_noise_unscales_and_negates_each_row(noise):
-    # Rows scaled by -4 with grad_scale=4 and maximize: unscaling and negation must apply to each row
-    # before the Fisher diagonal or the weighted sum, which then equal those of the plain rows.
-    params = make_params((3, 40))
-    plain, _ = _noisy_run("pnm", "reference", noise, params, steps=4)
-    opts = {}
-    for backend in ("reference", "triton"):
-        qs = [p.detach().clone().requires_grad_() for p in params]
-        opt = CONFIGS["pnm"](qs, backend=backend, noise=NOISES[noise], seed=SEED, maximize=True)
-        opt.grad_scale, opt.found_inf = torch.tensor([4.0]), torch.tensor([0.0])
-        for step in range(4):
-            for i, q in enumerate(qs):
-                gen = torch.Generator().manual_seed(step * 1009 + i)
-                q.grad_sample = -4.0 * torch.randn((6, *q.shape), generator=gen, dtype=torch.float64).float()
-            opt.step()
-        opts[backend] = (qs, opt)
-    assert_same_state(opts["reference"][1], opts["triton"][1], opts["reference"][0], opts["triton"][0], torch.float32)
-    for a, b in zip(plain, opts["triton"][0]):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-
-
-@pytest.mark.parametrize("noise", ["mult_gaussian", "diag_fisher"])
-def test_noise_on_params_in_another_layout(noise, monkeypatch):
-    # Transposed (dense, non-contiguous) params with contiguous grad_sample. Weighted sums are layout
-    # free: each row is copied into its param's layout for the kernel. Normals are indexed in row-major
-    # order, which the kernels do not walk here, so that group is stepped by foreach (one warning).
-    monkeypatch.setattr(triton_backend, "_warned_layout", False)
-    base = make_params((20, 24))
-    params = [base[0].detach().view(4, 5).t(), base[1].detach().view(4, 6).t()]
-    pa, oa = _noisy_run("adapnm", "reference", noise, params, steps=4)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pb, ob = _noisy_run("adapnm", "triton", noise, params, steps=4)
-    assert pb[0].stride() == (1, 5)
-    assert len([w for w in caught if "foreach" in str(w.message)]) == (noise == "diag_fisher")
-    assert_same_state(oa, ob, pa, pb, torch.float32)
 
 
 def test_bad_noise_arguments_are_refused_before_any_launch():
