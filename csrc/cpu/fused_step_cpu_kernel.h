@@ -11,8 +11,8 @@
 //
 // Gradient noise (docs/kernel-contract.md, "Noise") is formed per vector in registers: the
 // grad_sample rows of the vector's elements are loaded one row at a time and summed (the rows of
-// one element lie numel apart), normals are drawn for the vector's global indices
-// (cpu_normals.h), and the result goes straight into the update. The noise kind is a template
+// one element lie numel apart), normals come from a 64-element block buffer filled for the block's
+// global indices (cpu_normals.h), and the result goes straight into the update. The noise kind is a template
 // parameter: it decides what is read (grad or B rows) and whether Philox runs at all.
 #pragma once
 
@@ -108,7 +108,6 @@ struct ChunkKernel {
   using Vec = typename IO::Vec;
   using math_t = typename Vec::value_type;
   static constexpr int kParts = IO::kParts;
-  static constexpr int kLanes = normal_lanes<static_cast<int>(IO::kWidth)>();
 
   scalar_t* p;
   const scalar_t* g;  // grad, or grad_sample row 0 when kNoise reads rows
@@ -120,10 +119,17 @@ struct ChunkKernel {
   uint64_t offset;  // global index of element 0
   uint64_t step;    // the tensor's step after this update's increment
 
-  // Normals of elements [i, i + IO::kWidth) in the math type, kParts vectors.
-  void normals(int64_t i, uint32_t tag, uint64_t seed, Vec* xi) const {
-    alignas(64) float lanes[kLanes];
-    fill_normals<kLanes>(seed, step, tag, offset + static_cast<uint64_t>(i), lanes);
+  // Noise kinds that draw normals get them a block of kNormalBlock elements at a time (Philox and
+  // Box-Muller over whole vectors of lanes, cpu_normals.h), into a stack buffer that the block's
+  // vectors then read: 64 elements, a multiple of every IO::kWidth and of 32K (chunks stay whole).
+  static constexpr bool kDrawsNormals = kNoise == kIsotropicNoise || kNoise == kDiagFisherNoise;
+  static constexpr int kNormalBlock = 64;
+  static_assert(kNormalBlock % IO::kWidth == 0 && kCpuChunk % kNormalBlock == 0, "blocks of whole vectors");
+  static constexpr uint32_t kTag = kNoise == kIsotropicNoise ? philox::kTagIsotropic : philox::kTagDiagFisher;
+
+  // The normals of the vector's IO::kWidth elements (`lanes`, from the block buffer) in the math
+  // type, kParts vectors.
+  static void normals(const float* lanes, Vec* xi) {
     if constexpr (std::is_same_v<math_t, double>) {
       alignas(64) double wide[Vec::size()];
       for (int l = 0; l < Vec::size(); ++l) wide[l] = static_cast<double>(lanes[l]);
@@ -140,12 +146,12 @@ struct ChunkKernel {
 
   // SPEC section 0 steps 1-3 for elements [i, i + count): the gradient the update uses.
   void form_grad(int64_t i, int64_t count, const ElementCoefs<Vec>& c, const NoiseInputs<Vec, math_t>& nz,
-                 Vec* out) const {
+                 const float* lanes, Vec* out) const {
     if constexpr (!noise_reads_rows(kNoise)) {
       load_row(0, i, count, c, out);
       if constexpr (kNoise == kIsotropicNoise) {
         Vec xi[kParts];
-        normals(i, philox::kTagIsotropic, nz.seed, xi);
+        normals(lanes, xi);
         for (int k = 0; k < kParts; ++k) out[k] = isotropic_grad(out[k], nz.coefs, xi[k]);
       }
     } else {
@@ -169,16 +175,18 @@ struct ChunkKernel {
           }
         }
         Vec xi[kParts];
-        normals(i, philox::kTagDiagFisher, nz.seed, xi);
+        normals(lanes, xi);
         for (int k = 0; k < kParts; ++k) out[k] = fisher_grad<VecOps>(out[k], sums[k], nz.coefs, xi[k]);
       }
     }
   }
 
   // Elements [i, i + count), count <= IO::kWidth.
-  void step_vector(int64_t i, int64_t count, const ElementCoefs<Vec>& c, const NoiseInputs<Vec, math_t>& nz) const {
+  // `lanes`: the vector's normals when the kind draws them (else unused).
+  void step_vector(int64_t i, int64_t count, const ElementCoefs<Vec>& c, const NoiseInputs<Vec, math_t>& nz,
+                   const float* lanes) const {
     Vec rp[kParts], rg[kParts], rm[kParts], rmn[kParts], rv[kParts], rvm[kParts];
-    form_grad(i, count, c, nz, rg);
+    form_grad(i, count, c, nz, lanes, rg);
     IO::load(p + i, count, rp);
     IO::load(m + i, count, rm);
     if (kPn) IO::load(m_neg + i, count, rmn);
@@ -194,9 +202,21 @@ struct ChunkKernel {
   }
 
   void step_range(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const NoiseInputs<Vec, math_t>& nz) const {
-    const int64_t full_end = begin + (end - begin) / IO::kWidth * IO::kWidth;
-    for (int64_t i = begin; i < full_end; i += IO::kWidth) step_vector(i, IO::kWidth, c, nz);
-    if (full_end < end) step_vector(full_end, end - full_end, c, nz);
+    if constexpr (kDrawsNormals) {
+      // A partial last block draws a few normals it does not use (their lanes lie past the tensor).
+      alignas(64) float lanes[kNormalBlock];
+      for (int64_t block = begin; block < end; block += kNormalBlock) {
+        const int64_t block_end = std::min<int64_t>(block + kNormalBlock, end);
+        fill_normals<kNormalBlock>(nz.seed, step, kTag, offset + static_cast<uint64_t>(block), lanes);
+        const int64_t full_end = block + (block_end - block) / IO::kWidth * IO::kWidth;
+        for (int64_t i = block; i < full_end; i += IO::kWidth) step_vector(i, IO::kWidth, c, nz, lanes + (i - block));
+        if (full_end < block_end) step_vector(full_end, block_end - full_end, c, nz, lanes + (full_end - block));
+      }
+    } else {
+      const int64_t full_end = begin + (end - begin) / IO::kWidth * IO::kWidth;
+      for (int64_t i = begin; i < full_end; i += IO::kWidth) step_vector(i, IO::kWidth, c, nz, nullptr);
+      if (full_end < end) step_vector(full_end, end - full_end, c, nz, nullptr);
+    }
   }
 };
 
