@@ -5,7 +5,9 @@
 
 One benchmark per (family point, backend, dtype, tensor layout), grouped so each table compares the
 backends and the plain copy of the same bytes. Each records the bytes the algorithm moves
-(noisefuse.bench.bytes_model) and, after it ran, the achieved GB/s, in ``extra_info``.
+(noisefuse.bench.bytes_model) and, after it ran, the achieved GB/s, in ``extra_info``. The
+64-tensor fp32 groups also hold the step with each gradient noise drawn inside it, on every backend
+that says ``supports_noise``.
 Samples are wall-clock (pytest-benchmark's timer) around a call that ends with a device
 synchronisation on CUDA, so they include launch overhead; ``make bench`` has CUDA-event timings.
 """
@@ -19,6 +21,7 @@ from conftest import make_step_tensors
 from noisefuse import backends
 from noisefuse.backends.family import Family, Hyper
 from noisefuse.bench import bytes_model
+from noisefuse.noise import NoiseStep
 
 pytest.importorskip("pytest_benchmark")
 
@@ -95,3 +98,48 @@ def test_copy_of_same_bytes(benchmark, sync, device, point, dtype, layout):
     benchmark(copy)
     assert torch.equal(dst, src)
     _record(benchmark, n_bytes)
+
+
+NOISE_BATCH = 8  # grad_sample rows in the noisy cases (make bench's noise section uses 32)
+
+
+def _noise_step(kind, device):
+    if kind == "isotropic":
+        return NoiseStep("isotropic", seed=1, std=1e-3)
+    if kind == "diag_fisher":
+        return NoiseStep("diag_fisher", seed=1, scale=(1 / 2 - 1 / NOISE_BATCH) ** 0.5)
+    weights = torch.linspace(0.5, 1.5, NOISE_BATCH, dtype=torch.float32, device=device)
+    return NoiseStep("multiplicative", seed=1, sample_weights=weights)
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "diag_fisher", "multiplicative"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("point", ["pnm", "adapnm"])
+def test_fused_step_noisy(benchmark, sync, device, point, backend, kind):
+    """The fused step with gradient noise drawn inside it (fp32, 64 tensors); grouped with the
+    plain step of the same point and layout, whose bytes it moves (isotropic) or moves with the B
+    grad_sample rows in place of g (diag_fisher, multiplicative)."""
+    dev = torch.device(device)
+    module = backends.get(backend)
+    if getattr(module, "supports_noise", False) is not True:
+        pytest.skip(f"backend {backend!r} does not draw noise")
+    if hasattr(module, "available") and not module.available(dev):
+        pytest.skip(f"backend {backend!r} is not available on {dev.type}")
+    family, hyper, _, algorithm = POINTS[point]
+    sizes = _sizes(device, "64-tensors")
+    ts = make_step_tensors(family, False, sizes, torch.float32, dev)
+    noise = _noise_step(kind, dev)
+    ts.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    if noise.consumes_grad_sample:
+        gen = torch.Generator(device=dev).manual_seed(1)
+        ts.grad_samples = [torch.empty(NOISE_BATCH, n, device=dev).normal_(0.0, 1e-3, generator=gen) for n in sizes]
+        ts.grads = []
+
+    def step():
+        module.fused_step(family, hyper, ts, noise=noise)
+        sync()
+
+    benchmark.group = f"{point} fp32 64-tensors on {dev.type}"
+    benchmark(step)
+    assert all(p.isfinite().all() for p in ts.params)
+    _record(benchmark, bytes_model.noisy_step_bytes(algorithm, kind, sum(sizes), torch.float32, NOISE_BATCH))

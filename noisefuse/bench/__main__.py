@@ -1,6 +1,7 @@
 """``python -m noisefuse.bench`` (``make bench``): step time of every noisefuse optimizer on every
 backend that works here, against torch's foreach/fused optimizers and pytorch_optimizer, with bytes
-moved, achieved GB/s, fraction of copy bandwidth, launches and added memory.
+moved, achieved GB/s, fraction of copy bandwidth, launches and added memory; then the gradient-noise
+section (what noise adds to a step, and fused noise against forming it with torch ops first).
 
 Writes ``results.json``, ``report.txt`` and PNG plots to ``--out`` (default ``bench-out/``) and prints
 the table. See docs/benchmarks.md for what each number means.
@@ -18,7 +19,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 import torch  # noqa: E402
 
-from . import baselines, plots, presets, report, runner  # noqa: E402
+from . import baselines, noise, noise_report, plots, presets, report, runner  # noqa: E402
 
 QUICK_PRESETS = {"cpu": ("resnet50",), "cuda": ("gpt2-small", "many-small")}
 
@@ -44,6 +45,17 @@ def parse_args(argv=None):
     p.add_argument("--no-baselines", action="store_true", help="skip torch.optim and pytorch_optimizer")
     p.add_argument("--no-sweeps", action="store_true", help="skip the parameter- and tensor-count sweeps")
     p.add_argument("--quick", action="store_true", help="few samples, small presets and sweeps (smoke test)")
+    p.add_argument("--noise", choices=("on", "off", "only"), default="on",
+                   help="the gradient-noise section: after the main table (on, default), skipped (off), "
+                        "or alone (only)")
+    p.add_argument("--noise-backends", default=",".join(noise.FUSED),
+                   help="comma-separated backends timed with noise (default: the fused ones, native and triton; "
+                        "foreach's noise is slow, docs/benchmarks.md)")
+    p.add_argument("--noise-batch", type=int, default=noise.DEFAULT_BATCH,
+                   help=f"grad_sample rows per param in the noise section (default {noise.DEFAULT_BATCH})")
+    p.add_argument("--noise-params", type=int, default=None,
+                   help="parameters of the noise section (default: 4M on CPU, 134M on GPU, small with --quick)")
+    p.add_argument("--noise-tensors", type=int, default=None, help="... split into this many tensors")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
     p.add_argument("--no-plots", action="store_true")
@@ -51,6 +63,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.tensors is not None and args.params is None:
         p.error("--tensors needs --params")
+    if args.noise_tensors is not None and args.noise_params is None:
+        p.error("--noise-tensors needs --noise-params")
+    if args.noise_batch < 2:
+        p.error("--noise-batch must be at least 2")
     return args
 
 
@@ -129,6 +145,25 @@ class Progress:
             self.bar.close()
 
 
+def _noise_config(args, cfg) -> noise.NoiseConfig | None:
+    """The noise section's configuration: PNM and AdaPNM among the chosen optimizers (else the
+    chosen noisefuse ones), in the first dtype; None when it does not run."""
+    if args.noise == "off":
+        return None
+    chosen = [o for o in cfg.optimizers if o in noise.NOISE_OPTIMIZERS]
+    chosen = chosen or [o for o in cfg.optimizers if o in baselines.NF_OPTIMIZERS]
+    if not chosen:
+        cfg.notes.append("noise section skipped: no noisefuse optimizer among --optimizers")
+        return None
+    n_params, n_tensors = noise.default_sizes(cfg.device, args.quick)
+    if args.noise_params is not None:
+        n_params, n_tensors = args.noise_params, args.noise_tensors or min(32, args.noise_params)
+    return noise.NoiseConfig(device=cfg.device, n_params=n_params, n_tensors=n_tensors, batch=args.noise_batch,
+                             dtype=cfg.dtypes[0], optimizers=tuple(chosen),
+                             backends=_check_names(_csv(args.noise_backends), baselines.NF_BACKENDS, "backend"),
+                             quick=args.quick)
+
+
 def _busy_note(device, machine, key, when):
     """A note when other processes competed for the CPU (1-minute load above half the cores):
     CPU timings, and OpenMP-parallel ops above all, are then unreliable."""
@@ -152,18 +187,24 @@ def main(argv=None) -> int:
         optimizers=_check_names(_csv(args.optimizers), known_opts, "optimizer"),
         backends=_check_names(_csv(args.backends), baselines.NF_BACKENDS, "backend"),
         baselines=not args.no_baselines, sweeps=not args.no_sweeps, quick=args.quick)
+    noise_cfg = _noise_config(args, cfg)
     machine = report.machine_facts(device)
     busy = _busy_note(device, machine, "load_average_start", "started")
     if busy:
         cfg.notes.append(busy)
     os.makedirs(args.out, exist_ok=True)
-    print(f"noisefuse.bench: {device}, presets {', '.join(p.name for p in cfg.presets)}, dtypes {', '.join(dtypes)}"
+    what = "" if args.noise == "only" else f"presets {', '.join(p.name for p in cfg.presets)}, "
+    print(f"noisefuse.bench: {device}, {what}dtypes {', '.join(dtypes)}, noise section {args.noise}"
           f"{', quick' if args.quick else ''}; writing to {args.out}/", file=sys.stderr)
 
     start = time.perf_counter()
     progress = Progress(enabled=not args.no_progress)
     try:
-        results = runner.run(cfg, progress)
+        if args.noise == "only":
+            results = {"cases": [], "rows": [], "sweeps": [], "notes": list(cfg.notes)}
+        else:
+            results = runner.run(cfg, progress)
+        results["noise"] = noise.run(noise_cfg, progress) if noise_cfg is not None else None
     finally:
         progress.close()
     elapsed = time.perf_counter() - start
@@ -173,7 +214,9 @@ def main(argv=None) -> int:
         results["notes"].append(busy)
     config = {"device": str(device), "presets": [p.name for p in cfg.presets], "dtypes": list(dtypes),
               "optimizers": list(cfg.optimizers), "backends": list(cfg.backends), "baselines": cfg.baselines,
-              "sweeps": cfg.sweeps, "quick": cfg.quick, "argv": sys.argv[1:] if argv is None else list(argv)}
+              "sweeps": cfg.sweeps, "quick": cfg.quick, "noise": args.noise,
+              "noise_batch": args.noise_batch, "noise_backends": args.noise_backends,
+              "argv": sys.argv[1:] if argv is None else list(argv)}
     json_path = os.path.join(args.out, "results.json")
     report.write_json(json_path, machine, config, results, elapsed)
     text = report.format_report(machine, results, cfg.optimizers, elapsed)
@@ -186,6 +229,8 @@ def main(argv=None) -> int:
             doc = json.load(f)
         try:
             written += plots.write_all(doc, args.out)
+            if doc.get("noise"):
+                written += [p for p in [noise_report.plot(doc["noise"], args.out)] if p]
         except ImportError as exc:
             print(f"no plots: {exc} (pip install matplotlib)", file=sys.stderr)
     print("wrote " + ", ".join(written))

@@ -26,12 +26,13 @@ DEMON_STEPS = 10**6
 
 # Default arguments of each optimizer (only lr and Demon's horizon are given), with the name of
 # its bytes model (bytes_model.ALGORITHMS).
+# ``kw`` passes extra options (the noise section gives ``noise=`` and ``seed=``).
 _NF = {
-    "PNM": (lambda ps, b: nf.PNM(ps, lr=LR, backend=b), "pnm"),
-    "AdaPNM": (lambda ps, b: nf.AdaPNM(ps, lr=LR, backend=b), "adapnm"),
-    "DemonSGD": (lambda ps, b: nf.DemonSGD(ps, lr=LR, momentum=0.9, total_steps=DEMON_STEPS, backend=b),
+    "PNM": (lambda ps, b, **kw: nf.PNM(ps, lr=LR, backend=b, **kw), "pnm"),
+    "AdaPNM": (lambda ps, b, **kw: nf.AdaPNM(ps, lr=LR, backend=b, **kw), "adapnm"),
+    "DemonSGD": (lambda ps, b, **kw: nf.DemonSGD(ps, lr=LR, momentum=0.9, total_steps=DEMON_STEPS, backend=b, **kw),
                  "sgd_momentum"),
-    "DemonAdam": (lambda ps, b: nf.DemonAdam(ps, lr=LR, total_steps=DEMON_STEPS, backend=b), "adam"),
+    "DemonAdam": (lambda ps, b, **kw: nf.DemonAdam(ps, lr=LR, total_steps=DEMON_STEPS, backend=b, **kw), "adam"),
 }
 _TORCH = {
     "SGD": (lambda ps, **kw: torch.optim.SGD(ps, lr=LR, momentum=0.9, **kw), "sgd_momentum"),
@@ -58,6 +59,16 @@ class Target:
     @property
     def label(self) -> str:
         return f"{self.optimizer} {self.library}/{self.impl}"
+
+
+def make_nf(name: str, params, backend: str, **kw) -> torch.optim.Optimizer:
+    """noisefuse optimizer ``name`` with the benchmark's arguments on ``backend`` (plus ``kw``)."""
+    return _NF[name][0](params, backend, **kw)
+
+
+def nf_algorithm(name: str) -> str:
+    """The bytes model (bytes_model.ALGORITHMS) of noisefuse optimizer ``name``."""
+    return _NF[name][1]
 
 
 def _nf_target(name: str, backend: str) -> Target:

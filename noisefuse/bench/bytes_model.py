@@ -29,6 +29,9 @@ class Traffic:
     def bytes(self, n_elements: int, dtype: torch.dtype) -> int:
         return self.per_element * n_elements * dtype_size(dtype)
 
+    def read_bytes(self, n_elements: int, dtype: torch.dtype) -> int:
+        return len(self.reads) * n_elements * dtype_size(dtype)
+
 
 def dtype_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
@@ -80,6 +83,39 @@ def step_bytes(algorithm: str, n_elements: int, dtype: torch.dtype) -> int:
     except KeyError:
         raise ValueError(f"no bytes model for {algorithm!r} (known: {', '.join(ALGORITHMS)})") from None
     return model.bytes(n_elements, dtype)
+
+
+# Noise kinds (noisefuse.noise.NOISE_CODES) and whether the kernel forms g from B grad_sample rows.
+NOISE_READS_ROWS = {"none": False, "isotropic": False, "diag_fisher": True, "multiplicative": True}
+
+
+def noisy_traffic(algorithm: str, noise: str, batch: int | None = None) -> Traffic:
+    """Traffic of one fused step of ``algorithm`` with gradient noise ``noise`` (a key of
+    ``NOISE_READS_ROWS``). Isotropic noise draws its numbers in registers: the traffic is the plain
+    step's. Diagonal-Fisher and multiplicative noise read the ``batch`` rows of ``grad_sample``
+    instead of ``g`` (the mean, the Fisher diagonal and the weighted mean are formed in registers
+    and never stored), so ``g``'s one read becomes ``batch`` reads."""
+    try:
+        rows = NOISE_READS_ROWS[noise]
+    except KeyError:
+        raise ValueError(f"unknown noise kind {noise!r} (known: {', '.join(NOISE_READS_ROWS)})") from None
+    base = ALGORITHMS.get(algorithm)
+    if base is None:
+        raise ValueError(f"no bytes model for {algorithm!r} (known: {', '.join(ALGORITHMS)})")
+    if not rows:
+        return base
+    if batch is None or isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"noise {noise!r} reads grad_sample: give its batch size, got {batch!r}")
+    reads = []
+    for name in base.reads:
+        reads += [f"grad_sample[{b}]" for b in range(batch)] if name == "g" else [name]
+    return Traffic(tuple(reads), base.writes)
+
+
+def noisy_step_bytes(algorithm: str, noise: str, n_elements: int, dtype: torch.dtype,
+                     batch: int | None = None) -> int:
+    """Bytes read plus written by one fused step of ``algorithm`` with ``noise`` (noisy_traffic)."""
+    return noisy_traffic(algorithm, noise, batch).bytes(n_elements, dtype)
 
 
 def copy_elements(n_bytes: int, dtype: torch.dtype) -> int:

@@ -13,6 +13,8 @@ import torch
 
 import noisefuse
 
+from . import noise_report
+
 SCHEMA_VERSION = 1
 LIBRARY_ORDER = {"noisefuse": 0, "torch": 1, "pytorch_optimizer": 2}
 IMPL_ORDER = {"native": 0, "triton": 1, "fused": 2, "foreach": 3, "loop": 4, "reference": 5}
@@ -176,15 +178,18 @@ def format_report(machine: dict, results: dict, optimizer_order, elapsed_s: floa
         parts.append(format_case(case, rows, optimizer_order))
     if results["sweeps"]:
         parts.append(format_sweeps(results["sweeps"]))
-    kind = results["rows"][0]["launch_kind"] if results["rows"] else None
-    legend = ("ms: median step time; ±%: half the interquartile range; MB/step: bytes the algorithm must "
-              "read+write (bytes_model.py); %copy: GB/s over that of dst.copy_(src) of the same bytes; "
-              "x foreach: speedup over the foreach implementation of the same algorithm; ")
-    legend += ("kernels: CUDA kernels per step" if kind == "cuda_kernels" else
-               "ops: top-level operator calls per step (CPU has no kernel launches)")
-    legend += "; +peak MB: memory the step allocates on top of the optimizer's state."
-    parts.append(textwrap.fill(legend, width=110))
+    if results["rows"]:  # absent when only the noise section ran
+        kind = results["rows"][0]["launch_kind"]
+        legend = ("ms: median step time; ±%: half the interquartile range; MB/step: bytes the algorithm must "
+                  "read+write (bytes_model.py); %copy: GB/s over that of dst.copy_(src) of the same bytes; "
+                  "x foreach: speedup over the foreach implementation of the same algorithm; ")
+        legend += ("kernels: CUDA kernels per step" if kind == "cuda_kernels" else
+                   "ops: top-level operator calls per step (CPU has no kernel launches)")
+        legend += "; +peak MB: memory the step allocates on top of the optimizer's state."
+        parts.append(textwrap.fill(legend, width=110))
     if results["notes"]:
         parts.append("notes:\n" + "\n".join(f"  - {n}" for n in results["notes"]))
+    if results.get("noise"):
+        parts.append(noise_report.format_noise(results["noise"]))
     parts.append(f"finished in {elapsed_s:.0f} s")
     return "\n\n".join(parts)

@@ -9,9 +9,10 @@ flush and the per-sample records are explicit and Triton is not needed). On the 
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -146,3 +147,23 @@ def time_fn(fn, device: torch.device, cfg: TimingConfig) -> Timing:
     if device.type != "cpu":
         raise ValueError(f"timing on {device.type} is not supported (cpu and cuda are)")
     return time_cpu(fn, cfg)
+
+
+def time_interleaved(fns: dict, device: torch.device, cfg: TimingConfig, rounds: int, on_sample=None) -> dict:
+    """Time every ``fns[key]()`` in ``rounds`` alternating rounds (forward order, then backward, ...),
+    each round taking a ``1/rounds`` share of ``cfg``'s samples and time, and pool the samples per
+    key. Ratios of the medians then compare calls that saw the same load from other processes,
+    which back-to-back blocks of samples on a shared machine do not. ``cfg``'s warm-up runs before
+    each call's first round only. ``on_sample(key)`` is called before each block (progress)."""
+    rounds = max(1, rounds)
+    share = replace(cfg, min_reps=max(2, math.ceil(cfg.min_reps / rounds)),
+                    max_reps=max(2, cfg.max_reps // rounds), min_time_s=cfg.min_time_s / rounds,
+                    max_time_s=cfg.max_time_s / rounds)
+    later = replace(share, warmup_reps=0, warmup_s=0.0)
+    keys, samples = list(fns), {key: [] for key in fns}
+    for r in range(rounds):
+        for key in (keys if r % 2 == 0 else keys[::-1]):
+            if on_sample is not None:
+                on_sample(key)
+            samples[key] += time_fn(fns[key], device, share if r == 0 else later).samples
+    return {key: Timing(tuple(v)) for key, v in samples.items()}
