@@ -31,11 +31,12 @@ OPTIMIZERS = {
 }
 
 
-def interleaved_medians(fns, repeats):
+def interleaved_medians(fns, repeats, warmups=1):
     """Median seconds of each callable, timed in rounds (one call of each per round) so that load
     from other processes on a shared machine hits every candidate alike."""
     for fn in fns.values():
-        fn()  # warm-up: state allocation, first-touch page faults
+        for _ in range(warmups):
+            fn()  # warm-up: state allocation, first-touch page faults
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

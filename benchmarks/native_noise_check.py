@@ -12,12 +12,11 @@ the normals alone through the AVX2 and baseline builds (NOISEFUSE_CPU_KERNEL is 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import noisefuse as nf
+from native_cpu_check import interleaved_medians  # its sibling script in benchmarks/
 
 NOISES = {
     "none": lambda batch: None,
@@ -39,19 +38,6 @@ def make_step(noise_name, numel, batch):
     return opt.step
 
 
-def interleaved_medians(fns, repeats):
-    for fn in fns.values():
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numel", type=int, default=4 * 1024 * 1024)
@@ -67,7 +53,7 @@ def main():
     print(f"{'threads':>7s} " + " ".join(f"{n:>15s}" for n in args.noises))
     for threads in args.threads:
         torch.set_num_threads(threads)
-        res = interleaved_medians(fns, args.repeats)
+        res = interleaved_medians(fns, args.repeats, warmups=2)
         print(f"{threads:7d} " + " ".join(f"{res[n] / args.numel * 1e9:15.2f}" for n in args.noises))
 
 

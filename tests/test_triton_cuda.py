@@ -9,6 +9,7 @@ pytest.importorskip("triton")
 
 import noisefuse as nf  # noqa: E402
 from cases import BIG_SIZE, CONFIGS, SIZES, assert_same_state, compare_backends, make_grads, make_params  # noqa: E402
+from noise_cases import NOISES  # noqa: E402
 from noisefuse.backends import native  # noqa: E402
 from noisefuse.backends.triton_kernels import kernels, tables  # noqa: E402
 
@@ -131,16 +132,6 @@ def test_cuda_graph_captured_step():
         opt_ref.step()
     torch.cuda.synchronize()
     assert_same_state(opt_ref, opt, ref, ps, torch.float32)
-
-
-NOISES = {
-    "isotropic": nf.noise.Isotropic(0.5),
-    "diag_fisher": nf.noise.DiagFisher(small_batch=2),
-    "diag_fisher_centered": nf.noise.DiagFisher(scale=0.7, centered=True),
-    "mult_gaussian": nf.noise.Multiplicative("gaussian", small_batch=2),
-    "mult_centered": nf.noise.Multiplicative("gaussian_centered", small_batch=3),
-    "mult_bernoulli": nf.noise.Multiplicative("bernoulli", small_batch=3),
-}
 
 
 def _noisy_run(config, backend, noise, params, steps=10, batches=(8,), seed=0xF00DFACE_DEADBEEF):
