@@ -94,3 +94,12 @@ if _LOAD_ERROR is None:
                          found_inf=None, sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0,
                          noise_scale=0.0, noise_centered=False):
         return None
+
+    # The Philox test ops (csrc/philox_ops.cpp) return new tensors: their fakes give the shapes.
+    @_register_fake("noisefuse::philox4x32_10")
+    def _philox4x32_10_fake(counters, seed):
+        return torch.empty_like(counters)
+
+    @_register_fake("noisefuse::philox_normal")
+    def _philox_normal_fake(index, seed, step, tag):
+        return torch.empty(index.shape, dtype=torch.float32, device=index.device)
