@@ -19,5 +19,6 @@ TORCH_LIBRARY(noisefuse, m) {
       "float beta1, float beta2, float beta0, float eps, float weight_decay, bool decoupled, "
       "bool nesterov, bool maximize, int demon_total_steps, float demon_delay, Tensor? grad_scale=None, "
       "Tensor? found_inf=None, Tensor? sample_weights=None, int[] offsets=[], int noise_kind=0, "
-      "int seed=0, float noise_std=0., float noise_scale=0., bool noise_centered=False) -> ()");
+      "int seed=0, float noise_std=0., float noise_scale=0., bool noise_centered=False, "
+      "bool stochastic_rounding=False) -> ()");
 }

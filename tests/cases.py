@@ -102,3 +102,18 @@ def cpu_backends():
         if backends.get(name).available(torch.device("cpu")):
             names.append(name)
     return names
+
+
+def capture_after_warm_up(warm_up, step):
+    """A CUDA graph of ``step()``, captured after ``warm_up()`` ran on a side stream (torch.cuda.graphs'
+    rule: state, kernels and tables must exist before the capture, and the warm-up must not run on
+    the capturing stream)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm_up()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph

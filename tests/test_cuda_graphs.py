@@ -4,7 +4,7 @@ on the device). GPU only."""
 import pytest
 import torch
 
-from cases import CONFIGS, assert_same_state, make_grads, make_params
+from cases import CONFIGS, assert_same_state, capture_after_warm_up, make_grads, make_params
 from noisefuse import backends
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -36,18 +36,13 @@ def test_captured_step_replays_like_eager_steps(config, backend):
             g_static.copy_(g * scale)
             p.grad = g.clone()
 
-    # Warm up on a side stream (the CUDA graph rules), then capture one step.
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    def warm_up():
         for step in range(3):
             feed(step, 1.0)
             opt_graphed.step()
             opt_eager.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt_graphed.step()
+
+    graph = capture_after_warm_up(warm_up, opt_graphed.step)
 
     for step in range(3, 20):
         skip = step == 9  # an AMP overflow: the replay must change nothing, counters included

@@ -32,25 +32,27 @@ FAMILIES = {
 }
 
 
-def step_tensors(family, hyper, sizes=(5, 1023, 0), dtype=torch.float32, device="cpu", seed=0):
-    """A StepTensors bucket with random params, grads and buffers and diverging step counters."""
+def step_tensors(family, hyper, sizes=(5, 1023, 0), dtype=torch.float32, device="cpu", seed=0, state_dtype=None):
+    """A StepTensors bucket with random params, grads and buffers and diverging step counters; the
+    buffers in ``state_dtype`` (default: the params')."""
     gen = torch.Generator().manual_seed(seed)
 
-    def rand(n, positive=False):
+    def rand(n, positive=False, dt=dtype):
         t = torch.randn(n, generator=gen, dtype=torch.float64)
-        return (t.abs() if positive else t).to(dtype=dtype, device=device)
+        return (t.abs() if positive else t).to(dtype=dt, device=device)
 
+    state = state_dtype or dtype
     ts = StepTensors()
     for i, n in enumerate(sizes):
         ts.params.append(rand(n))
         ts.grads.append(rand(n))
-        ts.exp_avgs.append(rand(n))
+        ts.exp_avgs.append(rand(n, dt=state))
         if family.pn:
-            ts.neg_exp_avgs.append(rand(n))
+            ts.neg_exp_avgs.append(rand(n, dt=state))
         if family.second_moment:
-            ts.exp_avg_sqs.append(rand(n, positive=True))
+            ts.exp_avg_sqs.append(rand(n, positive=True, dt=state))
         if family.amsgrad:
-            ts.max_exp_avg_sqs.append(rand(n, positive=True))
+            ts.max_exp_avg_sqs.append(rand(n, positive=True, dt=state))
         ts.steps.append(torch.tensor(float(3 + i), device=device))  # odd and even PN parities
         if family.second_moment and hyper.demon_total_steps:
             ts.beta1_prods.append(torch.tensor(0.5 ** (i + 1), device=device))
@@ -117,6 +119,61 @@ def test_each_variant_with_grad_scale(name, dtype, isa, monkeypatch):
     assert_same(expected, ts, dtype)
 
 
+STATE_LISTS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+
+
+def assert_same_mixed(expected, ts, dtype):
+    """Params (and counters) at the storage dtype's tolerance, the float32 state at float32's."""
+    params_only = clone(ts)
+    for key in STATE_LISTS:
+        torch.testing.assert_close(getattr(ts, key), getattr(expected, key), atol=TOLERANCES[torch.float32][0],
+                                   rtol=TOLERANCES[torch.float32][1], msg=lambda m: f"{key}: {m}")
+        setattr(params_only, key, getattr(expected, key))
+    assert_same(expected, params_only, dtype)
+
+
+@pytest.mark.parametrize("isa", ["best", "baseline"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_variant_with_float32_state(name, dtype, isa, monkeypatch):
+    """float32 state of float16/bfloat16 params: the state's own template parameter, with tails
+    of every length (1, 17, 4097) and a vector-misaligned view."""
+    if isa == "baseline":
+        monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 40), dtype=dtype, state_dtype=torch.float32)
+    for key, lst in vars(ts).items():  # tensor 4: an odd element offset
+        if lst and key not in ("steps", "beta1_prods", "offsets"):
+            lst[4] = torch.cat([torch.zeros(1, dtype=lst[4].dtype), lst[4]])[1:]
+    expected = clone(ts)
+    scale = torch.tensor(64.0)
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected, grad_scale=scale)
+        native.fused_step(family, hyper, ts, grad_scale=scale)
+    assert all(t.dtype == torch.float32 for key in STATE_LISTS for t in getattr(ts, key))
+    assert_same_mixed(expected, ts, dtype)
+
+
+@pytest.mark.parametrize("isa", ["best", "baseline"])
+@pytest.mark.parametrize("state_dtype", [None, torch.float32], ids=["bf16_state", "float32_state"])
+@pytest.mark.parametrize("name", ["heavy_ball", "pn_ams"])
+def test_stochastic_rounding_equals_the_reference_bit_for_bit(name, state_dtype, isa, monkeypatch):
+    if isa == "baseline":
+        monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
+    family, hyper = FAMILIES[name]
+    # lr a power of two and no decay or momentum: the float32 update is exact on both sides, so
+    # only the rounding into bfloat16 could differ.
+    hyper = Hyper(lr=2.0**-10, beta1=0.0, beta2=hyper.beta2, eps=hyper.eps, beta0=0.0)
+    ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 40), dtype=torch.bfloat16, state_dtype=state_dtype)
+    ts.offsets = [0, 1, 18, 2**33 + 5, 4115]  # one beyond 32 bits: hi32 of the counter
+    expected = clone(ts)
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected, rounding_seed=2**63 + 11)
+        native.fused_step(family, hyper, ts, rounding_seed=2**63 + 11)
+    for i, (a, b) in enumerate(zip(expected.params, ts.params)):
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"param {i}"
+
+
 def test_unaligned_and_channels_last_tensors():
     family, hyper = FAMILIES["pn_ams"]
     ts = step_tensors(family, hyper, sizes=(1030,))
@@ -145,6 +202,14 @@ def test_opcheck(name):
     family, hyper = FAMILIES[name]
     ts = step_tensors(family, hyper, sizes=(3, 70))
     args, kwargs = op_args(family, hyper, ts, grad_scale=torch.tensor(2.0), found_inf=torch.tensor(0.0))
+    torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, args, kwargs)
+
+
+@pytest.mark.parametrize("name", ["pn_ams", "ema_v"])
+def test_opcheck_float32_state_and_stochastic_rounding(name):
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(3, 70), dtype=torch.bfloat16, state_dtype=torch.float32)
+    args, kwargs = op_args(family, hyper, ts, offsets=[0, 3], seed=-5, stochastic_rounding=True)
     torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, args, kwargs)
 
 
@@ -202,6 +267,35 @@ def test_bad_input_rejected_before_any_write(corrupt):
     before = clone(ts)
     with pytest.raises(RuntimeError, match=pattern):
         native.fused_step(family, hyper, ts)
+    assert_same(before, ts, torch.float32, exact=True)
+
+
+@pytest.mark.parametrize("case", ["double_state", "mixed_state_lists", "sr_float32", "sr_offsets", "sr_layout"])
+def test_bad_precision_arguments_rejected_before_any_write(case):
+    family, hyper = FAMILIES["pn_ams"]
+    dtype = torch.float32 if case in ("double_state", "sr_float32") else torch.bfloat16
+    ts = step_tensors(family, hyper, dtype=dtype, state_dtype=torch.float32)
+    kw = dict(offsets=[0, 5, 1028], seed=1, stochastic_rounding=True) if case.startswith("sr") else {}
+    if case == "double_state":
+        ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs = (
+            [t.double() for t in lst] for lst in (ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs))
+        pattern = r"exp_avgs\[0\] has dtype Double but params have Float; the state must have"
+    elif case == "mixed_state_lists":
+        ts.exp_avg_sqs[1] = ts.exp_avg_sqs[1].bfloat16()
+        pattern = r"exp_avg_sqs\[1\] has dtype BFloat16 but the state has Float"
+    elif case == "sr_float32":
+        pattern = r"stochastic_rounding=True rounds bfloat16 params, but params are Float"
+    elif case == "sr_offsets":
+        kw["offsets"] = [0, 5]
+        pattern = r"offsets has 2 entries but 3"
+    else:  # param 1 transposed: [31, 33] with strides (1, 31), and every list of index 1 alike
+        for key in ("params", "grads", "exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
+            getattr(ts, key)[1] = getattr(ts, key)[1].view(33, 31).t()
+        pattern = r"stochastic_rounding=True draws per element at its row-major index, but params\[1\]"
+    before = clone(ts)
+    args, kwargs = op_args(family, hyper, ts, **kw)
+    with pytest.raises(RuntimeError, match=pattern):
+        torch.ops.noisefuse.fused_step_(*args, **kwargs)
     assert_same(before, ts, torch.float32, exact=True)
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cases import BIG_SIZE, CONFIGS, SIZES, assert_same_state, compare_backends, make_params
+from cases import BIG_SIZE, CONFIGS, SIZES, assert_same_state, capture_after_warm_up, compare_backends, make_params
 from noisefuse.backends import native, reference
 from noisefuse.backends.family import Family, Hyper
-from test_native import DTYPES, FAMILIES, assert_same, clone, op_args, step_tensors
+from test_native import DTYPES, FAMILIES, STATE_LISTS, assert_same, assert_same_mixed, clone, op_args, step_tensors
 from test_native_noise import PAIRS, noisy_op_args, noisy_run
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and native.available(torch.device("cuda"))),
@@ -34,6 +34,44 @@ def test_each_variant_with_grad_scale(name, dtype):
         reference.fused_step(family, hyper, expected, grad_scale=scale)
         native.fused_step(family, hyper, ts, grad_scale=scale)
     assert_same(expected, ts, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_variant_with_float32_state(name, dtype):
+    """float32 state of float16/bfloat16 params: 4-element packs of each type, misaligned views."""
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 65536 + 3, 40), dtype=dtype, device=CUDA,
+                      state_dtype=torch.float32)
+    for key, lst in vars(ts).items():  # tensor 5: an odd element offset, so the scalar path
+        if lst and key not in ("steps", "beta1_prods", "offsets"):
+            lst[5] = torch.cat([torch.zeros(1, dtype=lst[5].dtype, device=CUDA), lst[5]])[1:]
+    expected = clone(ts)
+    scale = torch.tensor(64.0, device=CUDA)
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected, grad_scale=scale)
+        native.fused_step(family, hyper, ts, grad_scale=scale)
+    assert all(t.dtype == torch.float32 for key in STATE_LISTS for t in getattr(ts, key))
+    assert_same_mixed(expected, ts, dtype)
+
+
+@pytest.mark.parametrize("state_dtype", [None, torch.float32], ids=["bf16_state", "float32_state"])
+@pytest.mark.parametrize("name", ["heavy_ball", "pn_ams"])
+def test_stochastic_rounding_equals_the_reference_and_the_cpu_kernel(name, state_dtype):
+    family, hyper = FAMILIES[name]
+    hyper = Hyper(lr=2.0**-10, beta1=0.0, beta2=hyper.beta2, eps=hyper.eps, beta0=0.0)  # exact float32 update
+    ts = step_tensors(family, hyper, sizes=(1, 17, 65536 + 4097, 0, 40), dtype=torch.bfloat16, device=CUDA,
+                      state_dtype=state_dtype)
+    ts.offsets = [0, 1, 18, 2**33 + 5, 69651]
+    expected, on_cpu = clone(ts), clone(ts)
+    on_cpu = type(ts)(**{k: [t.cpu() if torch.is_tensor(t) else t for t in v] for k, v in vars(on_cpu).items()})
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected, rounding_seed=2**63 + 11)
+        native.fused_step(family, hyper, ts, rounding_seed=2**63 + 11)
+        native.fused_step(family, hyper, on_cpu, rounding_seed=2**63 + 11)
+    for i, (a, b, c) in enumerate(zip(expected.params, ts.params, on_cpu.params)):
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"param {i}"
+        assert torch.equal(c.view(torch.int16), b.cpu().view(torch.int16)), f"param {i}"
 
 
 @pytest.mark.parametrize("name", ["pn_ams", "heavy_ball"])
@@ -85,15 +123,10 @@ def test_cuda_graph_replay_equals_eager_steps():
     ts = step_tensors(family, hyper, sizes=(5000, 3), device=CUDA)
     eager = clone(ts)
     scale, found_inf = torch.tensor(4.0, device=CUDA), torch.tensor(0.0, device=CUDA)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside capture, as torch.cuda.graphs requires
-        native.fused_step(family, hyper, ts, grad_scale=scale, found_inf=found_inf)
-    torch.cuda.current_stream().wait_stream(side)
-    native.fused_step(family, hyper, eager, grad_scale=scale, found_inf=found_inf)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        native.fused_step(family, hyper, ts, grad_scale=scale, found_inf=found_inf)
+    graph = capture_after_warm_up(
+        lambda: native.fused_step(family, hyper, ts, grad_scale=scale, found_inf=found_inf),
+        lambda: native.fused_step(family, hyper, ts, grad_scale=scale, found_inf=found_inf))
+    native.fused_step(family, hyper, eager, grad_scale=scale, found_inf=found_inf)  # the warm-up's twin
     for _ in range(3):
         graph.replay()
         native.fused_step(family, hyper, eager, grad_scale=scale, found_inf=found_inf)
@@ -188,15 +221,9 @@ def test_noisy_step_replays_in_a_cuda_graph(kind):
     graph_args = tuple(_on_cuda(a) for a in args)
     kwargs = {k: _on_cuda(v) for k, v in kwargs.items()}
     eager_args = tuple([t.clone() for t in a] for a in graph_args)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside capture
-        torch.ops.noisefuse.fused_step_(*graph_args, **kwargs)
-    torch.cuda.current_stream().wait_stream(side)
-    torch.ops.noisefuse.fused_step_(*eager_args, **kwargs)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        torch.ops.noisefuse.fused_step_(*graph_args, **kwargs)
+    graph = capture_after_warm_up(lambda: torch.ops.noisefuse.fused_step_(*graph_args, **kwargs),
+                                  lambda: torch.ops.noisefuse.fused_step_(*graph_args, **kwargs))
+    torch.ops.noisefuse.fused_step_(*eager_args, **kwargs)  # the warm-up's twin
     for _ in range(3):
         graph.replay()
         torch.ops.noisefuse.fused_step_(*eager_args, **kwargs)

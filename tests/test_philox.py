@@ -62,6 +62,21 @@ def test_torch_known_answers(counter, key, expected):
     assert tuple(int(w) for w in out) == expected
 
 
+@pytest.mark.parametrize("ints", range(16))
+def test_int_words_give_the_bits_of_tensor_words(ints):
+    """Words given as ints are computed on as ints until a round meets a tensor word; the bits are
+    those of the same words given as tensors. Bit ``j`` of ``ints`` makes word ``j`` an int."""
+    as_int = torch.tensor([bool(ints >> j & 1) for j in range(4)])
+    counters = _random_counters(257, seed=4)
+    counters[:, as_int] = counters[0, as_int]  # an int word is the same for every counter
+    for seed in (0, 2**63 + 12345, 2**64 - 1):
+        k0, k1 = philox.split_seed(seed)
+        words = [int(counters[0, j]) if as_int[j] else counters[:, j] for j in range(4)]
+        got = torch.stack(philox.philox4x32(*words, k0, k1), dim=-1)
+        expected = _torch_words(counters, seed)
+        assert torch.equal(got.expand_as(expected), expected)
+
+
 @pytest.mark.parametrize("counter,key,expected", KATS)
 def test_cpp_known_answers(counter, key, expected):
     ops = _native()

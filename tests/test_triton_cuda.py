@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("triton")
 
 import noisefuse as nf  # noqa: E402
-from cases import BIG_SIZE, CONFIGS, SIZES, assert_same_state, compare_backends, make_grads, make_params  # noqa: E402
+from cases import (BIG_SIZE, CONFIGS, SIZES, assert_same_state, capture_after_warm_up, compare_backends,  # noqa: E402
+                   make_grads, make_params)
 from noise_cases import NOISES  # noqa: E402
 from noisefuse.backends import native  # noqa: E402
 from noisefuse.backends.triton_kernels import kernels, tables  # noqa: E402
@@ -113,17 +114,10 @@ def test_cuda_graph_captured_step():
     static = [torch.zeros_like(p) for p in ps]
     for p, g in zip(ps, static):
         p.grad = g
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        opt.step()  # warm-up: state, compiled kernels and the table exist before the capture
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = capture_after_warm_up(opt.step, opt.step)  # the warm-up makes state, kernels and table
     for q, g in zip(ref, static):
         q.grad = g.clone()
-    opt_ref.step()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
+    opt_ref.step()  # the warm-up's twin
     for step in range(5):
         for g, q, new in zip(static, ref, make_grads(ps, step)):
             g.copy_(new)

@@ -1,6 +1,7 @@
-// Per-element normals for the CPU kernel (docs/kernel-contract.md, "Noise"), a block of lanes at a
-// time, then Box-Muller's log, sqrt and cos on at::vec vectors (Sleef's functions in the AVX2
-// build, the C library's in the baseline one). The integer words equal philox::philox4x32_10's bit
+// Per-element draws for the CPU kernel, a block of lanes at a time: normals (docs/kernel-contract.md,
+// "Noise") and stochastic-rounding bits ("Mixed precision"). Normals: Philox, then Box-Muller's
+// log, sqrt and cos on at::vec vectors (Sleef's functions in the AVX2 build, the C library's in
+// the baseline one). The integer words equal philox::philox4x32_10's bit
 // for bit; the normals equal torch's to the float32 rounding of log and cos.
 //
 // Philox4x32-10, two forms:
@@ -102,6 +103,32 @@ inline __m256 uniform8(__m256i x) {
   return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 8)), _mm256_set1_ps(philox::kUniformScale));
 }
 
+#else  // baseline build
+
+// Philox4x32-10 of the counters (lo32(index0 + l), hi32(index0 + l), lo32(step), tag), l < kLanes,
+// one round over every lane at a time (a loop the compiler vectorises); x0, x1 get the first two
+// output words.
+template <int kLanes>
+void philox_lanes(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, uint32_t* x0, uint32_t* x1) {
+  alignas(64) uint32_t c2[kLanes], c3[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const uint64_t index = index0 + static_cast<uint64_t>(l);
+    x0[l] = static_cast<uint32_t>(index);
+    x1[l] = static_cast<uint32_t>(index >> 32);
+    c2[l] = static_cast<uint32_t>(step);
+    c3[l] = tag;
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed);
+  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < philox::kRounds; ++r) {
+    if (r > 0) {
+      k0 += philox::kW0;
+      k1 += philox::kW1;
+    }
+    for (int l = 0; l < kLanes; ++l) philox::philox_round(x0[l], x1[l], c2[l], c3[l], k0, k1);
+  }
+}
+
 #endif  // NF_PHILOX_AVX2
 
 // out[l] = float32 normal of global element `index0 + l` at step `step` for purpose `tag`.
@@ -123,30 +150,36 @@ void fill_normals(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, f
     }
   }
 #else
-  alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+  alignas(64) uint32_t x0[kLanes], x1[kLanes];
+  philox_lanes<kLanes>(seed, step, tag, index0, x0, x1);
   for (int l = 0; l < kLanes; ++l) {
-    const uint64_t index = index0 + static_cast<uint64_t>(l);
-    c0[l] = static_cast<uint32_t>(index);
-    c1[l] = static_cast<uint32_t>(index >> 32);
-    c2[l] = static_cast<uint32_t>(step);
-    c3[l] = tag;
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed);
-  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < philox::kRounds; ++r) {
-    if (r > 0) {
-      k0 += philox::kW0;
-      k1 += philox::kW1;
-    }
-    for (int l = 0; l < kLanes; ++l) philox::philox_round(c0[l], c1[l], c2[l], c3[l], k0, k1);
-  }
-  for (int l = 0; l < kLanes; ++l) {
-    const float u = philox::uniform(c0[l]);
+    const float u = philox::uniform(x0[l]);
     u0[l] = u < philox::kUniformScale ? philox::kUniformScale : u;
-    u1[l] = philox::uniform(c1[l]);
+    u1[l] = philox::uniform(x1[l]);
   }
 #endif
   box_muller_lanes<kLanes>(u0, u1, out);
+}
+
+// out[l] = the 16 stochastic-rounding bits of global element `index0 + l` at step `step`
+// (philox::rounding_bits: x0 & 0xFFFF under kTagRounding).
+template <int kLanes>
+void fill_rounding_bits(uint64_t seed, uint64_t step, uint64_t index0, uint32_t* out) {
+#if defined(NF_PHILOX_AVX2)
+  static_assert(kLanes % 16 == 0, "the AVX2 Philox draws 16 lanes at a time");
+  const __m256i low16 = _mm256_set1_epi32(0xFFFF);
+  for (int l = 0; l < kLanes; l += 16) {
+    __m256i x0[2], x1[2];
+    philox16_avx2(seed, step, philox::kTagRounding, index0 + static_cast<uint64_t>(l), x0, x1);
+    for (int g = 0; g < 2; ++g) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + l + 8 * g), _mm256_and_si256(x0[g], low16));
+    }
+  }
+#else
+  alignas(64) uint32_t x1[kLanes];
+  philox_lanes<kLanes>(seed, step, philox::kTagRounding, index0, out, x1);
+  for (int l = 0; l < kLanes; ++l) out[l] &= 0xFFFFu;
+#endif
 }
 
 }  // namespace

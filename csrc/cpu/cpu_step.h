@@ -21,7 +21,7 @@ struct CpuTensor {
   void* v;            // second moment only
   void* vmax;         // amsgrad only
   int64_t numel;
-  uint64_t offset;  // global index of element 0 (noise)
+  uint64_t offset;  // global index of element 0 (noise, stochastic rounding)
   TensorScalars scalars;
 };
 
@@ -31,10 +31,11 @@ struct CpuStep {
   StepHyper hyper;
   bool has_grad_scale;
   float grad_scale;
-  CpuDtype dtype;
+  CpuDtype dtype;        // the params' (and grads')
+  CpuDtype state_dtype;  // the state buffers': dtype, or kFloat for kHalf/kBFloat16 params
   bool pn;
   int second_moment;  // SecondMoment
-  NoiseHyper noise;
+  NoiseHyper noise;      // with the stochastic rounding flag
   const float* weights;  // multiplicative noise: the step's B weights, else null
 };
 

@@ -1,4 +1,4 @@
-// CPU kernel of noisefuse::fused_step_: validates the call (noise included), reads the host-side
+// CPU kernel of noisefuse::fused_step_: validates the call (noise and rounding included), reads the host-side
 // counters, computes each tensor's scalars (step_scalars.h), runs the element-wise kernel
 // (fused_step_cpu_kernel.h) in its AVX2 build when the CPU supports it and its baseline build
 // otherwise, then advances the counters once every element is written.
@@ -52,9 +52,12 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     bool decoupled, bool nesterov, bool maximize, int64_t demon_total_steps, double demon_delay,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                     const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets, int64_t noise_kind,
-                    int64_t seed, double noise_std, double noise_scale, bool noise_centered) {
+                    int64_t seed, double noise_std, double noise_scale, bool noise_centered,
+                    bool stochastic_rounding) {
   const FusedStepLists l{params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods};
-  const NoiseArgs noise{grad_samples, sample_weights, offsets, noise_kind, seed, noise_std, noise_scale, noise_centered};
+  const NoiseArgs noise{grad_samples, sample_weights, offsets,       noise_kind,
+                        seed,         noise_std,      noise_scale,   noise_centered,
+                        stochastic_rounding};
   NoiseHyper nh;
   const StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
                                               nesterov, maximize, demon_total_steps, demon_delay, grad_scale,
@@ -78,7 +81,7 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                            l.second_moment() ? exp_avg_sqs[i].data_ptr() : nullptr,
                            l.amsgrad() ? max_exp_avg_sqs[i].data_ptr() : nullptr,
                            params[i].numel(),
-                           nh.kind != kNoNoise ? static_cast<uint64_t>(offsets[i]) : 0,
+                           noise.uses_offsets() ? static_cast<uint64_t>(offsets[i]) : 0,
                            sc};
   }
   const CpuStep step{tensors.data(),
@@ -87,6 +90,7 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                      grad_scale.has_value(),
                      grad_scale.has_value() ? *grad_scale->const_data_ptr<float>() : 1.f,
                      cpu_dtype(params[0].scalar_type()),
+                     cpu_dtype(exp_avgs[0].scalar_type()),
                      l.pn(),
                      l.amsgrad() ? kAmsgrad : (l.second_moment() ? kSecondMoment : kNoSecondMoment),
                      nh,

@@ -9,6 +9,11 @@
 // widened to two float32 vectors, rounded once on store), the tensor's last partial vector with
 // partial loads/stores.
 //
+// Mixed precision (docs/kernel-contract.md, "Mixed precision"): the state's storage type is a
+// second template parameter (float32 state for float16/bfloat16 params is loaded as the float
+// vectors the param's vector widens to), and bfloat16 params may be rounded stochastically on store
+// with bits drawn for a block of 64 elements at a time (a runtime flag: it changes no traffic).
+//
 // Gradient noise (docs/kernel-contract.md, "Noise") is formed per vector in registers: the
 // grad_sample rows of the vector's elements are loaded one row at a time and summed (the rows of
 // one element lie numel apart), normals come from a 64-element block buffer filled for the block's
@@ -27,6 +32,7 @@
 
 #include "cpu_normals.h"
 #include "cpu_step.h"
+#include "noisefuse/bf16_rounding.h"
 #include "noisefuse/dispatch_family.h"
 #include "noisefuse/noise_element.h"
 #include "noisefuse/update_element.h"
@@ -92,39 +98,81 @@ struct VecIO<scalar_t, std::enable_if_t<std::is_same_v<scalar_t, c10::Half> || s
   }
 };
 
-// What the noise reads besides each tensor's own operands: the per-call values in the math type.
+template <typename scalar_t>
+constexpr bool kReducedFloat = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+
+// The state operands of one param vector: VecIO of the param's type when the state has it; for
+// float32 state of a float16/bfloat16 param, the IO::kParts float vectors that the param's
+// IO::kWidth elements widen to, loaded and stored as they are (no rounding).
+template <typename state_t, typename scalar_t, typename Enable = void>
+struct StateIO : VecIO<scalar_t> {
+  static_assert(std::is_same_v<state_t, scalar_t>, "state of another type than the param's must be float32");
+};
+
+template <typename scalar_t>
+struct StateIO<float, scalar_t, std::enable_if_t<kReducedFloat<scalar_t>>> {
+  using Vec = Vectorized<float>;
+  static constexpr int64_t kWidth = VecIO<scalar_t>::kWidth;
+  static constexpr int kParts = VecIO<scalar_t>::kParts;
+  static_assert(kParts * Vec::size() == kWidth, "one float vector per part of the param's vector");
+
+  // Elements of part k among the `count` of the call.
+  static int64_t part_count(int64_t count, int k) {
+    return std::clamp<int64_t>(count - k * Vec::size(), 0, Vec::size());
+  }
+  static void load(const float* ptr, int64_t count, Vec* out) {
+    for (int k = 0; k < kParts; ++k) {
+      const int64_t n = part_count(count, k);
+      out[k] = n == Vec::size() ? Vec::loadu(ptr + k * Vec::size()) : Vec::loadu(ptr + k * Vec::size(), n);
+    }
+  }
+  static void store(float* ptr, int64_t count, const Vec* in) {
+    for (int k = 0; k < kParts; ++k) {
+      const int64_t n = part_count(count, k);
+      if (n == Vec::size()) in[k].store(ptr + k * Vec::size());
+      else if (n > 0) in[k].store(ptr + k * Vec::size(), n);
+    }
+  }
+};
+
+// What the noise and the rounding read besides each tensor's own operands: the per-call values in
+// the math type.
 template <typename Vec, typename math_t>
-struct NoiseInputs {
+struct StreamInputs {
   NoiseCoefs<Vec> coefs;
   const math_t* weights;  // multiplicative: the B weights, converted once per call
   uint64_t seed;
   int32_t batch;
   bool centered;
+  bool stochastic_rounding;  // bfloat16 params only
 };
 
-template <typename scalar_t, bool kPn, int kSecond, int kNoise>
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise>
 struct ChunkKernel {
   using IO = VecIO<scalar_t>;
+  using SIO = StateIO<state_t, scalar_t>;
   using Vec = typename IO::Vec;
   using math_t = typename Vec::value_type;
   static constexpr int kParts = IO::kParts;
+  static constexpr bool kMayRound = std::is_same_v<scalar_t, c10::BFloat16>;
 
   scalar_t* p;
   const scalar_t* g;  // grad, or grad_sample row 0 when kNoise reads rows
-  scalar_t* m;
-  const scalar_t* m_neg;
-  scalar_t* v;
-  scalar_t* vmax;
+  state_t* m;
+  const state_t* m_neg;
+  state_t* v;
+  state_t* vmax;
   int64_t numel;    // distance between two rows of grad_sample
   uint64_t offset;  // global index of element 0
   uint64_t step;    // the tensor's step after this update's increment
 
-  // Noise kinds that draw normals get them a block of kNormalBlock elements at a time (Philox and
-  // Box-Muller over whole vectors of lanes, cpu_normals.h), into a stack buffer that the block's
-  // vectors then read: 64 elements, a multiple of every IO::kWidth and of 32K (chunks stay whole).
+  // Per-element draws (the normals of the kinds that use them, the rounding bits) are made a block
+  // of kDrawBlock elements at a time (Philox over whole vectors of lanes, cpu_normals.h), into
+  // stack buffers that the block's vectors then read: 64 elements, a multiple of every IO::kWidth
+  // and of 32K (chunks stay whole).
   static constexpr bool kDrawsNormals = kNoise == kIsotropicNoise || kNoise == kDiagFisherNoise;
-  static constexpr int kNormalBlock = 64;
-  static_assert(kNormalBlock % IO::kWidth == 0 && kCpuChunk % kNormalBlock == 0, "blocks of whole vectors");
+  static constexpr int kDrawBlock = 64;
+  static_assert(kDrawBlock % IO::kWidth == 0 && kCpuChunk % kDrawBlock == 0, "blocks of whole vectors");
   static constexpr uint32_t kTag = kNoise == kIsotropicNoise ? philox::kTagIsotropic : philox::kTagDiagFisher;
 
   // The normals of the vector's IO::kWidth elements (`lanes`, from the block buffer) in the math
@@ -145,7 +193,7 @@ struct ChunkKernel {
   }
 
   // SPEC section 0 steps 1-3 for elements [i, i + count): the gradient the update uses.
-  void form_grad(int64_t i, int64_t count, const ElementCoefs<Vec>& c, const NoiseInputs<Vec, math_t>& nz,
+  void form_grad(int64_t i, int64_t count, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz,
                  const float* lanes, Vec* out) const {
     if constexpr (!noise_reads_rows(kNoise)) {
       load_row(0, i, count, c, out);
@@ -181,48 +229,73 @@ struct ChunkKernel {
     }
   }
 
-  // Elements [i, i + count), count <= IO::kWidth.
-  // `lanes`: the vector's normals when the kind draws them (else unused).
-  void step_vector(int64_t i, int64_t count, const ElementCoefs<Vec>& c, const NoiseInputs<Vec, math_t>& nz,
-                   const float* lanes) const {
+  // Stores the new params of elements [i, i + count), rounded stochastically with their bits.
+  void store_rounded(int64_t i, int64_t count, const Vec* in, const uint32_t* bits) const {
+    alignas(64) float x[IO::kWidth];
+    for (int k = 0; k < kParts; ++k) in[k].store(x + k * Vec::size());
+    for (int64_t l = 0; l < count; ++l) {
+      p[i + l] = c10::BFloat16(stochastic_bf16_bits(x[l], bits[l]), c10::BFloat16::from_bits());
+    }
+  }
+
+  // Elements [i, i + count), count <= IO::kWidth. `lanes`: the vector's normals when the kind draws
+  // them (else unused); `bits`: its rounding bits when the params are rounded stochastically, else null.
+  void step_vector(int64_t i, int64_t count, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz,
+                   const float* lanes, const uint32_t* bits) const {
     Vec rp[kParts], rg[kParts], rm[kParts], rmn[kParts], rv[kParts], rvm[kParts];
     form_grad(i, count, c, nz, lanes, rg);
     IO::load(p + i, count, rp);
-    IO::load(m + i, count, rm);
-    if (kPn) IO::load(m_neg + i, count, rmn);
-    if (kSecond != kNoSecondMoment) IO::load(v + i, count, rv);
-    if (kSecond == kAmsgrad) IO::load(vmax + i, count, rvm);
+    SIO::load(m + i, count, rm);
+    if (kPn) SIO::load(m_neg + i, count, rmn);
+    if (kSecond != kNoSecondMoment) SIO::load(v + i, count, rv);
+    if (kSecond == kAmsgrad) SIO::load(vmax + i, count, rvm);
     for (int k = 0; k < kParts; ++k) {
       update_element<kPn, kSecond, VecOps>(c, rp[k], rg[k], rm[k], rmn[k], rv[k], rvm[k]);
     }
-    IO::store(p + i, count, rp);
-    IO::store(m + i, count, rm);
-    if (kSecond != kNoSecondMoment) IO::store(v + i, count, rv);
-    if (kSecond == kAmsgrad) IO::store(vmax + i, count, rvm);
+    if constexpr (kMayRound) {
+      if (bits != nullptr) store_rounded(i, count, rp, bits);
+      else IO::store(p + i, count, rp);
+    } else {
+      IO::store(p + i, count, rp);
+    }
+    SIO::store(m + i, count, rm);
+    if (kSecond != kNoSecondMoment) SIO::store(v + i, count, rv);
+    if (kSecond == kAmsgrad) SIO::store(vmax + i, count, rvm);
   }
 
-  void step_range(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const NoiseInputs<Vec, math_t>& nz) const {
-    if constexpr (kDrawsNormals) {
-      // A partial last block draws a few normals it does not use (their lanes lie past the tensor).
-      alignas(64) float lanes[kNormalBlock];
-      for (int64_t block = begin; block < end; block += kNormalBlock) {
-        const int64_t block_end = std::min<int64_t>(block + kNormalBlock, end);
-        fill_normals<kNormalBlock>(nz.seed, step, kTag, offset + static_cast<uint64_t>(block), lanes);
-        const int64_t full_end = block + (block_end - block) / IO::kWidth * IO::kWidth;
-        for (int64_t i = block; i < full_end; i += IO::kWidth) step_vector(i, IO::kWidth, c, nz, lanes + (i - block));
-        if (full_end < block_end) step_vector(full_end, block_end - full_end, c, nz, lanes + (full_end - block));
-      }
-    } else {
-      const int64_t full_end = begin + (end - begin) / IO::kWidth * IO::kWidth;
-      for (int64_t i = begin; i < full_end; i += IO::kWidth) step_vector(i, IO::kWidth, c, nz, nullptr);
-      if (full_end < end) step_vector(full_end, end - full_end, c, nz, nullptr);
+  // Elements [begin, end) as whole vectors and a partial last one.
+  void step_vectors(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz,
+                    const float* lanes, const uint32_t* bits) const {
+    const auto from = [&](const auto* draws, int64_t i) { return draws == nullptr ? nullptr : draws + (i - begin); };
+    const int64_t full_end = begin + (end - begin) / IO::kWidth * IO::kWidth;
+    for (int64_t i = begin; i < full_end; i += IO::kWidth) {
+      step_vector(i, IO::kWidth, c, nz, from(lanes, i), from(bits, i));
+    }
+    if (full_end < end) step_vector(full_end, end - full_end, c, nz, from(lanes, full_end), from(bits, full_end));
+  }
+
+  void step_range(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz) const {
+    const bool rounds = kMayRound && nz.stochastic_rounding;
+    if (!kDrawsNormals && !rounds) {
+      step_vectors(begin, end, c, nz, nullptr, nullptr);
+      return;
+    }
+    // A partial last block draws a few values it does not use (their lanes lie past the tensor).
+    alignas(64) float lanes[kDrawBlock];
+    alignas(64) uint32_t bits[kDrawBlock];
+    for (int64_t block = begin; block < end; block += kDrawBlock) {
+      const uint64_t index0 = offset + static_cast<uint64_t>(block);
+      if constexpr (kDrawsNormals) fill_normals<kDrawBlock>(nz.seed, step, kTag, index0, lanes);
+      if (rounds) fill_rounding_bits<kDrawBlock>(nz.seed, step, index0, bits);
+      step_vectors(block, std::min<int64_t>(block + kDrawBlock, end), c, nz, kDrawsNormals ? lanes : nullptr,
+                   rounds ? bits : nullptr);
     }
   }
 };
 
-template <typename scalar_t, bool kPn, int kSecond, int kNoise>
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise>
 void run_typed(const CpuStep& s) {
-  using Kernel = ChunkKernel<scalar_t, kPn, kSecond, kNoise>;
+  using Kernel = ChunkKernel<scalar_t, state_t, kPn, kSecond, kNoise>;
   using Vec = typename Kernel::Vec;
   using math_t = typename Kernel::math_t;
   const int64_t n = s.num_tensors;
@@ -237,8 +310,8 @@ void run_typed(const CpuStep& s) {
   // The weight vector is read once per call, in the math type (the reference converts it too).
   std::vector<math_t> weights(kNoise == kMultiplicativeNoise ? s.noise.batch : 0);
   for (size_t b = 0; b < weights.size(); ++b) weights[b] = static_cast<math_t>(s.weights[b]);
-  const NoiseInputs<Vec, math_t> nz{make_noise_coefs<Vec, math_t>(s.noise), weights.data(), s.noise.seed,
-                                    s.noise.batch, s.noise.centered};
+  const StreamInputs<Vec, math_t> nz{make_noise_coefs<Vec, math_t>(s.noise), weights.data(), s.noise.seed,
+                                     s.noise.batch, s.noise.centered, s.noise.stochastic_rounding};
   at::parallel_for(0, first_chunk[n], 1, [&](int64_t begin, int64_t end) {
     int64_t i = std::upper_bound(first_chunk.begin(), first_chunk.end(), begin) - first_chunk.begin() - 1;
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -246,10 +319,10 @@ void run_typed(const CpuStep& s) {
       const CpuTensor& t = s.tensors[i];
       const Kernel kernel{static_cast<scalar_t*>(t.p),
                           static_cast<const scalar_t*>(t.g),
-                          static_cast<scalar_t*>(t.m),
-                          static_cast<const scalar_t*>(t.m_neg),
-                          static_cast<scalar_t*>(t.v),
-                          static_cast<scalar_t*>(t.vmax),
+                          static_cast<state_t*>(t.m),
+                          static_cast<const state_t*>(t.m_neg),
+                          static_cast<state_t*>(t.v),
+                          static_cast<state_t*>(t.vmax),
                           t.numel,
                           t.offset,
                           static_cast<uint64_t>(t.scalars.t)};
@@ -259,7 +332,7 @@ void run_typed(const CpuStep& s) {
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename state_t>
 void run_family(const CpuStep& s) {
   using None = std::integral_constant<int, kNoNoise>;
   using Iso = std::integral_constant<int, kIsotropicNoise>;
@@ -267,7 +340,7 @@ void run_family(const CpuStep& s) {
   using Mult = std::integral_constant<int, kMultiplicativeNoise>;
   dispatch_family(s.pn, s.second_moment != kNoSecondMoment, s.second_moment == kAmsgrad, [&](auto pn, auto second) {
     auto run = [&](auto noise) {
-      run_typed<scalar_t, decltype(pn)::value, decltype(second)::value, decltype(noise)::value>(s);
+      run_typed<scalar_t, state_t, decltype(pn)::value, decltype(second)::value, decltype(noise)::value>(s);
     };
     switch (s.noise.kind) {
       case kIsotropicNoise: return run(Iso{});
@@ -278,14 +351,21 @@ void run_family(const CpuStep& s) {
   });
 }
 
+// float16/bfloat16 params: state of their own type or float32 (validated before).
+template <typename scalar_t>
+void run_reduced(const CpuStep& s) {
+  if (s.state_dtype == CpuDtype::kFloat) run_family<scalar_t, float>(s);
+  else run_family<scalar_t, scalar_t>(s);
+}
+
 }  // namespace
 
 void run_cpu_step(const CpuStep& s) {
   switch (s.dtype) {
-    case CpuDtype::kFloat: return run_family<float>(s);
-    case CpuDtype::kDouble: return run_family<double>(s);
-    case CpuDtype::kHalf: return run_family<c10::Half>(s);
-    case CpuDtype::kBFloat16: return run_family<c10::BFloat16>(s);
+    case CpuDtype::kFloat: return run_family<float, float>(s);
+    case CpuDtype::kDouble: return run_family<double, double>(s);
+    case CpuDtype::kHalf: return run_reduced<c10::Half>(s);
+    case CpuDtype::kBFloat16: return run_reduced<c10::BFloat16>(s);
   }
 }
 

@@ -31,14 +31,16 @@ void check_counter(const at::Tensor& t, const std::string& name, const c10::Devi
   TORCH_CHECK(t.device() == device, kOp, name, " is on ", t.device(), " but params are on ", device);
 }
 
-// A tensor updated element-wise alongside params[i]: same device, dtype, shape and memory layout,
-// so the kernels can walk all of them as flat arrays of numel elements.
-void check_like_param(const at::Tensor& t, const char* name, size_t i, const at::Tensor& p) {
+// A tensor updated element-wise alongside params[i]: same device, shape and memory layout, so the
+// kernels can walk all of them as flat arrays of numel elements, and dtype `dtype` (the param's,
+// or the call's state dtype for the state lists).
+void check_like_param(const at::Tensor& t, const char* name, size_t i, const at::Tensor& p, at::ScalarType dtype) {
   TORCH_CHECK(t.defined(), kOp, name, "[", i, "] is undefined");
   TORCH_CHECK(t.device() == p.device(), kOp, name, "[", i, "] is on ", t.device(), " but params[", i, "] is on ",
               p.device());
-  TORCH_CHECK(t.scalar_type() == p.scalar_type(), kOp, name, "[", i, "] has dtype ", t.scalar_type(),
-              " but params[", i, "] has ", p.scalar_type());
+  TORCH_CHECK(t.scalar_type() == dtype, kOp, name, "[", i, "] has dtype ", t.scalar_type(), " but ",
+              dtype == p.scalar_type() ? "params[" + std::to_string(i) + "] has " : std::string("the state has "),
+              dtype);
   TORCH_CHECK(t.sizes() == p.sizes(), kOp, name, "[", i, "] has shape ", t.sizes(), " but params[", i, "] has ",
               p.sizes());
   TORCH_CHECK(t.layout() == at::kStrided, kOp, name, "[", i, "] must be a dense (strided) tensor");
@@ -62,27 +64,32 @@ void check_rows(const at::Tensor& rows, size_t i, const at::Tensor& p, int64_t b
               p.sizes(), "] was expected (one batch size B for every param)");
 }
 
-// Per-element normals are indexed by an element's row-major position; the kernels walk memory
-// order, the same order only for a row-major contiguous param.
-void check_row_major(const at::Tensor& p, size_t i, int64_t kind) {
-  TORCH_CHECK(p.is_contiguous(), kOp, "noise_kind=", kind, " draws a normal per element at its row-major index, ",
+// Per-element draws (normals, rounding bits) are indexed by an element's row-major position; the
+// kernels walk memory order, the same order only for a row-major contiguous param.
+void check_row_major(const at::Tensor& p, size_t i, const char* what) {
+  TORCH_CHECK(p.is_contiguous(), kOp, what, " draws per element at its row-major index, ",
               "but params[", i, "] has strides ", p.strides(), " (not row-major contiguous, e.g. channels_last or ",
               "transposed); pass contiguous params (the native backend steps such groups with foreach)");
 }
 
 void check_noise(const FusedStepLists& l, const NoiseArgs& a, NoiseHyper* out) {
   *out = NoiseHyper{static_cast<int32_t>(a.kind), 0, static_cast<uint64_t>(a.seed), a.std, a.scale,
-                    a.centered && a.kind == kDiagFisherNoise};
+                    a.centered && a.kind == kDiagFisherNoise, a.stochastic_rounding};
   const size_t n = l.params.size();
   const bool rows = noise_reads_rows(static_cast<int>(a.kind));
   check_length(a.grad_samples, "grad_samples", rows ? n : 0,
                "one per param when noise_kind reads grad_sample (2 or 3), else none");
-  if (a.kind == kNoNoise || n == 0) return;
+  if (!a.uses_offsets() || n == 0) return;
+  TORCH_CHECK(!a.stochastic_rounding || l.params[0].scalar_type() == at::kBFloat16, kOp,
+              "stochastic_rounding=True rounds bfloat16 params, but params are ", l.params[0].scalar_type());
   TORCH_CHECK(a.offsets.size() == n, kOp, "offsets has ", a.offsets.size(), " entries but ", n,
-              " were expected (one global element offset per param with noise)");
+              " were expected (one global element offset per param with noise or stochastic rounding)");
   for (size_t i = 0; i < n; ++i) {
     TORCH_CHECK(a.offsets[i] >= 0, kOp, "offsets[", i, "] is ", a.offsets[i], "; global offsets are >= 0");
-    if (noise_draws_normals(static_cast<int>(a.kind))) check_row_major(l.params[i], i, a.kind);
+    if (noise_draws_normals(static_cast<int>(a.kind))) {
+      check_row_major(l.params[i], i, a.kind == kIsotropicNoise ? "noise_kind=1" : "noise_kind=2");
+    }
+    if (a.stochastic_rounding) check_row_major(l.params[i], i, "stochastic_rounding=True");
   }
   if (!rows) return;
   const at::Tensor& first = a.grad_samples[0];
@@ -172,20 +179,27 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
   const c10::Device device = p0.device();
   TORCH_CHECK(device.type() == device_type, kOp, "params[0] is on ", device, " but this is the ",
               c10::DeviceTypeName(device_type), " kernel");
-  TORCH_CHECK(supported_dtype(p0.scalar_type()), kOp, "params[0] has dtype ", p0.scalar_type(),
+  const at::ScalarType dtype = p0.scalar_type();
+  TORCH_CHECK(supported_dtype(dtype), kOp, "params[0] has dtype ", dtype,
               "; supported: float32, float64, float16, bfloat16");
+  // The state lists share one dtype: the params', or float32 for float16/bfloat16 params.
+  TORCH_CHECK(l.exp_avgs[0].defined(), kOp, "exp_avgs[0] is undefined");
+  const at::ScalarType state = l.exp_avgs[0].scalar_type();
+  TORCH_CHECK(state == dtype || (state == at::kFloat && (dtype == at::kHalf || dtype == at::kBFloat16)), kOp,
+              "exp_avgs[0] has dtype ", state, " but params have ", dtype,
+              "; the state must have the params' dtype, or float32 for float16/bfloat16 params");
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = l.params[i];
     TORCH_CHECK(p.defined(), kOp, "params[", i, "] is undefined");
     TORCH_CHECK(p.device() == device, kOp, "params[", i, "] is on ", p.device(), " but params[0] is on ", device);
     TORCH_CHECK(p.scalar_type() == p0.scalar_type(), kOp, "params[", i, "] has dtype ", p.scalar_type(),
                 " but params[0] has ", p0.scalar_type(), " (one call updates one dtype)");
-    check_like_param(p, "params", i, p);
-    if (!rows) check_like_param(l.grads[i], "grads", i, p);
-    check_like_param(l.exp_avgs[i], "exp_avgs", i, p);
-    if (!l.neg_exp_avgs.empty()) check_like_param(l.neg_exp_avgs[i], "neg_exp_avgs", i, p);
-    if (!l.exp_avg_sqs.empty()) check_like_param(l.exp_avg_sqs[i], "exp_avg_sqs", i, p);
-    if (!l.max_exp_avg_sqs.empty()) check_like_param(l.max_exp_avg_sqs[i], "max_exp_avg_sqs", i, p);
+    check_like_param(p, "params", i, p, dtype);
+    if (!rows) check_like_param(l.grads[i], "grads", i, p, dtype);
+    check_like_param(l.exp_avgs[i], "exp_avgs", i, p, state);
+    if (!l.neg_exp_avgs.empty()) check_like_param(l.neg_exp_avgs[i], "neg_exp_avgs", i, p, state);
+    if (!l.exp_avg_sqs.empty()) check_like_param(l.exp_avg_sqs[i], "exp_avg_sqs", i, p, state);
+    if (!l.max_exp_avg_sqs.empty()) check_like_param(l.max_exp_avg_sqs[i], "max_exp_avg_sqs", i, p, state);
     check_counter(l.steps[i], "steps[" + std::to_string(i) + "]", device);
     if (!l.beta1_prods.empty()) check_counter(l.beta1_prods[i], "beta1_prods[" + std::to_string(i) + "]", device);
   }

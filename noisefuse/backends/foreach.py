@@ -48,14 +48,21 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
     if found_inf is not None and found_inf.item() != 0:
         return
     # Group tensors by their scalars; memoised on (step, prod) since those alone vary.
+    steps = _host_values(ts.steps)
+    prods = _host_values(ts.beta1_prods) if ts.beta1_prods else [None] * len(steps)
     memo, buckets = {}, defaultdict(list)
-    for i, step in enumerate(ts.steps):
-        key = (step.item(), ts.beta1_prods[i].item() if ts.beta1_prods else None)
+    for i, key in enumerate(zip(steps, prods)):
         if key not in memo:
             memo[key] = tensor_scalars(family, hyper, *key)
         buckets[memo[key]].append(i)
     for sc, idx in buckets.items():
         _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise, rounding_seed)
+
+
+def _host_values(counters) -> list[float]:
+    """The values of 0-d counters in one host read: one synchronisation for counters on an
+    accelerator, where ``.item()`` per tensor would wait once per param."""
+    return torch.stack([c.reshape(()) for c in counters]).tolist()
 
 
 def _noisy(noise: NoiseStep, g, offsets, t):

@@ -1,5 +1,6 @@
 """The native backend: ``torch.ops.noisefuse.fused_step_``, one op with a CPU and a CUDA kernel
-(csrc/), chosen by PyTorch's dispatcher. Gradient noise is drawn inside the kernels.
+(csrc/), chosen by PyTorch's dispatcher. Gradient noise is drawn inside the kernels, float32 state
+of float16/bfloat16 params and stochastic rounding of bfloat16 params are handled there too.
 See docs/backends/native.md."""
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ except ImportError as exc:  # the extension was not built
     _LOAD_ERROR = exc
 
 
-# Every noise kind is drawn inside the kernels (csrc/include/noisefuse/noise_element.h).
+# Every noise kind is drawn inside the kernels (csrc/include/noisefuse/noise_element.h); the state
+# may be float32 for float16/bfloat16 params (a template parameter of the kernels), and bfloat16
+# params are rounded stochastically on store (csrc/include/noisefuse/bf16_rounding.h).
 supports_noise = True
+supports_mixed_state = True
+supports_stochastic_rounding = True
 _warned_layout = False
 
 
@@ -44,18 +49,22 @@ def check_device(device: torch.device) -> None:
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
-               noise: NoiseStep | None = None) -> None:
+               noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
     if not ts.params:
         return  # with no tensor argument the dispatcher could not choose a kernel
-    if noise is not None and noise.kind in ("isotropic", "diag_fisher") and not all(
-            p.is_contiguous() for p in ts.params):
-        _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise)
+    rounds = rounding_seed is not None and ts.params[0].dtype == torch.bfloat16
+    per_element = rounds or (noise is not None and noise.kind in ("isotropic", "diag_fisher"))
+    if per_element and not all(p.is_contiguous() for p in ts.params):
+        _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise, rounding_seed)
         return
     noise_args = {}  # no noise: the op's defaults
     if noise is not None:
         noise_args = dict(sample_weights=noise.sample_weights, offsets=ts.offsets, noise_kind=noise.code,
                           seed=seed_as_int64(noise.seed), noise_std=noise.std, noise_scale=noise.scale,
                           noise_centered=noise.centered)
+    if rounds:
+        # One seed per param group: the noise's, when the group has noise too.
+        noise_args.update(offsets=ts.offsets, seed=seed_as_int64(rounding_seed), stochastic_rounding=True)
     reads_rows = noise is not None and noise.consumes_grad_sample
     torch.ops.noisefuse.fused_step_(
         ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
@@ -67,19 +76,22 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf, **noise_args)
 
 
-def _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise):
-    """Normals are indexed by an element's row-major position; the kernels walk memory order, which
-    differs for a dense non-contiguous param (channels_last, a transpose), and the op refuses such
-    params for isotropic and diag_fisher noise. Their group is stepped by the foreach backend: the
-    same numbers, without fusion. (Multiplicative noise draws no per-element normals: any layout.)"""
+def _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise, rounding_seed):
+    """Normals and rounding bits are indexed by an element's row-major position; the kernels walk
+    memory order, which differs for a dense non-contiguous param (channels_last, a transpose), and
+    the op refuses such params for isotropic and diag_fisher noise and for stochastic rounding.
+    Their group is stepped by the foreach backend: the same numbers, without fusion.
+    (Multiplicative noise draws no per-element values: any layout.)"""
     global _warned_layout
     if not _warned_layout:
         _warned_layout = True
+        what = f"noise={noise.kind!r}" if noise is not None else "stochastic_rounding=True"
         warnings.warn("backend='native': params that are not contiguous (e.g. channels_last) with "
-                      f"noise={noise.kind!r} are stepped by the foreach backend", RuntimeWarning, stacklevel=4)
+                      f"{what} are stepped by the foreach backend", RuntimeWarning, stacklevel=4)
     from . import foreach
 
-    foreach.fused_step(family, hyper, ts, grad_scale=grad_scale, found_inf=found_inf, noise=noise)
+    foreach.fused_step(family, hyper, ts, grad_scale=grad_scale, found_inf=found_inf, noise=noise,
+                       rounding_seed=rounding_seed)
 
 
 if _LOAD_ERROR is None:
@@ -92,7 +104,7 @@ if _LOAD_ERROR is None:
                          beta1_prods, grad_samples, *, momentum, lr, beta1, beta2, beta0, eps, weight_decay,
                          decoupled, nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
                          found_inf=None, sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0,
-                         noise_scale=0.0, noise_centered=False):
+                         noise_scale=0.0, noise_centered=False, stochastic_rounding=False):
         return None
 
     # The Philox test ops (csrc/philox_ops.cpp) return new tensors: their fakes give the shapes.

@@ -55,8 +55,10 @@ def weighted_mean(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.tensordot(w, rows, dims=1) / batch
 
 
-def sample_weights(noise: Multiplicative, batch_size: int, seed: int, step: int, device=None) -> torch.Tensor:
-    r"""The float32 weight vector :math:`w \in \mathbb R^B` of ``noise`` at the 1-based ``step``.
+def sample_weights(noise: Multiplicative, batch_size: int, seed: int, step, device=None) -> torch.Tensor:
+    r"""The float32 weight vector :math:`w \in \mathbb R^B` of ``noise`` at the 1-based ``step``: an int,
+    or a 0-d tensor holding it (e.g. ``1 +`` a step counter, read on the device with no host sync, so
+    the draw can be captured in a CUDA graph); both give the same bits.
 
     Sample :math:`b`'s counter is ``(b, 0, lo32(t), TAG_WEIGHTS)``; from its words ``x0, x1``:
 

@@ -64,25 +64,39 @@ def seed_as_int64(seed: int) -> int:
     return seed - 2**64 if seed >= 2**63 else seed
 
 
-def _mulhilo(m: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi32, lo32) of the 64-bit product ``m * c`` for a constant ``m`` and words ``c`` < 2^32."""
+def _mulhilo(m: int, c):
+    """(hi32, lo32) of the 64-bit product ``m * c`` for a constant ``m`` and words ``c`` < 2^32 (an int64
+    tensor, or an int)."""
     a = (c & 0xFFFF) * m  # < 2^48
     b = (c >> 16) * m  # < 2^48; the product is b * 2^16 + a
     s = a + ((b & 0xFFFF) << 16)  # < 2^49
     return (b >> 16) + (s >> 32), s & MASK32
 
 
+def _word(c):
+    """A counter word as the rounds take it: an int stays a Python int (exact, and passed to torch as a
+    kernel argument, never copied to a device as a tensor of its own), a tensor becomes int64."""
+    return c.to(torch.int64) if torch.is_tensor(c) else c
+
+
 def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = ROUNDS):
     """Philox4x32-``rounds`` of the counter words (int64 tensors or ints in ``[0, 2^32)``, broadcast
-    together) under the key ``(k0, k1)``; returns the four output words as int64 tensors."""
-    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) for c in (c0, c1, c2, c3)))
+    together) under the key ``(k0, k1)``; returns the four output words as int64 tensors.
+
+    Int words are computed on as ints until a round mixes them with a tensor word (after at most four
+    rounds every word depends on every input). So a draw whose only tensors are on the device, such
+    as a step counter read there, makes no host-to-device copy and can be captured in a CUDA graph."""
+    words = [_word(c) for c in (c0, c1, c2, c3)]
+    device = next((c.device for c in words if torch.is_tensor(c)), None)
+    c0, c1, c2, c3 = words
     for r in range(rounds):
         if r:
             k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
         hi0, lo0 = _mulhilo(PHILOX_M0, c0)
         hi1, lo1 = _mulhilo(PHILOX_M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
+    return tuple(torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64, device=device)
+                                           for c in (c0, c1, c2, c3))))
 
 
 def uniform(x: torch.Tensor) -> torch.Tensor:
@@ -102,9 +116,15 @@ def element_counters(index: torch.Tensor, step: int, tag: int):
     return index & MASK32, (index >> 32) & MASK32, step & MASK32, tag
 
 
-def weight_counters(batch_size: int, step: int, device=None):
-    """Counters ``(b, 0, lo32(t), TAG_WEIGHTS)`` of the samples ``b = 0 .. batch_size-1``."""
+def weight_counters(batch_size: int, step, device=None):
+    """Counters ``(b, 0, lo32(t), TAG_WEIGHTS)`` of the samples ``b = 0 .. batch_size-1``.
+
+    ``step`` is an int, or a 0-d tensor holding one (a step counter read on its device, of any dtype:
+    it is truncated to int64 as ``int()`` truncates, and moved to ``device``); both give the same
+    counters."""
     b = torch.arange(batch_size, dtype=torch.int64, device=device)
+    if torch.is_tensor(step):
+        step = step.to(device=b.device, dtype=torch.int64)
     return b, 0, step & MASK32, TAG_WEIGHTS
 
 
@@ -136,8 +156,9 @@ def element_normals_multi(seed: int, step: int, tag: int, offsets, numels, devic
     return list(normals_at(seed, step, tag, index).split(list(numels)))
 
 
-def weight_words(seed: int, step: int, batch_size: int, device=None):
-    """The first two Philox words ``(x0, x1)`` of each sample's weight counter at ``step``."""
+def weight_words(seed: int, step, batch_size: int, device=None):
+    """The first two Philox words ``(x0, x1)`` of each sample's weight counter at ``step`` (an int or a
+    0-d tensor, as in ``weight_counters``)."""
     k0, k1 = split_seed(seed)
     x0, x1, _, _ = philox4x32(*weight_counters(batch_size, step, device), k0, k1)
     return x0, x1

@@ -26,7 +26,8 @@ struct FusedStepLists {
   std::vector<at::TensorList> elementwise(at::TensorList grad_source) const;
 };
 
-// The op's noise arguments (docs/kernel-contract.md, "Native op schema").
+// The op's random-stream arguments (docs/kernel-contract.md, "Native op schema"): the noise, and
+// stochastic rounding, which draws from the same stream at the same global offsets.
 struct NoiseArgs {
   at::TensorList grad_samples;
   const std::optional<at::Tensor>& sample_weights;
@@ -36,9 +37,13 @@ struct NoiseArgs {
   double std;
   double scale;
   bool centered;
+  bool stochastic_rounding;
+
+  // Whether the kernels index draws by global element offset (and so need `offsets`).
+  bool uses_offsets() const { return kind != 0 || stochastic_rounding; }
 };
 
-// Validates every list, tensor and scalar (noise included) and returns the call's StepHyper and
+// Validates every list, tensor and scalar (noise and rounding included) and returns the call's StepHyper and
 // NoiseHyper; throws (naming the list and index) on the first problem. `device_type` is the
 // kernel's: all tensors must be on one device of that type.
 StepHyper check_fused_step_inputs(const FusedStepLists& lists, int64_t momentum, double lr, double beta1,

@@ -25,6 +25,7 @@ constexpr int kRounds = 10;
 constexpr uint32_t kTagIsotropic = 1u;
 constexpr uint32_t kTagDiagFisher = 2u;
 constexpr uint32_t kTagWeights = 3u;
+constexpr uint32_t kTagRounding = 4u;
 
 constexpr float kUniformScale = 5.9604644775390625e-08f;  // 2^-24, also the clamp before log
 constexpr float kTwoPi = 6.2831854820251465f;             // float32(2 pi)
@@ -89,6 +90,15 @@ C10_HOST_DEVICE inline float element_normal(uint64_t seed, uint64_t step, uint32
                                 static_cast<uint32_t>(step), tag, static_cast<uint32_t>(seed),
                                 static_cast<uint32_t>(seed >> 32));
   return box_muller(w.x[0], w.x[1]);
+}
+
+// The 16 random bits that round element `index` of a bfloat16 param at step `step` (x0 & 0xFFFF of
+// counter (lo32(index), hi32(index), lo32(step), kTagRounding); bf16_rounding.h uses them).
+C10_HOST_DEVICE inline uint32_t rounding_bits(uint64_t seed, uint64_t step, uint64_t index) {
+  const Words w = philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
+                                static_cast<uint32_t>(step), kTagRounding, static_cast<uint32_t>(seed),
+                                static_cast<uint32_t>(seed >> 32));
+  return w.x[0] & 0xFFFFu;
 }
 
 // The two words of sample `sample`'s weight counter (sample, 0, lo32(step), kTagWeights).

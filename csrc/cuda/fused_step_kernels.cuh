@@ -1,0 +1,309 @@
+// The CUDA kernels of noisefuse::fused_step_ (docs/kernel-contract.md, docs/backends/native.md),
+// as templates: fused_step_variants_*.cu instantiate them, fused_step_cuda.cu is the op.
+//
+// Per table of tensors (multi_tensor_apply.cuh) two launches on the current stream:
+//  1. fused_step_kernel: one block per 64K-element chunk. Thread 0 reads the tensor's step (and
+//     Demon product) from device memory, computes its scalars in double (step_scalars.h) into
+//     shared memory; then every thread updates kIlp elements per iteration, with one vector load
+//     per operand when the tensor's pointers allow it.
+//  2. advance_counters_kernel: one thread per tensor writes step + 1 and the new Demon product.
+// Why two: every block of a tensor must read the *old* counter, and blocks of one launch run in no
+// fixed order, so no block may write it. The second launch is ordered after all blocks of the
+// first by the stream, costs one tiny kernel, and needs no host read of the step (capturable).
+// AMP: both kernels read found_inf on the device and return at once when it is set, so a skipped
+// step leaves params, state and counters untouched without a host synchronisation.
+// Noise (noisy_grad.cuh): the kind is a template parameter; for the kinds that read grad_sample the
+// table's grad slot holds the rows' base pointer (row b at + b * numel), and for the kinds that
+// draw normals the table carries each tensor's global offset. B, seed, std, scale are runtime
+// values and the weights are read from device memory, so a noisy step stays capturable.
+// Mixed precision: the state's storage type is a template parameter (float32 state for
+// float16/bfloat16 params), and so is stochastic rounding of bfloat16 params (kRound: the table
+// then carries the global offsets its rounding bits are indexed by).
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "fused_step_launch.h"
+#include "multi_tensor_apply.cuh"
+#include "noisefuse/bf16_rounding.h"
+#include "noisefuse/dispatch_family.h"
+#include "noisefuse/update_element.h"
+#include "noisy_grad.cuh"
+
+// Each launch_typed variant is instantiated in one fused_step_variants_*.cu file; what several of
+// them share (the counter kernel of a table type) is merged by the linker like any template.
+namespace noisefuse {
+namespace cuda {
+
+// kIlp consecutive elements, aligned so that one load/store instruction moves them.
+template <typename T>
+struct alignas(sizeof(T) * kIlp) Pack {
+  T v[kIlp];
+};
+
+// The element-wise operands of one block's chunk; `m` is the buffer this step writes.
+template <typename scalar_t, typename state_t>
+struct ChunkPtrs {
+  scalar_t* p;
+  const scalar_t* g;  // grad, or grad_sample row 0 (rows BlockNoise::row_stride apart)
+  state_t* m;
+  const state_t* m_neg;
+  state_t* v;
+  state_t* vmax;
+};
+
+template <typename math_t>
+struct Regs {
+  math_t p[kIlp], g[kIlp], m[kIlp], mn[kIlp], v[kIlp], vm[kIlp];
+};
+
+template <typename scalar_t, typename math_t>
+__device__ inline void load_pack(const scalar_t* src, int i, math_t* out) {
+  const Pack<scalar_t> pack = *reinterpret_cast<const Pack<scalar_t>*>(src + i);
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) out[j] = static_cast<math_t>(pack.v[j]);
+}
+
+template <typename scalar_t, typename math_t>
+__device__ inline void store_pack(scalar_t* dst, int i, const math_t* in) {
+  Pack<scalar_t> pack;
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) pack.v[j] = static_cast<scalar_t>(in[j]);
+  *reinterpret_cast<Pack<scalar_t>*>(dst + i) = pack;
+}
+
+// The new param of chunk position `position`, stored to nearest or, with kRound (bfloat16 params),
+// stochastically with the element's rounding bits.
+template <bool kRound, typename scalar_t, typename math_t>
+__device__ inline scalar_t param_out(math_t x, const BlockNoise<math_t>& nz, int position) {
+  if constexpr (kRound) {
+    const uint32_t bits = philox::rounding_bits(nz.seed, nz.step, nz.index0 + static_cast<uint64_t>(position));
+    return scalar_t(stochastic_bf16_bits(static_cast<float>(x), bits), scalar_t::from_bits());
+  } else {
+    return static_cast<scalar_t>(x);
+  }
+}
+
+template <bool kPn, int kSecond, typename math_t>
+__device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& r) {
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) {
+    update_element<kPn, kSecond, ScalarOps>(c, r.p[j], r.g[j], r.m[j], r.mn[j], r.v[j], r.vm[j]);
+  }
+}
+
+// Elements [i, i + kIlp) with one vector access per operand (and per grad_sample row); needs
+// aligned pointers.
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, bool kRound, typename math_t>
+__device__ inline void step_aligned(const ChunkPtrs<scalar_t, state_t>& x, int i, const ElementCoefs<math_t>& c,
+                                    const BlockNoise<math_t>& nz) {
+  Regs<math_t> r;
+  const auto load_row = [&](int b, math_t* out) { load_pack(x.g + b * nz.row_stride, i, out); };
+  form_grads<kNoise, kIlp>(load_row, [&](int j) { return i + j; }, c, nz, r.g);
+  load_pack(x.p, i, r.p);
+  load_pack(x.m, i, r.m);
+  if (kPn) load_pack(x.m_neg, i, r.mn);
+  if (kSecond != kNoSecondMoment) load_pack(x.v, i, r.v);
+  if (kSecond == kAmsgrad) load_pack(x.vmax, i, r.vm);
+  update_regs<kPn, kSecond>(c, r);
+  Pack<scalar_t> params;
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) params.v[j] = param_out<kRound, scalar_t>(r.p[j], nz, i + j);
+  *reinterpret_cast<Pack<scalar_t>*>(x.p + i) = params;
+  store_pack(x.m, i, r.m);
+  if (kSecond != kNoSecondMoment) store_pack(x.v, i, r.v);
+  if (kSecond == kAmsgrad) store_pack(x.vmax, i, r.vm);
+}
+
+// Elements base + j * stride (j < kIlp) that are below n, one scalar access each; any alignment.
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, bool kRound, typename math_t>
+__device__ inline void step_strided(const ChunkPtrs<scalar_t, state_t>& x, int base, int stride, int n,
+                                    const ElementCoefs<math_t>& c, const BlockNoise<math_t>& nz) {
+  Regs<math_t> r{};  // lanes past n compute on zeros and are never stored
+  const auto load_row = [&](int b, math_t* out) {
+    const scalar_t* row = x.g + b * nz.row_stride;
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) {
+      const int i = base + j * stride;
+      out[j] = i < n ? static_cast<math_t>(row[i]) : math_t(0);
+    }
+  };
+  form_grads<kNoise, kIlp>(load_row, [&](int j) { return base + j * stride; }, c, nz, r.g);
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) {
+    const int i = base + j * stride;
+    if (i < n) {
+      r.p[j] = static_cast<math_t>(x.p[i]);
+      r.m[j] = static_cast<math_t>(x.m[i]);
+      if (kPn) r.mn[j] = static_cast<math_t>(x.m_neg[i]);
+      if (kSecond != kNoSecondMoment) r.v[j] = static_cast<math_t>(x.v[i]);
+      if (kSecond == kAmsgrad) r.vm[j] = static_cast<math_t>(x.vmax[i]);
+    }
+  }
+  update_regs<kPn, kSecond>(c, r);
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) {
+    const int i = base + j * stride;
+    if (i < n) {
+      x.p[i] = param_out<kRound, scalar_t>(r.p[j], nz, i);
+      x.m[i] = static_cast<state_t>(r.m[j]);
+      if (kSecond != kNoSecondMoment) x.v[i] = static_cast<state_t>(r.v[j]);
+      if (kSecond == kAmsgrad) x.vmax[i] = static_cast<state_t>(r.vm[j]);
+    }
+  }
+}
+
+// Thread 0's scalar work for its block: the tensor's coefficients from its counters, written to
+// shared memory. Not inlined, so the double-precision pow/sqrt do not add to the register pressure
+// of the element loop (48-74 registers for float math on sm_90). It takes values only: a reference
+// to the kernel's parameter table would make the compiler copy the table into local memory.
+template <typename math_t>
+__device__ __noinline__ void block_coefs(StepHyper h, float step, float prod, const float* grad_scale,
+                                         ElementCoefs<math_t>* coefs, bool* odd, int64_t* t) {
+  const TensorScalars sc = tensor_scalars(h, step, prod);
+  *odd = sc.odd;
+  *t = sc.t;
+  *coefs = make_coefs<math_t, math_t>(h, sc, grad_scale != nullptr,
+                                      grad_scale != nullptr ? static_cast<math_t>(*grad_scale) : math_t(1));
+}
+
+template <typename scalar_t>
+__device__ inline bool is_aligned(const void* ptr) {
+  return reinterpret_cast<uintptr_t>(ptr) % (sizeof(scalar_t) * kIlp) == 0;
+}
+
+// Whether a launch indexes per-element draws (normals, rounding bits) by global offset.
+constexpr bool draws_per_element(int noise_kind, bool round) { return noise_draws_normals(noise_kind) || round; }
+
+template <int kLists, int kNoise, bool kRound>
+using StepTable = TensorTable<kLists, draws_per_element(kNoise, kRound)>;
+
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kLists, int kNoise, bool kRound>
+__global__ void __launch_bounds__(kBlockThreads)
+    fused_step_kernel(const StepTable<kLists, kNoise, kRound> table, const StepHyper h, const float* grad_scale,
+                      const float* found_inf, const NoiseHyper noise, const float* weights) {
+  using math_t = at::opmath_type<scalar_t>;
+  if (found_inf != nullptr && *found_inf != 0.f) return;  // AMP overflow: the step is a no-op
+
+  __shared__ int tensor_s;
+  __shared__ bool odd_s;
+  __shared__ ElementCoefs<math_t> coefs_s;
+  __shared__ int64_t step_s;
+  if (threadIdx.x == 0) {
+    const int ti = locate_tensor(table, blockIdx.x);
+    tensor_s = ti;
+    block_coefs<math_t>(h, *table.steps[ti], h.track_beta1_prod ? *table.beta1_prods[ti] : 1.f, grad_scale, &coefs_s,
+                        &odd_s, &step_s);
+  }
+  __syncthreads();
+  const int ti = tensor_s;
+  const ElementCoefs<math_t> c = coefs_s;
+
+  // The only 64-bit arithmetic: the chunk's offset. Inside a chunk, indices fit in 32 bits.
+  const int64_t start = static_cast<int64_t>(blockIdx.x - table.first_block[ti]) * kChunkSize;
+  const int n = static_cast<int>(min(kChunkSize, table.numel[ti] - start));
+  auto param_list = [&](int list) { return static_cast<scalar_t*>(table.ptrs[list][ti]) + start; };
+  auto state_list = [&](int list) { return static_cast<state_t*>(table.ptrs[list][ti]) + start; };
+  const int pos_list = (kPn && !odd_s) ? 3 : 2;  // PN: exp_avgs (2) is "pos" at odd steps
+  const ChunkPtrs<scalar_t, state_t> x{param_list(0),
+                                       param_list(1),
+                                       state_list(pos_list),
+                                       kPn ? state_list(5 - pos_list) : nullptr,
+                                       kSecond != kNoSecondMoment ? state_list(3 + kPn) : nullptr,
+                                       kSecond == kAmsgrad ? state_list(4 + kPn) : nullptr};
+
+  const BlockNoise<math_t> nz{make_noise_coefs<math_t, math_t>(noise),
+                              weights,
+                              noise.seed,
+                              (draws_per_element(kNoise, kRound) ? static_cast<uint64_t>(table.offsets[ti]) : 0) +
+                                  static_cast<uint64_t>(start),
+                              static_cast<uint64_t>(step_s),
+                              table.numel[ti],
+                              noise.batch,
+                              noise.centered};
+
+  bool aligned = is_aligned<scalar_t>(x.p) && is_aligned<scalar_t>(x.g) && is_aligned<state_t>(x.m);
+  // Rows are aligned when the first is and each is a whole number of packs long.
+  if (noise_reads_rows(kNoise)) aligned = aligned && table.numel[ti] % kIlp == 0;
+  if (kPn) aligned = aligned && is_aligned<state_t>(x.m_neg);
+  if (kSecond != kNoSecondMoment) aligned = aligned && is_aligned<state_t>(x.v);
+  if (kSecond == kAmsgrad) aligned = aligned && is_aligned<state_t>(x.vmax);
+
+  const int stride = blockDim.x;
+  if (aligned) {
+    const int full = n - n % kIlp;
+    for (int i = threadIdx.x * kIlp; i < full; i += stride * kIlp) {
+      step_aligned<scalar_t, state_t, kPn, kSecond, kNoise, kRound>(x, i, c, nz);
+    }
+    if (threadIdx.x < n - full) {  // the last n % kIlp elements of a tensor
+      step_strided<scalar_t, state_t, kPn, kSecond, kNoise, kRound>(x, full + threadIdx.x, n, n, c, nz);
+    }
+  } else {
+    for (int base = threadIdx.x; base < n; base += stride * kIlp) {
+      step_strided<scalar_t, state_t, kPn, kSecond, kNoise, kRound>(x, base, stride, n, c, nz);
+    }
+  }
+}
+
+template <typename Table>
+__global__ void advance_counters_kernel(const Table table, const StepHyper h, const float* found_inf) {
+  if (found_inf != nullptr && *found_inf != 0.f) return;
+  const int ti = blockIdx.x * blockDim.x + threadIdx.x;
+  if (ti >= table.num_tensors) return;
+  const int64_t t = next_step(*table.steps[ti]);
+  if (h.track_beta1_prod) {
+    *table.beta1_prods[ti] = static_cast<float>(next_beta1_prod(h, t, *table.beta1_prods[ti]));
+  }
+  *table.steps[ti] = static_cast<float>(t);
+}
+
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, bool kRound>
+void launch_fused_step(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
+                       const LaunchNoise& noise, const float* grad_scale, const float* found_inf) {
+  constexpr int kLists = 3 + (kPn ? 1 : 0) + kSecond;
+  constexpr bool kOffsets = draws_per_element(kNoise, kRound);
+  using Table = StepTable<kLists, kNoise, kRound>;
+  static_assert(sizeof(Table) <= kTableBytes, "the tensor table outgrew its share of the kernel arguments");
+  static_assert(sizeof(Table) + sizeof(StepHyper) + sizeof(NoiseHyper) + 3 * sizeof(float*) <= kKernelParamBytes,
+                "the kernel arguments exceed CUDA's 4 KB parameter limit");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  multi_tensor_apply<kLists, kOffsets>(
+      lists, l.steps, l.beta1_prods, noise.offsets, [&](const Table& table) {
+        const int32_t blocks = table.first_block[table.num_tensors];
+        if (blocks > 0) {  // a table of empty tensors only has counters to advance
+          fused_step_kernel<scalar_t, state_t, kPn, kSecond, kLists, kNoise, kRound>
+              <<<blocks, kBlockThreads, 0, stream>>>(table, h, grad_scale, found_inf, noise.hyper, noise.weights);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        constexpr int kCounterThreads = 32 * ((Table::kMaxTensors + 31) / 32);
+        advance_counters_kernel<Table><<<1, kCounterThreads, 0, stream>>>(table, h, found_inf);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+}
+
+template <typename scalar_t, typename state_t, bool kRound>
+void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
+                  const LaunchNoise& noise, const float* grad_scale, const float* found_inf) {
+  using None = std::integral_constant<int, kNoNoise>;
+  using Iso = std::integral_constant<int, kIsotropicNoise>;
+  using Fisher = std::integral_constant<int, kDiagFisherNoise>;
+  using Mult = std::integral_constant<int, kMultiplicativeNoise>;
+  dispatch_family(l.pn(), l.second_moment(), l.amsgrad(), [&](auto pn, auto second) {
+    const auto run = [&](auto kind) {
+      launch_fused_step<scalar_t, state_t, decltype(pn)::value, decltype(second)::value, decltype(kind)::value,
+                        kRound>(lists, l, h, noise, grad_scale, found_inf);
+    };
+    switch (noise.hyper.kind) {
+      case kIsotropicNoise: return run(Iso{});
+      case kDiagFisherNoise: return run(Fisher{});
+      case kMultiplicativeNoise: return run(Mult{});
+      default: return run(None{});
+    }
+  });
+}
+
+
+}  // namespace cuda
+}  // namespace noisefuse

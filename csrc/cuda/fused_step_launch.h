@@ -1,0 +1,33 @@
+// The seam between the CUDA op (fused_step_cuda.cu) and its kernel variants: the variants of each
+// (param type, state type, rounding) are compiled in their own file (fused_step_variants_*.cu,
+// explicit instantiations of launch_typed), so a build compiles them in parallel; the op only
+// declares them. Plain C++: no CUDA syntax, so the op's dispatch reads like the CPU one.
+#pragma once
+
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "noisefuse/fused_step_inputs.h"
+#include "noisefuse/noise_element.h"
+#include "noisefuse/step_scalars.h"
+
+namespace noisefuse {
+namespace cuda {
+
+// The call's random-stream values as the launches see them.
+struct LaunchNoise {
+  NoiseHyper hyper;
+  at::IntArrayRef offsets;  // one per tensor when the launches draw per element, else empty
+  const float* weights;     // multiplicative noise: the step's B weights (device memory)
+};
+
+// Launches every table of `lists` for one (param type, state type, stochastic rounding): the
+// family flags and the noise kind become template parameters (fused_step_kernels.cuh).
+// Instantiated in fused_step_variants_{float,half,bfloat16,bfloat16_rounding}.cu.
+template <typename scalar_t, typename state_t, bool kRound>
+void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
+                  const LaunchNoise& noise, const float* grad_scale, const float* found_inf);
+
+}  // namespace cuda
+}  // namespace noisefuse

@@ -1,0 +1,17 @@
+// The CUDA kernel variants for bfloat16 params rounded to nearest, with bfloat16 or float32 state.
+// One of four files that split the variants of fused_step_kernels.cuh, so that a build compiles
+// them in parallel.
+#include "fused_step_kernels.cuh"
+
+namespace noisefuse {
+namespace cuda {
+
+template void launch_typed<at::BFloat16, at::BFloat16, false>(
+    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&, const float*,
+    const float*);
+template void launch_typed<at::BFloat16, float, false>(
+    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&, const float*,
+    const float*);
+
+}  // namespace cuda
+}  // namespace noisefuse

@@ -1,0 +1,17 @@
+// The CUDA kernel variants for float32 and float64 params (state of their own type).
+// One of four files that split the variants of fused_step_kernels.cuh, so that a build compiles
+// them in parallel.
+#include "fused_step_kernels.cuh"
+
+namespace noisefuse {
+namespace cuda {
+
+template void launch_typed<float, float, false>(
+    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&, const float*,
+    const float*);
+template void launch_typed<double, double, false>(
+    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&, const float*,
+    const float*);
+
+}  // namespace cuda
+}  // namespace noisefuse
