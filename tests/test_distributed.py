@@ -97,6 +97,10 @@ def worker(rank, init_file, cases):
             for i, (a, b) in enumerate(zip(got, expected)):
                 torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-5,
                                            msg=lambda m: f"{mode} {opt_name} {backend}, rank {rank} param {i}: {m}")
+        # Neither rank tears gloo down while the other may still be talking to it: on a loaded
+        # machine that race once aborted a worker ("terminate called without an active exception").
+        # (A rank that raised never gets here; spawn then stops the other.)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import defaultdict
 
 import torch
 from torch.optim import Optimizer
 
 from .. import backends
 from ..backends.family import Family, Hyper
-from ..backends.step_tensors import StepTensors
 from ..demon import Demon, as_demon
 from ..noise import StepNoise, as_noise, consumes_grad_sample
 from .precision import check_state_dtype, keep_state_dtypes
+from .step_lists import GroupLists, Participants
 
 # The per-param lists a fused call takes, besides params/grads/steps (docs/kernel-contract.md).
 BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
@@ -90,6 +89,7 @@ class FusedOptimizer(Optimizer):
                         backend=backend, seed=seed, maximize=maximize, capturable=capturable,
                         state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
         self._backends = {}  # (backend, device type, index, *_needs()) -> module; see _backend()
+        self._step_lists = {}  # param group index -> GroupLists of its last step; see _init_group()
         super().__init__(params, defaults)
 
     # ----- subclass interface -------------------------------------------------------------------
@@ -125,6 +125,7 @@ class FusedOptimizer(Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("_backends", {})
+        self.__dict__.setdefault("_step_lists", {})
         for group in self.param_groups:
             for key, value in COMMON_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -146,6 +147,9 @@ class FusedOptimizer(Optimizer):
         than being rounded through the param dtype as torch's loader rounds every state tensor)."""
         self._check_state_dict_fits(state_dict)
         state_dtypes = [group["state_dtype"] for group in self.param_groups]
+        # The kept lists would no longer fit the new state (GroupLists.fits), but would hold the
+        # old state tensors alive until the next step: drop them now.
+        self._step_lists.clear()
         super().load_state_dict(state_dict)
         keep_state_dtypes(self, state_dict, state_dtypes)
 
@@ -203,18 +207,19 @@ class FusedOptimizer(Optimizer):
         # a bad input changes nothing.
         plans = []
         for gi, group in enumerate(self.param_groups):
-            params = self._params_with_grad(gi, group)
-            chosen = {d: self._backend(group, d) for d in {p.device for p in params}}
-            plans.append((group, params, chosen))
+            participants = self._params_with_grad(gi, group)
+            chosen = {d: self._backend(group, d) for d in set(participants.devices)}
+            plans.append((group, participants, chosen))
         rounding = any(group["stochastic_rounding"] for group in self.param_groups)
-        noise = StepNoise([plan[:2] for plan in plans], self.param_groups, self.state, type(self).__name__,
-                          rounding=rounding)
-        for gi, (group, params, chosen) in enumerate(plans):
+        noise = StepNoise([(group, participants.params) for group, participants, _ in plans], self.param_groups,
+                          self.state, type(self).__name__, rounding=rounding)
+        for gi, (group, participants, chosen) in enumerate(plans):
+            params = participants.params
             if not params:
                 continue
             family, demon = self._family(group), as_demon(group["demon"])
             hyper = self._hyper(group, demon)
-            buckets = self._init_group(group, params, family, demon, hyper, chosen)
+            buckets = self._init_group(gi, group, participants, family, demon, hyper, chosen)
             for (device, dtype), tensors in buckets.items():
                 extra = {}
                 rounds = group["stochastic_rounding"] and dtype == torch.bfloat16  # a no-op for other dtypes
@@ -243,21 +248,16 @@ class FusedOptimizer(Optimizer):
             module = self._backends[key] = _resolve(group, device)
         return module
 
-    def _params_with_grad(self, group_index, group):
-        params = []
-        reads_rows = consumes_grad_sample(group["noise"])
+    def _params_with_grad(self, group_index, group) -> Participants:
+        """The params of ``group`` with a grad, and those without one that the group's noise steps
+        from their ``grad_sample`` alone; their grads checked."""
+        participants = Participants.of(group["params"], consumes_grad_sample(group["noise"]))
         dtensor_cls = _loaded_dtensor_class()
-        for i, p in enumerate(group["params"]):
-            g = p.grad
-            if g is None:
-                if reads_rows and getattr(p, "grad_sample", None) is not None:
-                    params.append(p)  # the noise forms g from the per-sample gradients alone
-                continue
-            if g.is_sparse or not p.is_floating_point() or g.dtype != p.dtype or g.shape != p.shape \
-                    or g.device != p.device or (dtensor_cls is not None and isinstance(p, dtensor_cls)):
-                self._check_grad(group_index, i, p, g, dtensor_cls)  # says what is wrong, or passes a DTensor
-            params.append(p)
-        return params
+        if not participants.grads_look_valid(dtensor_cls):
+            for i, p in enumerate(group["params"]):
+                if p.grad is not None:
+                    self._check_grad(group_index, i, p, p.grad, dtensor_cls)  # says what is wrong, or passes a DTensor
+        return participants
 
     def _check_grad(self, group_index, i, p, g, dtensor_cls):
         where = f"param {i} of param group {group_index}"
@@ -274,28 +274,49 @@ class FusedOptimizer(Optimizer):
                 f"the gradient of {where} does not match it: grad {tuple(g.shape)} {g.dtype} on {g.device}, "
                 f"param {tuple(p.shape)} {p.dtype} on {p.device}")
 
-    def _init_group(self, group, params, family: Family, demon: Demon | None, hyper: Hyper, chosen):
-        key_items = list(self._state_keys(group).items())
-        state_dtype = group["state_dtype"]
+    def _init_group(self, group_index, group, participants: Participants, family: Family, demon: Demon | None,
+                    hyper: Hyper, chosen) -> dict:
+        """(device, dtype) -> the ``StepTensors`` of that call, the state created or converted where
+        needed. The lists are kept for the next step, which builds them again only when something
+        they were built from has changed (``GroupLists.fits``)."""
+        buffers = self._state_keys(group)
         track_prod = family.second_moment and demon is not None
+        fields = dict(buffers, steps="step")  # StepTensors field -> the state key holding it
+        if track_prod:
+            fields["beta1_prods"] = "beta1_prod"
         # The fused kernels read the counters on the device; the host-side backends read them with
         # .item(), so on accelerators they keep them on the CPU, as torch.optim does.
-        host_devices = {d for d, module in chosen.items() if d.type != "cpu" and _name(module) not in CAPTURABLE}
-        dtensor_cls = _loaded_dtensor_class()
+        host_devices = frozenset(d for d, module in chosen.items()
+                                 if d.type != "cpu" and _name(module) not in CAPTURABLE)
+        settings = (tuple(buffers.items()), group["state_dtype"], track_prod, host_devices)
+        states = [self.state[p] for p in participants.params]
+        # While torch.compile traces the step the lists are built but not kept: the compiled step
+        # never runs this code, and is traced again when its guards see the inputs change.
+        compiling = torch.compiler.is_compiling()
+        lists = None if compiling else self._step_lists.get(group_index)
+        if lists is None or not lists.fits(settings, participants, states):
+            self._init_state(participants.params, states, buffers, group["state_dtype"], track_prod, host_devices,
+                             demon, hyper)
+            lists = GroupLists(settings, participants, states, fields, _loaded_dtensor_class())
+            if not compiling:
+                self._step_lists[group_index] = lists
+        return lists.calls(participants.grads)
+
+    def _init_state(self, params, states, buffers, state_dtype, track_prod, host_devices, demon, hyper):
+        """Creates the state entries the step reads, and moves or converts those that are not
+        where or what the kernels expect."""
         cpu = torch.device("cpu")
-        buckets = defaultdict(StepTensors)
-        for p in params:
-            state = self.state[p]
-            step_device = cpu if host_devices and p.device in host_devices else p.device
+        for p, state in zip(params, states):
+            step_device = cpu if p.device in host_devices else p.device
             step = state.get("step")
             fresh = step is None
             if fresh:
-                state["step"] = step = torch.zeros((), dtype=torch.float32, device=step_device)
+                state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
             elif type(step) is not torch.Tensor or step.device != step_device:
                 # The official code stores a Python int; a checkpoint may come from another device.
-                state["step"] = step = torch.as_tensor(step, dtype=torch.float32).to(step_device)
+                state["step"] = torch.as_tensor(step, dtype=torch.float32).to(step_device)
             buffer_dtype = p.dtype if state_dtype is None else state_dtype
-            for _, key in key_items:
+            for key in buffers.values():
                 buf = state.get(key)
                 if buf is None:
                     # zeros_like keeps a DTensor param's placement whatever the dtype (FSDP2).
@@ -304,18 +325,8 @@ class FusedOptimizer(Optimizer):
                     # State of another dtype (e.g. bfloat16 state, float32 now asked for): converted
                     # once; the fused kernels read one state dtype per call.
                     state[key] = buf.to(buffer_dtype)
-
-            # A DTensor param has a DTensor grad and state, placed like it: run on the local shards.
-            unwrap = local_tensor if dtensor_cls is not None and isinstance(p, dtensor_cls) else _same
-            ts = buckets[(p.device, p.dtype)]
-            ts.params.append(unwrap(p))
-            ts.grads.append(unwrap(p.grad))
-            ts.steps.append(step)
-            for field, key in key_items:
-                getattr(ts, field).append(unwrap(state[key]))
             if track_prod:
-                ts.beta1_prods.append(self._beta1_prod(state, fresh, step_device, demon, hyper))
-        return buckets
+                self._beta1_prod(state, fresh, step_device, demon, hyper)
 
     @staticmethod
     def _beta1_prod(state, fresh, step_device, demon, hyper):
@@ -324,10 +335,9 @@ class FusedOptimizer(Optimizer):
             # The empty product is 1. Demon added to a run under way: rebuild the exact product
             # of the betas so far (reading the counter is a host sync, paid once).
             value = 1.0 if fresh else demon.beta_product(hyper.beta1, int(state["step"]))
-            prod = state["beta1_prod"] = torch.full((), value, dtype=torch.float32, device=step_device)
+            state["beta1_prod"] = torch.full((), value, dtype=torch.float32, device=step_device)
         elif prod.device != step_device:
-            prod = state["beta1_prod"] = prod.to(step_device)
-        return prod
+            state["beta1_prod"] = prod.to(step_device)
 
 
 def _needs(group) -> tuple:
@@ -364,21 +374,11 @@ def _name(backend_module):
     return backend_module.__name__.rsplit(".", 1)[-1]
 
 
-def local_tensor(t):
-    """A DTensor's local shard (FSDP2, tensor parallel); None stays None. The update is elementwise,
-    so every backend runs on the shards and the state stays a DTensor sharded like its param."""
-    return None if t is None else t._local_tensor
-
-
 def _loaded_dtensor_class():
     """torch's DTensor class if its module is imported, else None: a DTensor exists only once its
     module is, so there is no need to import it (0.75 s) to learn that a plain model has none."""
     module = sys.modules.get("torch.distributed.tensor") or sys.modules.get("torch.distributed._tensor")
     return None if module is None else module.DTensor
-
-
-def _same(t):
-    return t
 
 
 def _on(t, device):
