@@ -3,6 +3,7 @@ build of torch are present (a GPU is not needed to compile them)."""
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import setup
 
@@ -40,6 +41,12 @@ def _want_cuda():
 
 
 cxx_flags = ["-O3"]  # torch.utils.cpp_extension picks the -std its headers need
+link_flags = []
+if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+    # at::parallel_for is a header template whose OpenMP build (ATen/ParallelOpenMP.h) is a
+    # `#pragma omp parallel`: compiled without -fopenmp it silently runs every CPU step on one thread.
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
 sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
 
@@ -56,10 +63,12 @@ if _want_cuda():
             "cxx": cxx_flags,
             "nvcc": ["-O3", "-lineinfo"],
         },
+        extra_link_args=link_flags,
     )
 else:
     ext = cpp_extension.CppExtension(
-        "noisefuse._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags}
+        "noisefuse._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
     )
 
 setup(
