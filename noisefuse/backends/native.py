@@ -4,12 +4,12 @@ of float16/bfloat16 params and stochastic rounding of bfloat16 params are handle
 See docs/backends/native.md."""
 from __future__ import annotations
 
-import warnings
+import sys
 
 import torch
 
 from ..noise.step import NoiseStep
-from ..random.philox import seed_as_int64
+from . import stream
 from .family import MOMENTUM_CODES, Family, Hyper
 from .step_tensors import StepTensors
 
@@ -27,7 +27,7 @@ except ImportError as exc:  # the extension was not built
 supports_noise = True
 supports_mixed_state = True
 supports_stochastic_rounding = True
-_warned_layout = False
+_warned_layout = False  # set by stream.step_with_foreach: one layout warning per backend
 
 
 def load_error():
@@ -52,19 +52,9 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
                noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
     if not ts.params:
         return  # with no tensor argument the dispatcher could not choose a kernel
-    rounds = rounding_seed is not None and ts.params[0].dtype == torch.bfloat16
-    per_element = rounds or (noise is not None and noise.kind in ("isotropic", "diag_fisher"))
-    if per_element and not all(p.is_contiguous() for p in ts.params):
-        _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise, rounding_seed)
+    if stream.layout_needs_foreach(ts, noise, rounding_seed):
+        stream.step_with_foreach(sys.modules[__name__], family, hyper, ts, grad_scale, found_inf, noise, rounding_seed)
         return
-    noise_args = {}  # no noise: the op's defaults
-    if noise is not None:
-        noise_args = dict(sample_weights=noise.sample_weights, offsets=ts.offsets, noise_kind=noise.code,
-                          seed=seed_as_int64(noise.seed), noise_std=noise.std, noise_scale=noise.scale,
-                          noise_centered=noise.centered)
-    if rounds:
-        # One seed per param group: the noise's, when the group has noise too.
-        noise_args.update(offsets=ts.offsets, seed=seed_as_int64(rounding_seed), stochastic_rounding=True)
     reads_rows = noise is not None and noise.consumes_grad_sample
     torch.ops.noisefuse.fused_step_(
         ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
@@ -73,25 +63,9 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
-        demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf, **noise_args)
-
-
-def _foreach_for_layout(family, hyper, ts, grad_scale, found_inf, noise, rounding_seed):
-    """Normals and rounding bits are indexed by an element's row-major position; the kernels walk
-    memory order, which differs for a dense non-contiguous param (channels_last, a transpose), and
-    the op refuses such params for isotropic and diag_fisher noise and for stochastic rounding.
-    Their group is stepped by the foreach backend: the same numbers, without fusion.
-    (Multiplicative noise draws no per-element values: any layout.)"""
-    global _warned_layout
-    if not _warned_layout:
-        _warned_layout = True
-        what = f"noise={noise.kind!r}" if noise is not None else "stochastic_rounding=True"
-        warnings.warn("backend='native': params that are not contiguous (e.g. channels_last) with "
-                      f"{what} are stepped by the foreach backend", RuntimeWarning, stacklevel=4)
-    from . import foreach
-
-    foreach.fused_step(family, hyper, ts, grad_scale=grad_scale, found_inf=found_inf, noise=noise,
-                       rounding_seed=rounding_seed)
+        demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf,
+        sample_weights=noise.sample_weights if noise is not None else None,
+        **stream.stream_kwargs(ts, noise, rounding_seed))
 
 
 if _LOAD_ERROR is None:
