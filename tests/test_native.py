@@ -63,6 +63,15 @@ def clone(ts):
     return StepTensors(**{k: [t.clone() if torch.is_tensor(t) else t for t in v] for k, v in vars(ts).items()})
 
 
+def misalign(ts, index):
+    """Every element-wise tensor at ``index`` replaced by an equal view one element into a larger
+    buffer: contiguous, but not aligned to a vector (the kernels' unaligned paths)."""
+    for key, lst in vars(ts).items():
+        if lst and key not in ("steps", "beta1_prods", "offsets"):
+            t = lst[index]
+            lst[index] = torch.cat([torch.zeros(1, dtype=t.dtype, device=t.device), t])[1:]
+
+
 def assert_same(a, b, dtype, exact=False):
     atol, rtol = (0, 0) if exact else TOLERANCES[dtype]
     for key, la in vars(a).items():
@@ -142,11 +151,14 @@ def test_each_variant_with_float32_state(name, dtype, isa, monkeypatch):
         monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
     family, hyper = FAMILIES[name]
     ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 40), dtype=dtype, state_dtype=torch.float32)
-    for key, lst in vars(ts).items():  # tensor 4: an odd element offset
-        if lst and key not in ("steps", "beta1_prods", "offsets"):
-            lst[4] = torch.cat([torch.zeros(1, dtype=lst[4].dtype), lst[4]])[1:]
+    misalign(ts, 4)
+    assert_float32_state_steps_like_the_reference(family, hyper, ts, dtype)
+
+
+def assert_float32_state_steps_like_the_reference(family, hyper, ts, dtype):
+    """Three native steps of ``ts`` (float32 state) against the reference's, with an AMP scale."""
     expected = clone(ts)
-    scale = torch.tensor(64.0)
+    scale = torch.tensor(64.0, device=ts.params[0].device)
     for _ in range(3):
         reference.fused_step(family, hyper, expected, grad_scale=scale)
         native.fused_step(family, hyper, ts, grad_scale=scale)
@@ -160,27 +172,35 @@ def test_each_variant_with_float32_state(name, dtype, isa, monkeypatch):
 def test_stochastic_rounding_equals_the_reference_bit_for_bit(name, state_dtype, isa, monkeypatch):
     if isa == "baseline":
         monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
-    family, hyper = FAMILIES[name]
-    # lr a power of two and no decay or momentum: the float32 update is exact on both sides, so
-    # only the rounding into bfloat16 could differ.
-    hyper = Hyper(lr=2.0**-10, beta1=0.0, beta2=hyper.beta2, eps=hyper.eps, beta0=0.0)
+    family, hyper = exact_update_family(name)
     ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 40), dtype=torch.bfloat16, state_dtype=state_dtype)
     ts.offsets = [0, 1, 18, 2**33 + 5, 4115]  # one beyond 32 bits: hi32 of the counter
     expected = clone(ts)
     for _ in range(3):
-        reference.fused_step(family, hyper, expected, rounding_seed=2**63 + 11)
-        native.fused_step(family, hyper, ts, rounding_seed=2**63 + 11)
-    for i, (a, b) in enumerate(zip(expected.params, ts.params)):
-        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"param {i}"
+        reference.fused_step(family, hyper, expected, rounding_seed=ROUNDING_SEED)
+        native.fused_step(family, hyper, ts, rounding_seed=ROUNDING_SEED)
+    assert_same_bits(expected.params, ts.params)
+
+
+ROUNDING_SEED = 2**63 + 11
+
+
+def exact_update_family(name):
+    """FAMILIES[name] with lr a power of two and no decay or momentum: the float32 update is exact on
+    every backend, so only the rounding into bfloat16 could differ."""
+    family, hyper = FAMILIES[name]
+    return family, Hyper(lr=2.0**-10, beta1=0.0, beta2=hyper.beta2, eps=hyper.eps, beta0=0.0)
+
+
+def assert_same_bits(params_a, params_b):
+    for i, (a, b) in enumerate(zip(params_a, params_b)):
+        assert torch.equal(a.cpu().view(torch.int16), b.cpu().view(torch.int16)), f"param {i}"
 
 
 def test_unaligned_and_channels_last_tensors():
     family, hyper = FAMILIES["pn_ams"]
     ts = step_tensors(family, hyper, sizes=(1030,))
-    # Views at an odd element offset: contiguous but not vector-aligned.
-    for key, lst in vars(ts).items():
-        if lst and key not in ("steps", "beta1_prods"):
-            lst[0] = torch.cat([torch.zeros(1), lst[0]])[1:]
+    misalign(ts, 0)
     expected = clone(ts)
     reference.fused_step(family, hyper, expected)
     native.fused_step(family, hyper, ts)

@@ -9,7 +9,8 @@ import torch
 from cases import BIG_SIZE, CONFIGS, SIZES, assert_same_state, capture_after_warm_up, compare_backends, make_params
 from noisefuse.backends import native, reference
 from noisefuse.backends.family import Family, Hyper
-from test_native import DTYPES, FAMILIES, STATE_LISTS, assert_same, assert_same_mixed, clone, op_args, step_tensors
+from test_native import (DTYPES, FAMILIES, ROUNDING_SEED, assert_float32_state_steps_like_the_reference, assert_same,
+                         assert_same_bits, clone, exact_update_family, misalign, op_args, step_tensors)
 from test_native_noise import PAIRS, noisy_op_args, noisy_run
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and native.available(torch.device("cuda"))),
@@ -43,35 +44,25 @@ def test_each_variant_with_float32_state(name, dtype):
     family, hyper = FAMILIES[name]
     ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 65536 + 3, 40), dtype=dtype, device=CUDA,
                       state_dtype=torch.float32)
-    for key, lst in vars(ts).items():  # tensor 5: an odd element offset, so the scalar path
-        if lst and key not in ("steps", "beta1_prods", "offsets"):
-            lst[5] = torch.cat([torch.zeros(1, dtype=lst[5].dtype, device=CUDA), lst[5]])[1:]
-    expected = clone(ts)
-    scale = torch.tensor(64.0, device=CUDA)
-    for _ in range(3):
-        reference.fused_step(family, hyper, expected, grad_scale=scale)
-        native.fused_step(family, hyper, ts, grad_scale=scale)
-    assert all(t.dtype == torch.float32 for key in STATE_LISTS for t in getattr(ts, key))
-    assert_same_mixed(expected, ts, dtype)
+    misalign(ts, 5)  # the scalar path
+    assert_float32_state_steps_like_the_reference(family, hyper, ts, dtype)
 
 
 @pytest.mark.parametrize("state_dtype", [None, torch.float32], ids=["bf16_state", "float32_state"])
 @pytest.mark.parametrize("name", ["heavy_ball", "pn_ams"])
 def test_stochastic_rounding_equals_the_reference_and_the_cpu_kernel(name, state_dtype):
-    family, hyper = FAMILIES[name]
-    hyper = Hyper(lr=2.0**-10, beta1=0.0, beta2=hyper.beta2, eps=hyper.eps, beta0=0.0)  # exact float32 update
+    family, hyper = exact_update_family(name)
     ts = step_tensors(family, hyper, sizes=(1, 17, 65536 + 4097, 0, 40), dtype=torch.bfloat16, device=CUDA,
                       state_dtype=state_dtype)
     ts.offsets = [0, 1, 18, 2**33 + 5, 69651]
     expected, on_cpu = clone(ts), clone(ts)
     on_cpu = type(ts)(**{k: [t.cpu() if torch.is_tensor(t) else t for t in v] for k, v in vars(on_cpu).items()})
     for _ in range(3):
-        reference.fused_step(family, hyper, expected, rounding_seed=2**63 + 11)
-        native.fused_step(family, hyper, ts, rounding_seed=2**63 + 11)
-        native.fused_step(family, hyper, on_cpu, rounding_seed=2**63 + 11)
-    for i, (a, b, c) in enumerate(zip(expected.params, ts.params, on_cpu.params)):
-        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"param {i}"
-        assert torch.equal(c.view(torch.int16), b.cpu().view(torch.int16)), f"param {i}"
+        reference.fused_step(family, hyper, expected, rounding_seed=ROUNDING_SEED)
+        native.fused_step(family, hyper, ts, rounding_seed=ROUNDING_SEED)
+        native.fused_step(family, hyper, on_cpu, rounding_seed=ROUNDING_SEED)
+    assert_same_bits(expected.params, ts.params)
+    assert_same_bits(on_cpu.params, ts.params)
 
 
 @pytest.mark.parametrize("name", ["pn_ams", "heavy_ball"])
@@ -90,9 +81,7 @@ def test_more_tensors_than_one_launch_table(name):
 def test_misaligned_operands_take_the_scalar_path():
     family, hyper = FAMILIES["pn_ams"]
     ts = step_tensors(family, hyper, sizes=(70001, 5), device=CUDA)
-    for key, lst in vars(ts).items():
-        if lst and key not in ("steps", "beta1_prods"):
-            lst[0] = torch.cat([torch.zeros(1, device=CUDA), lst[0]])[1:]
+    misalign(ts, 0)
     expected = clone(ts)
     reference.fused_step(family, hyper, expected)
     native.fused_step(family, hyper, ts)
