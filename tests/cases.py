@@ -104,6 +104,24 @@ def cpu_backends():
     return names
 
 
+ALL_BACKENDS = ("reference", "foreach", "native", "triton")
+FUSED = ("native", "triton")  # the backends whose kernels read counters (and a tensor lr) on the device
+
+
+def on_cpu(backend, monkeypatch):
+    """Lets ``backend`` run CPU tensors in this test (Triton through its interpreter), or skips the
+    test when it cannot (native not built, Triton not installed); returns ``backend``."""
+    import pytest
+
+    from noisefuse import backends
+
+    if backend == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if backend in FUSED and not backends.get(backend).available(torch.device("cpu")):
+        pytest.skip(f"{backend} cannot run CPU tensors here")
+    return backend
+
+
 def capture_after_warm_up(warm_up, step):
     """A CUDA graph of ``step()``, captured after ``warm_up()`` ran on a side stream (torch.cuda.graphs'
     rule: state, kernels and tables must exist before the capture, and the warm-up must not run on

@@ -3,21 +3,15 @@
 import pytest
 import torch
 
-from cases import CONFIGS, assert_same_state, make_grads, make_params
-from noisefuse import backends
+from cases import CONFIGS, FUSED, assert_same_state, make_grads, make_params, on_cpu
 
 # The fused backends read counters on the device and never leave the graph; reference and foreach
 # read them with .item(), which is a graph break by design.
-FUSED = ["native", "triton"]
 
 
 @pytest.fixture(params=FUSED)
 def fused_backend(request, monkeypatch):
-    if request.param == "triton":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs Triton on CPU tensors
-    if not backends.get(request.param).available(torch.device("cpu")):
-        pytest.skip(f"{request.param} cannot run CPU tensors here")
-    return request.param
+    return on_cpu(request.param, monkeypatch)
 
 
 @pytest.mark.parametrize("config", ["adapnm_noams_demon", "pnm", "demon_adamw_ams"])
@@ -44,3 +38,30 @@ def test_compiled_step_is_one_graph_with_the_op_and_matches_eager(config, fused_
         step()
     assert any("noisefuse" in target for target in ops_in_graph), ops_in_graph
     assert_same_state(opt_eager, opt_compiled, eager, compiled, torch.float32)
+
+
+def test_compiled_step_reads_a_scheduled_tensor_lr(fused_backend):
+    """A tensor lr is an input of the compiled graph, not a constant baked into it: a scheduler that
+    writes it between steps changes the compiled step (no recompilation), as it changes the eager one.
+    (The momentum is a Python float, so the schedule does not cycle it: that would recompile.)"""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    params = make_params((5, 130))
+    runs = []
+    for compile_step in (False, True):
+        ps = [p.detach().clone().requires_grad_() for p in params]
+        opt = CONFIGS["demon_adamw_ams"](ps, backend=fused_backend)
+        opt.param_groups[0]["lr"] = torch.tensor(0.01)
+        # Compiled before the scheduler wraps opt.step in a counter Dynamo does not trace.
+        step = torch.compile(opt.step, backend="eager", fullgraph=True) if compile_step else opt.step
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=10, cycle_momentum=False)
+        for i in range(6):
+            for p, g in zip(ps, make_grads(ps, i)):
+                p.grad = g
+            step()
+            sched.step()
+        runs.append((opt, ps))
+    (opt_eager, eager), (opt_compiled, compiled) = runs
+    assert_same_state(opt_eager, opt_compiled, eager, compiled, torch.float32)
+    # One graph for the first step (which creates the state), one for every later step.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2

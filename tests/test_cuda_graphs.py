@@ -1,6 +1,6 @@
 """CUDA graphs: with capturable=True a whole ``opt.step()`` is captured once and replayed; replays
-equal eager steps, the Demon schedule and AMP's skip included (counters, scale and found_inf are read
-on the device). GPU only."""
+equal eager steps, the Demon schedule, AMP's skip and an LR schedule included (counters, scale,
+found_inf and a tensor lr are read on the device). GPU only."""
 import pytest
 import torch
 
@@ -53,6 +53,48 @@ def test_captured_step_replays_like_eager_steps(config, backend):
         graph.replay()
         if not skip:
             opt_eager.step()
+    torch.cuda.synchronize()
+    assert_same_state(opt_eager, opt_graphed, eager, graphed, torch.float32)
+
+
+@pytest.mark.parametrize("backend", _fused_backends())
+@pytest.mark.parametrize("config", ["adapnm", "demon_sgd_nesterov"])
+def test_captured_step_follows_a_scheduled_tensor_lr(config, backend):
+    """An LR scheduler writes the lr tensor in place between replays; the kernels read it on the
+    device, so each replay uses the new value, as the eager steps with the scheduled lr do."""
+    params = make_params((4097, 70001), device="cuda")
+    eager = [p.detach().clone().requires_grad_() for p in params]
+    graphed = [p.detach().clone().requires_grad_() for p in params]
+    opt_eager = CONFIGS[config](eager, backend=backend, capturable=True)
+    opt_graphed = CONFIGS[config](graphed, backend=backend, capturable=True)
+    for opt in (opt_eager, opt_graphed):  # the same float32 lr tensor in both, on the device
+        opt.param_groups[0]["lr"] = torch.tensor(opt.param_groups[0]["lr"], device="cuda")
+    # Only the lr: the betas are launch arguments, frozen into the graph (docs/integration.md).
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=30, cycle_momentum=False)
+                 for opt in (opt_eager, opt_graphed)]
+    static_grads = [torch.zeros_like(p) for p in graphed]
+    for p, g in zip(graphed, static_grads):
+        p.grad = g
+
+    def feed(step):
+        for g_static, g, p in zip(static_grads, make_grads(graphed, step), eager):
+            g_static.copy_(g)
+            p.grad = g.clone()
+
+    def step_both(step, graphed_step):
+        feed(step)
+        graphed_step()
+        opt_eager.step()
+        for sched in schedules:
+            sched.step()
+
+    def warm_up():
+        for step in range(3):
+            step_both(step, opt_graphed.step)
+
+    graph = capture_after_warm_up(warm_up, opt_graphed.step)
+    for step in range(3, 20):
+        step_both(step, graph.replay)
     torch.cuda.synchronize()
     assert_same_state(opt_eager, opt_graphed, eager, graphed, torch.float32)
 

@@ -17,7 +17,7 @@ from noisefuse.backends.triton_kernels import kernels  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 POINTERS = {"ptrs": "*i64", "numels": "*i64", "block_tensor": "*i64", "block_chunk": "*i64", "scalars": "*fp64",
-            "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "weights_ptr": "*fp32"}
+            "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "weights_ptr": "*fp32", "lr_ptr": "*fp32"}
 INTEGERS = {"batch", "seed_lo", "seed_hi", "n_tensors"}
 
 
@@ -58,6 +58,8 @@ def test_update_kernel_compiles_for_hopper(dtype, state_dtype, compute, momentum
         assert "ld.global.v4" in ptx  # aligned full blocks use 128-bit loads
 
 
-def test_scalars_kernel_compiles_for_hopper():
-    constants = dict(MOMENTUM=2, SECOND_MOMENT=True, DEMON=True, TRACK_PROD=True, HAS_FOUND_INF=True, BLOCK_T=128)
+@pytest.mark.parametrize("lr_tensor", [False, True])
+def test_scalars_kernel_compiles_for_hopper(lr_tensor):
+    constants = dict(MOMENTUM=2, SECOND_MOMENT=True, DEMON=True, TRACK_PROD=True, HAS_FOUND_INF=True,
+                     LR_TENSOR=lr_tensor, BLOCK_T=128)
     assert ".target sm_90" in compile_ptx(kernels.scalars_kernel, constants, num_warps=4)

@@ -51,6 +51,7 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     double lr, double beta1, double beta2, double beta0, double eps, double weight_decay,
                     bool decoupled, bool nesterov, bool maximize, int64_t demon_total_steps, double demon_delay,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    const std::optional<at::Tensor>& lr_tensor,
                     const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets, int64_t noise_kind,
                     int64_t seed, double noise_std, double noise_scale, bool noise_centered,
                     bool stochastic_rounding) {
@@ -59,12 +60,14 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                         seed,         noise_std,      noise_scale,   noise_centered,
                         stochastic_rounding};
   NoiseHyper nh;
-  const StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
-                                              nesterov, maximize, demon_total_steps, demon_delay, grad_scale,
-                                              found_inf, noise, c10::DeviceType::CPU, &nh);
+  StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov,
+                                        maximize, demon_total_steps, demon_delay,
+                                        ScalarTensors{grad_scale, found_inf, lr_tensor}, noise, c10::DeviceType::CPU,
+                                        &nh);
   if (params.empty()) return;
   // Host memory: reading the AMP scalars and the counters costs no synchronisation.
   if (found_inf.has_value() && *found_inf->const_data_ptr<float>() != 0.f) return;
+  if (lr_tensor.has_value()) h.lr = *lr_tensor->const_data_ptr<float>();
   const std::vector<at::Tensor> rows = rows_like_params(l, noise);
   const at::Tensor weights =
       nh.kind == kMultiplicativeNoise ? sample_weights->contiguous() : at::Tensor();

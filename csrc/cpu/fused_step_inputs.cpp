@@ -23,7 +23,7 @@ void check_length(at::TensorList list, const char* name, size_t expected, const 
               " were expected (", why, ")");
 }
 
-// A one-element float32 tensor on `device` (step counters, Demon products, AMP scalars).
+// A one-element float32 tensor on `device` (step counters, Demon products, AMP scalars, lr_tensor).
 void check_counter(const at::Tensor& t, const std::string& name, const c10::Device& device) {
   TORCH_CHECK(t.defined(), kOp, name, " is undefined");
   TORCH_CHECK(t.scalar_type() == at::kFloat, kOp, name, " must be float32 but is ", t.scalar_type());
@@ -140,8 +140,7 @@ std::vector<at::TensorList> FusedStepLists::elementwise(at::TensorList grad_sour
 StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, double lr, double beta1, double beta2,
                                   double beta0, double eps, double weight_decay, bool decoupled, bool nesterov,
                                   bool maximize, int64_t demon_total_steps, double demon_delay,
-                                  const std::optional<at::Tensor>& grad_scale,
-                                  const std::optional<at::Tensor>& found_inf, const NoiseArgs& noise,
+                                  const ScalarTensors& scalars, const NoiseArgs& noise,
                                   c10::DeviceType device_type, NoiseHyper* noise_out) {
   TORCH_CHECK(noise.kind >= kNoNoise && noise.kind <= kMultiplicativeNoise, kOp,
               "noise_kind must be 0 (none), 1 (isotropic), 2 (diag_fisher) or 3 (multiplicative), got ", noise.kind);
@@ -203,8 +202,9 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
     check_counter(l.steps[i], "steps[" + std::to_string(i) + "]", device);
     if (!l.beta1_prods.empty()) check_counter(l.beta1_prods[i], "beta1_prods[" + std::to_string(i) + "]", device);
   }
-  if (grad_scale.has_value()) check_counter(*grad_scale, "grad_scale", device);
-  if (found_inf.has_value()) check_counter(*found_inf, "found_inf", device);
+  if (scalars.grad_scale.has_value()) check_counter(*scalars.grad_scale, "grad_scale", device);
+  if (scalars.found_inf.has_value()) check_counter(*scalars.found_inf, "found_inf", device);
+  if (scalars.lr.has_value()) check_counter(*scalars.lr, "lr_tensor", device);
   check_noise(l, noise, noise_out);
   return h;
 }

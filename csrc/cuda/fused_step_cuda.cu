@@ -15,9 +15,9 @@ namespace {
 // float16/bfloat16 params: state of their own type or float32 (validated before).
 template <typename scalar_t, bool kRound>
 void launch_reduced(bool float_state, const std::vector<at::TensorList>& lists, const FusedStepLists& l,
-                    const StepHyper& h, const LaunchNoise& noise, const float* grad_scale, const float* found_inf) {
-  if (float_state) launch_typed<scalar_t, float, kRound>(lists, l, h, noise, grad_scale, found_inf);
-  else launch_typed<scalar_t, scalar_t, kRound>(lists, l, h, noise, grad_scale, found_inf);
+                    const StepHyper& h, const LaunchNoise& noise, const DeviceScalars& scalars) {
+  if (float_state) launch_typed<scalar_t, float, kRound>(lists, l, h, noise, scalars);
+  else launch_typed<scalar_t, scalar_t, kRound>(lists, l, h, noise, scalars);
 }
 
 void fused_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -26,6 +26,7 @@ void fused_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                      double lr, double beta1, double beta2, double beta0, double eps, double weight_decay,
                      bool decoupled, bool nesterov, bool maximize, int64_t demon_total_steps, double demon_delay,
                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                     const std::optional<at::Tensor>& lr_tensor,
                      const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets, int64_t noise_kind,
                      int64_t seed, double noise_std, double noise_scale, bool noise_centered,
                      bool stochastic_rounding) {
@@ -35,12 +36,15 @@ void fused_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                         stochastic_rounding};
   NoiseHyper nh;
   const StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
-                                              nesterov, maximize, demon_total_steps, demon_delay, grad_scale,
-                                              found_inf, noise, c10::DeviceType::CUDA, &nh);
+                                              nesterov, maximize, demon_total_steps, demon_delay,
+                                              ScalarTensors{grad_scale, found_inf, lr_tensor}, noise,
+                                              c10::DeviceType::CUDA, &nh);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard device_guard(params[0].device());
-  const float* scale_ptr = grad_scale.has_value() ? grad_scale->const_data_ptr<float>() : nullptr;
-  const float* found_inf_ptr = found_inf.has_value() ? found_inf->const_data_ptr<float>() : nullptr;
+  const auto device_ptr = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? t->const_data_ptr<float>() : nullptr;
+  };
+  const DeviceScalars scalars{device_ptr(grad_scale), device_ptr(found_inf), device_ptr(lr_tensor)};
   // Copies (rows in another layout than their param, strided weights) are stream-ordered before
   // the launches and freed to the caching allocator only after them.
   const std::vector<at::Tensor> rows = rows_like_params(l, noise);
@@ -50,15 +54,15 @@ void fused_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const std::vector<at::TensorList> lists = l.elementwise(rows.empty() ? grads : at::TensorList(rows));
   const bool float_state = exp_avgs[0].scalar_type() != params[0].scalar_type();
   switch (params[0].scalar_type()) {
-    case at::kFloat: return launch_typed<float, float, false>(lists, l, h, launch, scale_ptr, found_inf_ptr);
-    case at::kDouble: return launch_typed<double, double, false>(lists, l, h, launch, scale_ptr, found_inf_ptr);
+    case at::kFloat: return launch_typed<float, float, false>(lists, l, h, launch, scalars);
+    case at::kDouble: return launch_typed<double, double, false>(lists, l, h, launch, scalars);
     case at::kHalf:
-      return launch_reduced<at::Half, false>(float_state, lists, l, h, launch, scale_ptr, found_inf_ptr);
+      return launch_reduced<at::Half, false>(float_state, lists, l, h, launch, scalars);
     case at::kBFloat16:
       if (nh.stochastic_rounding) {
-        return launch_reduced<at::BFloat16, true>(float_state, lists, l, h, launch, scale_ptr, found_inf_ptr);
+        return launch_reduced<at::BFloat16, true>(float_state, lists, l, h, launch, scalars);
       }
-      return launch_reduced<at::BFloat16, false>(float_state, lists, l, h, launch, scale_ptr, found_inf_ptr);
+      return launch_reduced<at::BFloat16, false>(float_state, lists, l, h, launch, scalars);
     default: TORCH_CHECK(false, "noisefuse.fused_step_: unsupported dtype ", params[0].scalar_type());
   }
 }

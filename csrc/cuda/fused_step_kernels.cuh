@@ -11,7 +11,9 @@
 // fixed order, so no block may write it. The second launch is ordered after all blocks of the
 // first by the stream, costs one tiny kernel, and needs no host read of the step (capturable).
 // AMP: both kernels read found_inf on the device and return at once when it is set, so a skipped
-// step leaves params, state and counters untouched without a host synchronisation.
+// step leaves params, state and counters untouched without a host synchronisation. A learning rate
+// given as a tensor (lr_tensor) is read the same way, by thread 0 of each block, so an LR schedule
+// that writes it in place reaches a captured graph.
 // Noise (noisy_grad.cuh): the kind is a template parameter; for the kinds that read grad_sample the
 // table's grad slot holds the rows' base pointer (row b at + b * numel), and for the kinds that
 // draw normals the table carries each tensor's global offset. B, seed, std, scale are runtime
@@ -160,11 +162,13 @@ __device__ inline void step_strided(const ChunkPtrs<scalar_t, state_t>& x, int b
 // of the element loop (48-74 registers for float math on sm_90). It takes values only: a reference
 // to the kernel's parameter table would make the compiler copy the table into local memory.
 template <typename math_t>
-__device__ __noinline__ void block_coefs(StepHyper h, float step, float prod, const float* grad_scale,
+__device__ __noinline__ void block_coefs(StepHyper h, float step, float prod, DeviceScalars scalars,
                                          ElementCoefs<math_t>* coefs, bool* odd, int64_t* t) {
+  if (scalars.lr != nullptr) h.lr = *scalars.lr;
   const TensorScalars sc = tensor_scalars(h, step, prod);
   *odd = sc.odd;
   *t = sc.t;
+  const float* grad_scale = scalars.grad_scale;
   *coefs = make_coefs<math_t, math_t>(h, sc, grad_scale != nullptr,
                                       grad_scale != nullptr ? static_cast<math_t>(*grad_scale) : math_t(1));
 }
@@ -182,10 +186,10 @@ using StepTable = TensorTable<kLists, draws_per_element(kNoise, kRound)>;
 
 template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kLists, int kNoise, bool kRound>
 __global__ void __launch_bounds__(kBlockThreads)
-    fused_step_kernel(const StepTable<kLists, kNoise, kRound> table, const StepHyper h, const float* grad_scale,
-                      const float* found_inf, const NoiseHyper noise, const float* weights) {
+    fused_step_kernel(const StepTable<kLists, kNoise, kRound> table, const StepHyper h, const DeviceScalars scalars,
+                      const NoiseHyper noise, const float* weights) {
   using math_t = at::opmath_type<scalar_t>;
-  if (found_inf != nullptr && *found_inf != 0.f) return;  // AMP overflow: the step is a no-op
+  if (scalars.found_inf != nullptr && *scalars.found_inf != 0.f) return;  // AMP overflow: the step is a no-op
 
   __shared__ int tensor_s;
   __shared__ bool odd_s;
@@ -194,7 +198,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   if (threadIdx.x == 0) {
     const int ti = locate_tensor(table, blockIdx.x);
     tensor_s = ti;
-    block_coefs<math_t>(h, *table.steps[ti], h.track_beta1_prod ? *table.beta1_prods[ti] : 1.f, grad_scale, &coefs_s,
+    block_coefs<math_t>(h, *table.steps[ti], h.track_beta1_prod ? *table.beta1_prods[ti] : 1.f, scalars, &coefs_s,
                         &odd_s, &step_s);
   }
   __syncthreads();
@@ -261,12 +265,13 @@ __global__ void advance_counters_kernel(const Table table, const StepHyper h, co
 
 template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, bool kRound>
 void launch_fused_step(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
-                       const LaunchNoise& noise, const float* grad_scale, const float* found_inf) {
+                       const LaunchNoise& noise, const DeviceScalars& scalars) {
   constexpr int kLists = 3 + (kPn ? 1 : 0) + kSecond;
   constexpr bool kOffsets = draws_per_element(kNoise, kRound);
   using Table = StepTable<kLists, kNoise, kRound>;
   static_assert(sizeof(Table) <= kTableBytes, "the tensor table outgrew its share of the kernel arguments");
-  static_assert(sizeof(Table) + sizeof(StepHyper) + sizeof(NoiseHyper) + 3 * sizeof(float*) <= kKernelParamBytes,
+  static_assert(sizeof(Table) + sizeof(StepHyper) + sizeof(DeviceScalars) + sizeof(NoiseHyper) + sizeof(float*) <=
+                    kKernelParamBytes,
                 "the kernel arguments exceed CUDA's 4 KB parameter limit");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   multi_tensor_apply<kLists, kOffsets>(
@@ -274,18 +279,18 @@ void launch_fused_step(const std::vector<at::TensorList>& lists, const FusedStep
         const int32_t blocks = table.first_block[table.num_tensors];
         if (blocks > 0) {  // a table of empty tensors only has counters to advance
           fused_step_kernel<scalar_t, state_t, kPn, kSecond, kLists, kNoise, kRound>
-              <<<blocks, kBlockThreads, 0, stream>>>(table, h, grad_scale, found_inf, noise.hyper, noise.weights);
+              <<<blocks, kBlockThreads, 0, stream>>>(table, h, scalars, noise.hyper, noise.weights);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
         constexpr int kCounterThreads = 32 * ((Table::kMaxTensors + 31) / 32);
-        advance_counters_kernel<Table><<<1, kCounterThreads, 0, stream>>>(table, h, found_inf);
+        advance_counters_kernel<Table><<<1, kCounterThreads, 0, stream>>>(table, h, scalars.found_inf);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
 }
 
 template <typename scalar_t, typename state_t, bool kRound>
 void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
-                  const LaunchNoise& noise, const float* grad_scale, const float* found_inf) {
+                  const LaunchNoise& noise, const DeviceScalars& scalars) {
   using None = std::integral_constant<int, kNoNoise>;
   using Iso = std::integral_constant<int, kIsotropicNoise>;
   using Fisher = std::integral_constant<int, kDiagFisherNoise>;
@@ -293,7 +298,7 @@ void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists
   dispatch_family(l.pn(), l.second_moment(), l.amsgrad(), [&](auto pn, auto second) {
     const auto run = [&](auto kind) {
       launch_fused_step<scalar_t, state_t, decltype(pn)::value, decltype(second)::value, decltype(kind)::value,
-                        kRound>(lists, l, h, noise, grad_scale, found_inf);
+                        kRound>(lists, l, h, noise, scalars);
     };
     switch (noise.hyper.kind) {
       case kIsotropicNoise: return run(Iso{});

@@ -22,12 +22,19 @@ struct LaunchNoise {
   const float* weights;     // multiplicative noise: the step's B weights (device memory)
 };
 
+// The call's one-element float32 scalars in device memory (ScalarTensors), null where not given.
+struct DeviceScalars {
+  const float* grad_scale;
+  const float* found_inf;
+  const float* lr;  // replaces StepHyper::lr
+};
+
 // Launches every table of `lists` for one (param type, state type, stochastic rounding): the
 // family flags and the noise kind become template parameters (fused_step_kernels.cuh).
 // Instantiated in fused_step_variants_{float,half,bfloat16,bfloat16_rounding}.cu.
 template <typename scalar_t, typename state_t, bool kRound>
 void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
-                  const LaunchNoise& noise, const float* grad_scale, const float* found_inf);
+                  const LaunchNoise& noise, const DeviceScalars& scalars);
 
 }  // namespace cuda
 }  // namespace noisefuse

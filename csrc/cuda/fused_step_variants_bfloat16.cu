@@ -7,11 +7,11 @@ namespace noisefuse {
 namespace cuda {
 
 template void launch_typed<at::BFloat16, at::BFloat16, false>(
-    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&, const float*,
-    const float*);
+    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&,
+    const DeviceScalars&);
 template void launch_typed<at::BFloat16, float, false>(
-    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&, const float*,
-    const float*);
+    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&,
+    const DeviceScalars&);
 
 }  // namespace cuda
 }  // namespace noisefuse

@@ -7,11 +7,11 @@ namespace noisefuse {
 namespace cuda {
 
 template void launch_typed<float, float, false>(
-    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&, const float*,
-    const float*);
+    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&,
+    const DeviceScalars&);
 template void launch_typed<double, double, false>(
-    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&, const float*,
-    const float*);
+    const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&,
+    const DeviceScalars&);
 
 }  // namespace cuda
 }  // namespace noisefuse

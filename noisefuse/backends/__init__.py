@@ -1,5 +1,7 @@
 """Backends of the fused step, one module each with the same ``fused_step`` signature
-(docs/kernel-contract.md), and the one function that chooses among them."""
+(docs/kernel-contract.md) and a ``draw_weights`` with the signature of
+``noise.transforms.sample_weights`` (how the backend draws multiplicative noise's weight vector),
+and the one function that chooses among them."""
 from __future__ import annotations
 
 import importlib

@@ -7,7 +7,7 @@ tensor's step counter into the coefficients of its update, exactly as every kern
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 MOMENTUM_CODES = {"heavy_ball": 0, "ema": 1, "pn": 2}
 
@@ -31,6 +31,11 @@ class Family:
 
 @dataclass(frozen=True)
 class Hyper:
+    """The runtime values of one param group's step. With ``lr_tensor`` (a one-element float32
+    tensor on the params' device, from a group whose lr is a tensor) the fused kernels read the
+    learning rate on the device and ``lr`` is unused; the host-side backends read it once
+    (``on_host``)."""
+
     lr: float
     beta1: float
     beta2: float = 0.0
@@ -42,6 +47,14 @@ class Hyper:
     maximize: bool = False
     demon_total_steps: int = 0  # 0: no Demon decay
     demon_delay: float = 0.0
+    lr_tensor: object = field(default=None, compare=False)
+
+    def on_host(self) -> "Hyper":
+        """These values with a tensor lr read into ``lr`` (a host read, as torch.optim's non-capturable
+        paths do), for the backends whose scalars are Python numbers."""
+        if self.lr_tensor is None:
+            return self
+        return replace(self, lr=float(self.lr_tensor), lr_tensor=None)
 
 
 def demon_beta(beta_init: float, step: int, total_steps: int, delay: float = 0.0) -> float:

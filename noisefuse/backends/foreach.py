@@ -14,6 +14,7 @@ import torch
 
 from ..noise.step import NoiseStep
 from ..noise.transforms import fisher_stats, weighted_mean
+from ..noise.transforms import sample_weights as draw_weights  # noqa: F401  (the torch draw, with torch ops)
 from ..random.philox import TAG_DIAG_FISHER, TAG_ISOTROPIC, element_normals_multi
 from ..random.rounding import stochastic_round_bf16_multi
 from .family import Family, Hyper, tensor_scalars
@@ -43,6 +44,7 @@ supports_stochastic_rounding = True
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
                noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
+    hyper = hyper.on_host()
     if not ts.params:
         return
     if found_inf is not None and found_inf.item() != 0:

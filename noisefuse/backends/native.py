@@ -8,7 +8,10 @@ import sys
 
 import torch
 
+from ..noise.config import MULTIPLICATIVE_KINDS, Multiplicative
 from ..noise.step import NoiseStep
+from ..noise.transforms import sample_weights
+from ..random.philox import seed_as_int64
 from . import stream
 from .family import MOMENTUM_CODES, Family, Hyper
 from .step_tensors import StepTensors
@@ -28,6 +31,13 @@ supports_noise = True
 supports_mixed_state = True
 supports_stochastic_rounding = True
 _warned_layout = False  # set by stream.step_with_foreach: one layout warning per backend
+
+
+# The devices whose weight vector the op draws (probed once: the probe is not traceable).
+_WEIGHT_DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_WEIGHTS_ON = frozenset() if _LOAD_ERROR is not None else frozenset(
+    device for device, key in _WEIGHT_DEVICE_KEYS.items()
+    if torch._C._dispatch_has_kernel_for_dispatch_key("noisefuse::sample_weights", key))
 
 
 def load_error():
@@ -63,9 +73,28 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
-        demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf,
+        demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf, lr_tensor=hyper.lr_tensor,
         sample_weights=noise.sample_weights if noise is not None else None,
         **stream.stream_kwargs(ts, noise, rounding_seed))
+
+
+def draw_weights(noise: Multiplicative, batch_size: int, seed: int, step, device) -> torch.Tensor:
+    """The step's weight vector (``transforms.sample_weights``) in one launch of
+    ``torch.ops.noisefuse.sample_weights`` where the extension has a kernel for ``device``, instead
+    of the few hundred small ops of the torch draw; the same numbers to the float32 rounding of log
+    and cos. ``step`` (an int, or a 0-d tensor read on the device) as in ``sample_weights``."""
+    device = torch.device(device)
+    if device.type not in _WEIGHTS_ON:
+        return sample_weights(noise, batch_size, seed, step, device)
+    noise.check_batch(batch_size)
+    if torch.is_tensor(step):
+        step = step.to(device=device, dtype=torch.int64)
+    else:
+        step = torch.tensor(step, dtype=torch.int64, device=device)
+    bernoulli = noise.kind == "bernoulli"
+    return torch.ops.noisefuse.sample_weights(
+        step, batch_size, seed_as_int64(seed), MULTIPLICATIVE_KINDS.index(noise.kind),
+        0.0 if bernoulli else noise.sigma_for(batch_size), noise.prob_for(batch_size) if bernoulli else 1.0)
 
 
 if _LOAD_ERROR is None:
@@ -77,11 +106,15 @@ if _LOAD_ERROR is None:
     def _fused_step_fake(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                          beta1_prods, grad_samples, *, momentum, lr, beta1, beta2, beta0, eps, weight_decay,
                          decoupled, nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
-                         found_inf=None, sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0,
+                         found_inf=None, lr_tensor=None, sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0,
                          noise_scale=0.0, noise_centered=False, stochastic_rounding=False):
         return None
 
     # The Philox test ops (csrc/philox_ops.cpp) return new tensors: their fakes give the shapes.
+    @_register_fake("noisefuse::sample_weights")
+    def _sample_weights_fake(step, batch_size, seed, kind, sigma, prob):
+        return torch.empty(batch_size, dtype=torch.float32, device=step.device)
+
     @_register_fake("noisefuse::philox4x32_10")
     def _philox4x32_10_fake(counters, seed):
         return torch.empty_like(counters)

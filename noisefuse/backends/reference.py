@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..noise.step import NoiseStep
+from ..noise.transforms import sample_weights as draw_weights  # noqa: F401  (the torch draw: the oracle)
 from ..random.rounding import stochastic_round_bf16
 from .family import Family, Hyper, tensor_scalars
 from .step_tensors import StepTensors
@@ -26,6 +27,7 @@ supports_stochastic_rounding = True
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
                noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
+    hyper = hyper.on_host()
     if found_inf is not None and found_inf.item() != 0:
         return  # AMP found an inf/nan: the step is a no-op, counters included
     for i, param in enumerate(ts.params):

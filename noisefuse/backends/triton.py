@@ -15,6 +15,7 @@ import torch
 
 from ..noise.step import NoiseStep
 from . import stream
+from .native import draw_weights  # noqa: F401  (the native op's one launch where it is built)
 from .family import MOMENTUM_CODES, Family, Hyper
 from .step_tensors import StepTensors
 
@@ -75,7 +76,7 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
     reads_rows = noise is not None and noise.consumes_grad_sample
     torch.ops.noisefuse.triton_fused_step_(
         ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
-        ts.steps, ts.beta1_prods, ts.grad_samples if reads_rows else [], grad_scale, found_inf,
+        ts.steps, ts.beta1_prods, ts.grad_samples if reads_rows else [], grad_scale, found_inf, hyper.lr_tensor,
         noise.sample_weights if noise is not None else None, momentum=MOMENTUM_CODES[family.momentum],
         lr=hyper.lr, beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,

@@ -150,10 +150,12 @@ class StepNoise:
         """The global index of each param's first element (a DTensor shard's, for a shard)."""
         return [self.offsets[id(p)] + _shard_start(p) for p in params]
 
-    def for_call(self, group_index: int, group, ts, params) -> NoiseStep:
+    def for_call(self, group_index: int, group, ts, params, draw_weights=sample_weights) -> NoiseStep:
         """The ``NoiseStep`` of a call over ``ts``, the bucket of the group holding ``params`` (in
         order); fills ``ts.offsets`` and, when the noise reads per-sample gradients,
-        ``ts.grad_samples`` in place of ``ts.grads``."""
+        ``ts.grad_samples`` in place of ``ts.grads``. ``draw_weights`` (the call's backend's, with the
+        signature of ``sample_weights``) draws the weight vector, once per step and device for all
+        the calls that draw alike."""
         noise, seed = self.configs[group_index], group["seed"]
         ts.offsets = self.offsets_of(params)
         if noise.needs_grad_sample:
@@ -167,9 +169,9 @@ class StepNoise:
             return NoiseStep("diag_fisher", seed, scale=noise.scale_for(self.batch_size), centered=noise.centered)
         assert isinstance(noise, Multiplicative)
         device = ts.params[0].device
-        key = (noise, seed, device)
+        key = (noise, seed, device, draw_weights)
         if key not in self._weights:
-            self._weights[key] = sample_weights(noise, self.batch_size, seed, self.weight_step, device)
+            self._weights[key] = draw_weights(noise, self.batch_size, seed, self.weight_step, device)
         return NoiseStep("multiplicative", seed, sample_weights=self._weights[key])
 
 

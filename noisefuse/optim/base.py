@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 
 import torch
 from torch.optim import Optimizer
@@ -34,8 +35,12 @@ FEATURES = (("supports_noise", "noise="), ("supports_mixed_state", "state_dtype=
 
 
 def common_hyper(group, demon: Demon | None) -> dict:
-    """The runtime values every optimizer passes the same way (see ``Hyper``)."""
-    return dict(lr=float(group["lr"]), weight_decay=group["weight_decay"], decoupled=group["decoupled"],
+    """The runtime values every optimizer passes the same way (see ``Hyper``). A tensor lr is not
+    read here: the fused kernels read it on the device (``_lr_on``), so a captured step follows an
+    LR schedule that writes it in place."""
+    lr = group["lr"]
+    lr_values = dict(lr=0.0, lr_tensor=lr) if torch.is_tensor(lr) else dict(lr=float(lr))
+    return dict(**lr_values, weight_decay=group["weight_decay"], decoupled=group["decoupled"],
                 maximize=group["maximize"], demon_total_steps=demon.total_steps if demon else 0,
                 demon_delay=demon.delay if demon else 0.0)
 
@@ -226,12 +231,12 @@ class FusedOptimizer(Optimizer):
                 if noise.noisy(gi) or rounds:
                     bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)]
                     if noise.noisy(gi):
-                        extra["noise"] = noise.for_call(gi, group, tensors, bucket)
+                        extra["noise"] = noise.for_call(gi, group, tensors, bucket, chosen[device].draw_weights)
                     else:
                         tensors.offsets = noise.offsets_of(bucket)
                     if rounds:
                         extra["rounding_seed"] = group["seed"]
-                chosen[device].fused_step(family, hyper, tensors, grad_scale=_on(grad_scale, device),
+                chosen[device].fused_step(family, _lr_on(hyper, device), tensors, grad_scale=_on(grad_scale, device),
                                           found_inf=_on(found_inf, device), **extra)
         return loss
 
@@ -379,6 +384,15 @@ def _loaded_dtensor_class():
     module is, so there is no need to import it (0.75 s) to learn that a plain model has none."""
     module = sys.modules.get("torch.distributed.tensor") or sys.modules.get("torch.distributed._tensor")
     return None if module is None else module.DTensor
+
+
+def _lr_on(hyper: Hyper, device) -> Hyper:
+    """``hyper`` with its tensor lr, if any, as the kernels read it: float32 on ``device``
+    (the tensor itself when it already is, so writes to it reach a captured graph)."""
+    lr = hyper.lr_tensor
+    if lr is None or (lr.device == device and lr.dtype == torch.float32):
+        return hyper
+    return replace(hyper, lr_tensor=lr.to(device=device, dtype=torch.float32, non_blocking=True))
 
 
 def _on(t, device):

@@ -26,6 +26,15 @@ struct FusedStepLists {
   std::vector<at::TensorList> elementwise(at::TensorList grad_source) const;
 };
 
+// The op's optional one-element float32 tensors, read by the kernels on the params' device so that no
+// host value changes between the steps of a captured CUDA graph: the AMP scale and overflow flag,
+// and the learning rate, which replaces the `lr` float when given (an LR schedule writes it in place).
+struct ScalarTensors {
+  const std::optional<at::Tensor>& grad_scale;
+  const std::optional<at::Tensor>& found_inf;
+  const std::optional<at::Tensor>& lr;
+};
+
 // The op's random-stream arguments (docs/kernel-contract.md, "Native op schema"): the noise, and
 // stochastic rounding, which draws from the same stream at the same global offsets.
 struct NoiseArgs {
@@ -49,8 +58,7 @@ struct NoiseArgs {
 StepHyper check_fused_step_inputs(const FusedStepLists& lists, int64_t momentum, double lr, double beta1,
                                   double beta2, double beta0, double eps, double weight_decay, bool decoupled,
                                   bool nesterov, bool maximize, int64_t demon_total_steps, double demon_delay,
-                                  const std::optional<at::Tensor>& grad_scale,
-                                  const std::optional<at::Tensor>& found_inf, const NoiseArgs& noise,
+                                  const ScalarTensors& scalars, const NoiseArgs& noise,
                                   c10::DeviceType device_type, NoiseHyper* noise_out);
 
 // The grad_sample rows as the kernels read them: row b of tensor i at data_ptr + b * numel, laid out

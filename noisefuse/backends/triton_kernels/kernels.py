@@ -39,9 +39,10 @@ from .grad import form_grad
 (COL_PARAM, COL_GRAD, COL_EXP_AVG, COL_NEG_EXP_AVG, COL_EXP_AVG_SQ, COL_MAX_EXP_AVG_SQ, COL_STEP,
  COL_PROD, COL_GRAD_SAMPLE, COL_OFFSET) = (tl.constexpr(i) for i in range(10))
 N_COLS = tl.constexpr(10)
-# Columns of the per-tensor coefficient table (float64); SC_T is the step t after the increment.
-SC_A, SC_B, SC_BETA1, SC_STEP_SIZE, SC_INV_SQRT_BC2, SC_ODD, SC_T = (tl.constexpr(i) for i in range(7))
-N_SCALARS = tl.constexpr(8)  # rows padded to 64 bytes
+# Columns of the per-tensor coefficient table (float64); SC_T is the step t after the increment,
+# SC_DECAY the decoupled decay factor 1 - lr * weight_decay (the lr may be read from a tensor).
+SC_A, SC_B, SC_BETA1, SC_STEP_SIZE, SC_INV_SQRT_BC2, SC_ODD, SC_T, SC_DECAY = (tl.constexpr(i) for i in range(8))
+N_SCALARS = tl.constexpr(8)  # 64-byte rows
 # family.MOMENTUM_CODES
 MOMENTUM_HEAVY_BALL, MOMENTUM_EMA, MOMENTUM_PN = (tl.constexpr(i) for i in range(3))
 TAG_ROUNDING_C = tl.constexpr(TAG_ROUNDING)
@@ -103,11 +104,12 @@ def _to_bf16_stochastic(x, r):
 
 
 @triton.jit(do_not_specialize=["n_tensors"])
-def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr,
-                   lr_hi, lr_lo, beta1_hi, beta1_lo, beta2_hi, beta2_lo,
+def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr, lr_ptr,
+                   lr_hi, lr_lo, wd_hi, wd_lo, beta1_hi, beta1_lo, beta2_hi, beta2_lo,
                    demon_start_hi, demon_start_lo, demon_len_hi, demon_len_lo,
                    MOMENTUM: tl.constexpr, SECOND_MOMENT: tl.constexpr, DEMON: tl.constexpr,
-                   TRACK_PROD: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK_T: tl.constexpr):
+                   TRACK_PROD: tl.constexpr, HAS_FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr,
+                   BLOCK_T: tl.constexpr):
     r"""Per-tensor coefficients at :math:`t = \text{step} + 1`, and the counters advanced.
 
     With :math:`s = t - 1`, Demon start :math:`D` and length :math:`T - D`:
@@ -116,8 +118,10 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr,
     :math:`(a, b) = (\beta_{1,t}^2, 1 - \beta_{1,t}^2)` (pn), :math:`(\beta_{1,t}, 1)` (heavy ball),
     :math:`(\beta_{1,t}, 1 - \beta_{1,t})` (ema). With a second moment, step size
     :math:`\gamma / (1 - \pi_t)` where :math:`\pi_t = \pi_{t-1}\beta_{1,t}` (Demon, stored back) or
-    :math:`\beta_1^t`, and :math:`1/\sqrt{1 - \beta_2^t}`; otherwise :math:`\gamma` and 1.
-    A nonzero ``found_inf`` leaves everything, counters included, untouched.
+    :math:`\beta_1^t`, and :math:`1/\sqrt{1 - \beta_2^t}`; otherwise :math:`\gamma` and 1. The decoupled
+    decay factor :math:`1 - \gamma\lambda`. The lr :math:`\gamma` is the float32 at ``lr_ptr`` with
+    ``LR_TENSOR`` (read on the device: an LR schedule that writes it reaches a captured graph), else
+    the argument. A nonzero ``found_inf`` leaves everything, counters included, untouched.
     """
     i = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     mask = i < n_tensors
@@ -129,7 +133,10 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr,
     t_int = step.to(tl.int64) + 1
     t = t_int.to(tl.float64)
 
-    lr = _f64(lr_hi, lr_lo)
+    if LR_TENSOR:
+        lr = tl.load(lr_ptr + i * 0).to(tl.float64)
+    else:
+        lr = t * 0.0 + _f64(lr_hi, lr_lo)
     beta1 = _f64(beta1_hi, beta1_lo)
     beta1_t = t * 0.0 + beta1
     if DEMON:
@@ -150,7 +157,7 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr,
         a = beta1_t
         b = 1.0 - beta1_t
 
-    step_size = t * 0.0 + lr
+    step_size = lr
     inv_sqrt_bc2 = t * 0.0 + 1.0
     if SECOND_MOMENT:
         if TRACK_PROD:
@@ -172,6 +179,7 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr,
     tl.store(row + SC_INV_SQRT_BC2, inv_sqrt_bc2, mask=mask)
     tl.store(row + SC_ODD, (t_int % 2).to(tl.float64), mask=mask)
     tl.store(row + SC_T, t, mask=mask)
+    tl.store(row + SC_DECAY, 1.0 - lr * _f64(wd_hi, wd_lo), mask=mask)
     tl.store(step_ptr, t.to(tl.float32), mask=mask)
 
 
@@ -207,7 +215,7 @@ def _pointers(row, sc, DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, MOMENTUM:
 
 @triton.jit
 def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std, scale,
-                 decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE: tl.constexpr,
+                 weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE: tl.constexpr,
                  STATE_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
                  SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
                  MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
@@ -229,7 +237,7 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
                   seed_lo, seed_hi, std, scale, weight_decay, COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE,
                   MAXIMIZE, DECOUPLED, ROWS_ALIGNED)
     if DECOUPLED:
-        p = p * decay
+        p = p * tl.load(sc + SC_DECAY).to(COMPUTE)
     m = a * tl.load(pos_ptr + offs, mask=mask).to(COMPUTE) + b * g
     if MOMENTUM == MOMENTUM_PN:
         d = c_pos * m - c_neg * tl.load(neg_ptr + offs, mask=mask).to(COMPUTE)
@@ -264,7 +272,7 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
 
 @triton.jit(do_not_specialize=["batch", "seed_lo", "seed_hi"])
 def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_ptr, found_inf_ptr, weights_ptr,
-                  decay_hi, decay_lo, wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
+                  wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
                   c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo, batch, seed_lo, seed_hi, std_hi, std_lo,
                   scale_hi, scale_lo,
                   DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, COMPUTE: tl.constexpr,
@@ -285,7 +293,8 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
         \ \text{(second moment; else } p \leftarrow p - \gamma d)
 
     with :math:`p \leftarrow (1 - \gamma\lambda) p` first for decoupled decay, and the per-tensor
-    :math:`a, b, \beta_{1,t}, \eta, 1/\sqrt{1 - \beta_2^t}` read from the coefficient table.
+    :math:`a, b, \beta_{1,t}, \eta, 1/\sqrt{1 - \beta_2^t}, 1 - \gamma\lambda` read from the
+    coefficient table.
     :math:`g` is formed by ``grad.form_grad`` (``NOISE``: ``noisefuse.noise.NOISE_CODES``; ``batch``,
     the seed's 32-bit halves as int32, and ``std``/``scale`` as float32 pairs are runtime values).
     """
@@ -302,7 +311,6 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
         sc = scalars + idx * N_SCALARS
         # Group constants: formed in double from their (hi, lo) pairs, rounded once, as the reference
         # rounds a Python float multiplying a float32 tensor.
-        decay = (tl.cast(decay_hi, tl.float64) + tl.cast(decay_lo, tl.float64)).to(COMPUTE)
         weight_decay = (tl.cast(wd_hi, tl.float64) + tl.cast(wd_lo, tl.float64)).to(COMPUTE)
         beta2 = (tl.cast(beta2_hi, tl.float64) + tl.cast(beta2_lo, tl.float64)).to(COMPUTE)
         one_minus_beta2 = (tl.cast(omb2_hi, tl.float64) + tl.cast(omb2_lo, tl.float64)).to(COMPUTE)
@@ -313,11 +321,11 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
         scale = (tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)).to(COMPUTE)
         if start + BLOCK <= numel:
             _update_tile(row, sc, offs, None, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std,
-                         scale, decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE, STATE_DTYPE,
+                         scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE, STATE_DTYPE,
                          COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE,
                          ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING)
         else:
             _update_tile(row, sc, offs, offs < numel, numel, grad_scale_ptr, weights_ptr, batch, seed_lo,
-                         seed_hi, std, scale, decay, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
+                         seed_hi, std, scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
                          DTYPE, STATE_DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE,
                          DECOUPLED, HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING)

@@ -127,6 +127,13 @@ def _state_dtype(dtype, exp_avgs, stochastic_rounding, offsets, n):
     return state_dtype
 
 
+def _check_lr_tensor(lr_tensor, device):
+    if lr_tensor is not None and (lr_tensor.dtype != torch.float32 or lr_tensor.numel() != 1
+                                  or lr_tensor.device != device):
+        raise RuntimeError(f"backend='triton': lr_tensor must be a one-element float32 tensor on {device}, got "
+                           f"{lr_tensor.dtype} {tuple(lr_tensor.shape)} on {lr_tensor.device}")
+
+
 def _rows_like(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``rows`` (``[B, *p.shape]``) with every row laid out like ``p``, copied if it is not: the
     kernels walk row ``b`` as ``numel`` consecutive elements from ``data_ptr + b * numel``."""
@@ -173,8 +180,8 @@ def _check_noise(params, grads, grad_samples, offsets, noise_kind, sample_weight
 
 def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods,
                grad_samples=(), *, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov,
-               maximize, demon_total_steps, demon_delay, grad_scale=None, found_inf=None, sample_weights=None,
-               offsets=(), noise_kind=0, seed=0, noise_std=0.0, noise_scale=0.0, noise_centered=False,
+               maximize, demon_total_steps, demon_delay, grad_scale=None, found_inf=None, lr_tensor=None,
+               sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0, noise_scale=0.0, noise_centered=False,
                stochastic_rounding=False) -> None:
     """One fused step of a (device, dtype) group: at most two launches, no host synchronisation.
 
@@ -183,13 +190,16 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
     offset; diag_fisher and multiplicative read ``grad_samples`` (``[B, *param.shape]``) instead of
     ``grads``, and multiplicative the float32 ``[B]`` ``sample_weights``.
     Mixed precision ("Mixed precision"): the state lists may be float32 for float16/bfloat16 params;
-    ``stochastic_rounding`` rounds bfloat16 params with draws from ``seed`` at ``offsets``."""
+    ``stochastic_rounding`` rounds bfloat16 params with draws from ``seed`` at ``offsets``.
+    ``lr_tensor``, a one-element float32 tensor on the params' device, replaces ``lr`` when given: the
+    kernel reads it, so a captured step follows an LR schedule that writes it in place."""
     if not params:
         return
     device, dtype = params[0].device, params[0].dtype
     if dtype not in _STORAGE:
         raise RuntimeError(f"backend='triton' supports float32/float16/bfloat16/float64 params, not {dtype}")
     batch = _check_noise(params, grads, grad_samples, offsets, noise_kind, sample_weights)
+    _check_lr_tensor(lr_tensor, device)
     state_dtype = _state_dtype(dtype, exp_avgs, stochastic_rounding, offsets, len(params))
     grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
     grad_samples = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
@@ -214,17 +224,17 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
     seed_word = seed % 2**64
 
     k.scalars_kernel[(triton.cdiv(table.n_tensors, _BLOCK_T),)](
-        table.ptrs, table.n_tensors, table.scalars, inf,
-        *split(lr), *split(beta1), *split(beta2),
+        table.ptrs, table.n_tensors, table.scalars, inf, lr_tensor if lr_tensor is not None else table.scalars,
+        *split(lr), *split(weight_decay), *split(beta1), *split(beta2),
         *split(demon_start if demon else 0.0), *split(demon_len if demon else 1.0),
         MOMENTUM=momentum, SECOND_MOMENT=second_moment, DEMON=demon, TRACK_PROD=bool(beta1_prods),
-        HAS_FOUND_INF=found_inf is not None, BLOCK_T=_BLOCK_T, num_warps=4)
+        HAS_FOUND_INF=found_inf is not None, LR_TENSOR=lr_tensor is not None, BLOCK_T=_BLOCK_T, num_warps=4)
     if table.n_blocks == 0:
         return
     norm = math.sqrt((1.0 + beta0) ** 2 + beta0**2)
     k.update_kernel[(table.n_blocks,)](
         table.ptrs, table.numels, table.block_tensor, table.block_chunk, table.scalars, scale, inf, weights,
-        *split(1.0 - lr * weight_decay), *split(weight_decay), *split(beta2), *split(1.0 - beta2),
+        *split(weight_decay), *split(beta2), *split(1.0 - beta2),
         *split(eps), *split((1.0 + beta0) / norm), *split(beta0 / norm),
         batch, _int32(seed_word & 0xFFFFFFFF), _int32(seed_word >> 32), *split(noise_std), *split(noise_scale),
         DTYPE=storage, STATE_DTYPE=getattr(tl, _STORAGE[state_dtype]), COMPUTE=compute, MOMENTUM=momentum,
