@@ -1,9 +1,11 @@
 """torch.compile sees the fused ops: ``opt.step`` compiles to one graph with no break
-(``fullgraph=True``), the noisefuse op is a node of it, and compiled steps equal eager ones."""
+(``fullgraph=True``), the noisefuse op is a node of it, and compiled steps equal eager ones, with a
+scheduled tensor lr and with gradient noise too."""
 import pytest
 import torch
 
 from cases import CONFIGS, FUSED, assert_same_state, make_grads, make_params, on_cpu
+from noise_cases import NOISES, PAIRS, SEED, noisy_run
 
 # The fused backends read counters on the device and never leave the graph; reference and foreach
 # read them with .item(), which is a graph break by design.
@@ -68,3 +70,24 @@ def test_compiled_step_reads_a_scheduled_tensor_lr(fused_backend):
     assert_same_state(opt_eager, opt_compiled, eager, compiled, torch.float32)
     # One graph for the first step (which creates the state), one for every later step.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.parametrize("noise, config", PAIRS)
+def test_compiled_noisy_step_is_one_graph_and_matches_eager(noise, config, fused_backend):
+    """Gradient noise (the native weight-vector op included) compiles into the step's graph: no
+    graph break, no recompilation as the step counters advance, the same numbers as eager."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    params = make_params((5, 70))
+    eager, opt_eager = noisy_run(config, fused_backend, noise, params, steps=6)
+    compiled = [p.detach().clone().requires_grad_() for p in params]
+    opt = CONFIGS[config](compiled, backend=fused_backend, noise=NOISES[noise], seed=SEED)
+    step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    for i in range(6):
+        for j, p in enumerate(compiled):  # the rows noisy_run feeds
+            gen = torch.Generator().manual_seed(i * 1009 + j)
+            p.grad_sample = torch.randn((6, *p.shape), generator=gen, dtype=torch.float64).float()
+            p.grad = p.grad_sample.mean(0)
+        step()
+    assert_same_state(opt_eager, opt, eager, compiled, torch.float32)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the first step, then the rest

@@ -22,6 +22,12 @@ try:
     _LOAD_ERROR = None
 except ImportError as exc:  # the extension was not built
     _LOAD_ERROR = exc
+if _LOAD_ERROR is None and not (hasattr(torch.ops.noisefuse, "sample_weights") and any(
+        arg.name == "lr_tensor" for arg in torch.ops.noisefuse.fused_step_.default._schema.arguments)):
+    # Built before the newest schemas (an editable install whose sources changed since): said so
+    # here, and unused, rather than failing at the first step that needs what it lacks.
+    _LOAD_ERROR = ImportError("noisefuse._C was built from older sources; rebuild it (make build, or "
+                              "pip install --no-build-isolation -e .)")
 
 
 # Every noise kind is drawn inside the kernels (csrc/include/noisefuse/noise_element.h); the state
@@ -33,10 +39,10 @@ supports_stochastic_rounding = True
 _warned_layout = False  # set by stream.step_with_foreach: one layout warning per backend
 
 
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 # The devices whose weight vector the op draws (probed once: the probe is not traceable).
-_WEIGHT_DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 _WEIGHTS_ON = frozenset() if _LOAD_ERROR is not None else frozenset(
-    device for device, key in _WEIGHT_DEVICE_KEYS.items()
+    device for device, key in _DISPATCH_KEYS.items()
     if torch._C._dispatch_has_kernel_for_dispatch_key("noisefuse::sample_weights", key))
 
 
@@ -48,7 +54,7 @@ def available(device: torch.device) -> bool:
     """Whether the extension has a kernel for tensors on ``device``."""
     if _LOAD_ERROR is not None:
         return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    key = _DISPATCH_KEYS.get(device.type)
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("noisefuse::fused_step_", key)
 
 
