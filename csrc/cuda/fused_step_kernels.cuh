@@ -102,13 +102,21 @@ template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise
 __device__ inline void step_aligned(const ChunkPtrs<scalar_t, state_t>& x, int i, const ElementCoefs<math_t>& c,
                                     const BlockNoise<math_t>& nz) {
   Regs<math_t> r;
+  const auto load_state = [&] {
+    load_pack(x.p, i, r.p);
+    load_pack(x.m, i, r.m);
+    if (kPn) load_pack(x.m_neg, i, r.mn);
+    if (kSecond != kNoSecondMoment) load_pack(x.v, i, r.v);
+    if (kSecond == kAmsgrad) load_pack(x.vmax, i, r.vm);
+  };
+  // Without noise the state loads are issued before the gradient is formed, so that every
+  // operand's load is in flight at once (the unscaling division's slow path keeps the compiler
+  // from hoisting them itself); the registers do not grow (ptxas -v, sm_90). With noise they wait:
+  // held across Philox or the row sums they would double the registers of most variants.
+  if constexpr (kNoise == kNoNoise) load_state();
   const auto load_row = [&](int b, math_t* out) { load_pack(x.g + b * nz.row_stride, i, out); };
   form_grads<kNoise, kIlp>(load_row, [&](int j) { return i + j; }, c, nz, r.g);
-  load_pack(x.p, i, r.p);
-  load_pack(x.m, i, r.m);
-  if (kPn) load_pack(x.m_neg, i, r.mn);
-  if (kSecond != kNoSecondMoment) load_pack(x.v, i, r.v);
-  if (kSecond == kAmsgrad) load_pack(x.vmax, i, r.vm);
+  if constexpr (kNoise != kNoNoise) load_state();
   update_regs<kPn, kSecond>(c, r);
   Pack<scalar_t> params;
 #pragma unroll
@@ -159,8 +167,9 @@ __device__ inline void step_strided(const ChunkPtrs<scalar_t, state_t>& x, int b
 
 // Thread 0's scalar work for its block: the tensor's coefficients from its counters, written to
 // shared memory. Not inlined, so the double-precision pow/sqrt do not add to the register pressure
-// of the element loop (48-74 registers for float math on sm_90). It takes values only: a reference
-// to the kernel's parameter table would make the compiler copy the table into local memory.
+// of the element loop (40-128 registers over the variants on sm_90, `ptxas -v`). It takes values
+// only: a reference to the kernel's parameter table would make the compiler copy the table into
+// local memory.
 template <typename math_t>
 __device__ __noinline__ void block_coefs(StepHyper h, float step, float prod, DeviceScalars scalars,
                                          ElementCoefs<math_t>* coefs, bool* odd, int64_t* t) {

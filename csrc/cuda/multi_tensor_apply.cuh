@@ -84,7 +84,10 @@ void multi_tensor_apply(const std::vector<at::TensorList>& lists, at::TensorList
     }
     const int k = table.num_tensors;
     for (int list = 0; list < kLists; ++list) {
-      table.ptrs[list][k] = lists[list][i].data_ptr();
+      // List 1 (grads, or grad_sample rows) is only read: const_data_ptr, so that a copy-on-write
+      // tensor is not materialized.
+      table.ptrs[list][k] =
+          list == 1 ? const_cast<void*>(lists[list][i].const_data_ptr()) : lists[list][i].data_ptr();
     }
     table.steps[k] = steps[i].data_ptr<float>();
     table.beta1_prods[k] = beta1_prods.empty() ? nullptr : beta1_prods[i].data_ptr<float>();

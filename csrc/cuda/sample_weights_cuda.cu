@@ -19,20 +19,24 @@ __global__ void __launch_bounds__(kWeightThreads)
     sample_weights_kernel(WeightHyper h, const int64_t* step, float* out) {
   h.step = static_cast<uint64_t>(*step);
   double partial = 0.0;  // of this thread's float32 xi
-  for (int b = threadIdx.x; b < h.batch; b += kWeightThreads) {
+  // 64-bit index: B may come within one stride of 2^31.
+  for (int64_t b = threadIdx.x; b < h.batch; b += kWeightThreads) {
     out[b] = raw_weight(h, static_cast<uint32_t>(b));
     partial += out[b];
   }
-  if (h.kind == kBernoulliWeights) return;  // uniform over the block: no thread waits below
-  __shared__ double sums[kWeightThreads];
-  sums[threadIdx.x] = partial;
-  __syncthreads();
-  for (int half = kWeightThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+  if (h.kind == kBernoulliWeights) return;
+  float mean = 0.f;
+  if (h.kind == kCenteredWeights) {  // the kind is uniform over the block: every thread syncs
+    __shared__ double sums[kWeightThreads];
+    sums[threadIdx.x] = partial;
     __syncthreads();
+    for (int half = kWeightThreads / 2; half > 0; half /= 2) {
+      if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+      __syncthreads();
+    }
+    mean = static_cast<float>(sums[0] / h.batch);
   }
-  const float mean = h.kind == kCenteredWeights ? static_cast<float>(sums[0] / h.batch) : 0.f;
-  for (int b = threadIdx.x; b < h.batch; b += kWeightThreads) out[b] = gaussian_weight(h.sigma, out[b], mean);
+  for (int64_t b = threadIdx.x; b < h.batch; b += kWeightThreads) out[b] = gaussian_weight(h.sigma, out[b], mean);
 }
 
 at::Tensor sample_weights_cuda(const at::Tensor& step, int64_t batch_size, int64_t seed, int64_t kind, double sigma,
