@@ -11,7 +11,7 @@ TEST_ARGS  ?=
 
 EXT_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh csrc/include/noisefuse/*.h)
 
-.PHONY: test bench bench-kernels gpu-check build venv clean
+.PHONY: test bench bench-kernels gpu-check compat build venv clean
 
 venv: $(VENV)/.deps-stamp
 
@@ -46,6 +46,10 @@ bench-kernels: build
 # benchmark on CUDA, all written to $(OUT).
 gpu-check:
 	PYTHON=$(PYTHON) scripts/gpu_check.sh $(or $(OUT),gpu-results)
+
+# The tests on the GPU machine's torch and Triton (2.11, 3.6), on this CPU machine.
+compat:
+	scripts/compat_check.sh
 
 clean:
 	rm -rf build *.egg-info noisefuse/_C*.so $(VENV)/.build-stamp

@@ -51,7 +51,8 @@ def test_update_kernel_compiles_for_hopper(dtype, state_dtype, compute, momentum
     constants = dict(DTYPE=getattr(tl, dtype), STATE_DTYPE=getattr(tl, state_dtype), COMPUTE=getattr(tl, compute),
                      MOMENTUM=momentum, SECOND_MOMENT=True, AMSGRAD=True, NESTEROV=False, MAXIMIZE=True,
                      DECOUPLED=False, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, ALIGNED=True, NOISE=noise,
-                     CENTERED=centered, ROWS_ALIGNED=True, STOCHASTIC_ROUNDING=stochastic_rounding, BLOCK=4096)
+                     CENTERED=centered, ROWS_ALIGNED=True, STOCHASTIC_ROUNDING=stochastic_rounding, STATIC_BATCH=0,
+                     BLOCK=4096)
     ptx = compile_ptx(kernels.update_kernel, constants, num_warps=8)
     assert ".target sm_90" in ptx
     if dtype == "float32":

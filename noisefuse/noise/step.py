@@ -88,7 +88,8 @@ def weight_step(counters, capturable: bool = False):
     does and add the 1 in integers, so they give the same ``t_w``."""
     tensors = [c for c in counters if torch.is_tensor(c)]
     if not (tensors and (capturable or any(c.device.type != "cpu" for c in tensors))):
-        return 1 + max((int(c) for c in counters), default=0)
+        values = [int(c) for c in counters]  # a list, not a generator: Dynamo before torch 2.14
+        return 1 + (max(values) if values else 0)  # cannot trace max(<genexpr>, default=)
     ints = [int(c) for c in counters if not torch.is_tensor(c)]  # checkpoints of the official code
     # Counters share one device but in mixed-device optimizers (or a checkpoint's counters before
     # the step moves them): gather them on the first one's.

@@ -75,6 +75,30 @@ def _row(gs_ptr, b, numel, offs, mask, scale, COMPUTE: tl.constexpr, HAS_GRAD_SC
 
 
 @triton.jit
+def _add_row(total, squares, b, gs_ptr, numel, offs, mask, scale, weights_ptr, COMPUTE: tl.constexpr,
+             NOISE: tl.constexpr, CENTERED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
+             ROWS_ALIGNED: tl.constexpr):
+    """The running sums with row ``b`` added: ``total`` (weighted by ``w_b`` for multiplicative noise)
+    and, for the uncentered Fisher diagonal, ``squares``."""
+    r = _row(gs_ptr, b, numel, offs, mask, scale, COMPUTE, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
+    if NOISE == NOISE_MULTIPLICATIVE:
+        total += tl.load(weights_ptr + b).to(COMPUTE) * r
+    else:
+        total += r
+        if not CENTERED:
+            squares += r * r
+    return total, squares
+
+
+@triton.jit
+def _add_deviation(squares, g, b, gs_ptr, numel, offs, mask, scale, COMPUTE: tl.constexpr,
+                   HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, ROWS_ALIGNED: tl.constexpr):
+    """``squares`` with row ``b``'s squared deviation from the mean ``g`` added (centered Fisher)."""
+    dev = _row(gs_ptr, b, numel, offs, mask, scale, COMPUTE, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED) - g
+    return squares + dev * dev
+
+
+@triton.jit
 def _normal(seed_lo, seed_hi, t, index, TAG: tl.constexpr, COMPUTE: tl.constexpr):
     """float32 N(0, 1) of the global indices ``index`` at step ``t``, converted to ``COMPUTE``."""
     tag = tl.full(index.shape, TAG, tl.uint32)
@@ -85,7 +109,7 @@ def _normal(seed_lo, seed_hi, t, index, TAG: tl.constexpr, COMPUTE: tl.constexpr
 def form_grad(g_ptr, gs_ptr, numel, offs, mask, p, index, t, grad_scale_ptr, weights_ptr, batch,
               seed_lo, seed_hi, std, scale, weight_decay, COMPUTE: tl.constexpr, NOISE: tl.constexpr,
               CENTERED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
-              DECOUPLED: tl.constexpr, ROWS_ALIGNED: tl.constexpr):
+              DECOUPLED: tl.constexpr, ROWS_ALIGNED: tl.constexpr, STATIC_BATCH: tl.constexpr):
     r"""The gradient the update uses, for one tile (``mask`` None for a full tile).
 
     With :math:`r_b = \pm\,\text{grad\_sample}[b] / \text{grad\_scale}` (the rows after SPEC section 0
@@ -102,6 +126,9 @@ def form_grad(g_ptr, gs_ptr, numel, offs, mask, p, index, t, grad_scale_ptr, wei
     then :math:`g \leftarrow g + \lambda p` for L2 decay (``p`` the param before decoupled decay).
     ``index``: the global element indices (int64); ``t``: the tensor's step (int64); ``std`` and
     ``scale`` already in ``COMPUTE``. The user's ``grad`` and ``grad_sample`` are only read.
+    ``STATIC_BATCH``: ``B`` as a constant under the interpreter, 0 when compiled (``B`` is then the
+    runtime ``batch``): Triton's interpreter before 3.8 turns a runtime loop bound into an int with
+    ``int()`` of a one-element array, which NumPy >= 2.4 refuses, and a constant costs it nothing.
     """
     grad_scale = 1.0
     if HAS_GRAD_SCALE:
@@ -110,21 +137,25 @@ def form_grad(g_ptr, gs_ptr, numel, offs, mask, p, index, t, grad_scale_ptr, wei
         n_rows = batch.to(COMPUTE)
         total = tl.full(offs.shape, 0.0, COMPUTE)
         squares = tl.full(offs.shape, 0.0, COMPUTE)
-        for b in range(0, batch):
-            r = _row(gs_ptr, b, numel, offs, mask, grad_scale, COMPUTE, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
-            if NOISE == NOISE_MULTIPLICATIVE:
-                total += tl.load(weights_ptr + b).to(COMPUTE) * r
-            else:
-                total += r
-                if not CENTERED:
-                    squares += r * r
+        if STATIC_BATCH > 0:
+            for b in range(0, STATIC_BATCH):
+                total, squares = _add_row(total, squares, b, gs_ptr, numel, offs, mask, grad_scale, weights_ptr,
+                                          COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
+        else:
+            for b in range(0, batch):
+                total, squares = _add_row(total, squares, b, gs_ptr, numel, offs, mask, grad_scale, weights_ptr,
+                                          COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
         g = _div(total, n_rows, COMPUTE)
         if NOISE == NOISE_DIAG_FISHER:
             if CENTERED:
-                for b in range(0, batch):
-                    dev = _row(gs_ptr, b, numel, offs, mask, grad_scale, COMPUTE, HAS_GRAD_SCALE, MAXIMIZE,
-                               ROWS_ALIGNED) - g
-                    squares += dev * dev
+                if STATIC_BATCH > 0:
+                    for b in range(0, STATIC_BATCH):
+                        squares = _add_deviation(squares, g, b, gs_ptr, numel, offs, mask, grad_scale, COMPUTE,
+                                                 HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
+                else:
+                    for b in range(0, batch):
+                        squares = _add_deviation(squares, g, b, gs_ptr, numel, offs, mask, grad_scale, COMPUTE,
+                                                 HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
             root_f = _sqrt(_div(squares, n_rows, COMPUTE), COMPUTE)
             g = g + (scale * root_f) * _normal(seed_lo, seed_hi, t, index, TAG_DIAG_FISHER_C, COMPUTE)
     else:

@@ -220,7 +220,7 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
                  SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
                  MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                  ALIGNED: tl.constexpr, NOISE: tl.constexpr, CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr,
-                 STOCHASTIC_ROUNDING: tl.constexpr):
+                 STOCHASTIC_ROUNDING: tl.constexpr, STATIC_BATCH: tl.constexpr):
     """One tile of one tensor; ``mask`` is None for a full tile (unmasked, vectorizable accesses)."""
     p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr, gs_ptr = _pointers(row, sc, DTYPE, STATE_DTYPE, MOMENTUM,
                                                                         ALIGNED)
@@ -235,7 +235,7 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
     p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
     g = form_grad(g_ptr, gs_ptr, numel, offs, mask, p, index, t, grad_scale_ptr, weights_ptr, batch,
                   seed_lo, seed_hi, std, scale, weight_decay, COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE,
-                  MAXIMIZE, DECOUPLED, ROWS_ALIGNED)
+                  MAXIMIZE, DECOUPLED, ROWS_ALIGNED, STATIC_BATCH)
     if DECOUPLED:
         p = p * tl.load(sc + SC_DECAY).to(COMPUTE)
     m = a * tl.load(pos_ptr + offs, mask=mask).to(COMPUTE) + b * g
@@ -280,7 +280,7 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
                   NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
                   HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr,
                   NOISE: tl.constexpr, CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr,
-                  STOCHASTIC_ROUNDING: tl.constexpr, BLOCK: tl.constexpr):
+                  STOCHASTIC_ROUNDING: tl.constexpr, STATIC_BATCH: tl.constexpr, BLOCK: tl.constexpr):
     r"""The per-element update of block ``program_id`` (docs/kernel-contract.md), in ``COMPUTE``
     precision with one rounding on store: state to ``STATE_DTYPE``, the param to ``DTYPE`` (to
     nearest, or stochastically with ``STOCHASTIC_ROUNDING``, from the stream at ``TAG_ROUNDING``):
@@ -323,9 +323,10 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
             _update_tile(row, sc, offs, None, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std,
                          scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE, STATE_DTYPE,
                          COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE,
-                         ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING)
+                         ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING, STATIC_BATCH)
         else:
             _update_tile(row, sc, offs, offs < numel, numel, grad_scale_ptr, weights_ptr, batch, seed_lo,
                          seed_hi, std, scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
                          DTYPE, STATE_DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE,
-                         DECOUPLED, HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING)
+                         DECOUPLED, HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING,
+                         STATIC_BATCH)

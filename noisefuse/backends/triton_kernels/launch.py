@@ -243,4 +243,6 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
         HAS_FOUND_INF=found_inf is not None, ALIGNED=table.aligned, NOISE=noise_kind,
         CENTERED=bool(noise_centered) and noise_kind == NOISE_CODES["diag_fisher"],
         ROWS_ALIGNED=table.rows_aligned and noise_kind in _ROW_NOISES,
-        STOCHASTIC_ROUNDING=bool(stochastic_rounding), BLOCK=block, num_warps=num_warps)
+        STOCHASTIC_ROUNDING=bool(stochastic_rounding),
+        # B as a constant under the interpreter (which then runs CPU tensors): see grad.form_grad.
+        STATIC_BATCH=batch if device.type == "cpu" else 0, BLOCK=block, num_warps=num_warps)
