@@ -75,30 +75,6 @@ def _row(gs_ptr, b, numel, offs, mask, scale, COMPUTE: tl.constexpr, HAS_GRAD_SC
 
 
 @triton.jit
-def _add_row(total, squares, b, gs_ptr, numel, offs, mask, scale, weights_ptr, COMPUTE: tl.constexpr,
-             NOISE: tl.constexpr, CENTERED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
-             ROWS_ALIGNED: tl.constexpr):
-    """The running sums with row ``b`` added: ``total`` (weighted by ``w_b`` for multiplicative noise)
-    and, for the uncentered Fisher diagonal, ``squares``."""
-    r = _row(gs_ptr, b, numel, offs, mask, scale, COMPUTE, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
-    if NOISE == NOISE_MULTIPLICATIVE:
-        total += tl.load(weights_ptr + b).to(COMPUTE) * r
-    else:
-        total += r
-        if not CENTERED:
-            squares += r * r
-    return total, squares
-
-
-@triton.jit
-def _add_deviation(squares, g, b, gs_ptr, numel, offs, mask, scale, COMPUTE: tl.constexpr,
-                   HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, ROWS_ALIGNED: tl.constexpr):
-    """``squares`` with row ``b``'s squared deviation from the mean ``g`` added (centered Fisher)."""
-    dev = _row(gs_ptr, b, numel, offs, mask, scale, COMPUTE, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED) - g
-    return squares + dev * dev
-
-
-@triton.jit
 def _normal(seed_lo, seed_hi, t, index, TAG: tl.constexpr, COMPUTE: tl.constexpr):
     """float32 N(0, 1) of the global indices ``index`` at step ``t``, converted to ``COMPUTE``."""
     tag = tl.full(index.shape, TAG, tl.uint32)
@@ -137,25 +113,23 @@ def form_grad(g_ptr, gs_ptr, numel, offs, mask, p, index, t, grad_scale_ptr, wei
         n_rows = batch.to(COMPUTE)
         total = tl.full(offs.shape, 0.0, COMPUTE)
         squares = tl.full(offs.shape, 0.0, COMPUTE)
-        if STATIC_BATCH > 0:
-            for b in range(0, STATIC_BATCH):
-                total, squares = _add_row(total, squares, b, gs_ptr, numel, offs, mask, grad_scale, weights_ptr,
-                                          COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
-        else:
-            for b in range(0, batch):
-                total, squares = _add_row(total, squares, b, gs_ptr, numel, offs, mask, grad_scale, weights_ptr,
-                                          COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
+        # The bound is a constant under the interpreter (see STATIC_BATCH), the runtime B when compiled;
+        # written in the range itself: assigned to a name first, the interpreter makes it a tensor.
+        for b in range(0, STATIC_BATCH if STATIC_BATCH > 0 else batch):
+            r = _row(gs_ptr, b, numel, offs, mask, grad_scale, COMPUTE, HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
+            if NOISE == NOISE_MULTIPLICATIVE:
+                total += tl.load(weights_ptr + b).to(COMPUTE) * r
+            else:
+                total += r
+                if not CENTERED:
+                    squares += r * r
         g = _div(total, n_rows, COMPUTE)
         if NOISE == NOISE_DIAG_FISHER:
             if CENTERED:
-                if STATIC_BATCH > 0:
-                    for b in range(0, STATIC_BATCH):
-                        squares = _add_deviation(squares, g, b, gs_ptr, numel, offs, mask, grad_scale, COMPUTE,
-                                                 HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
-                else:
-                    for b in range(0, batch):
-                        squares = _add_deviation(squares, g, b, gs_ptr, numel, offs, mask, grad_scale, COMPUTE,
-                                                 HAS_GRAD_SCALE, MAXIMIZE, ROWS_ALIGNED)
+                for b in range(0, STATIC_BATCH if STATIC_BATCH > 0 else batch):
+                    dev = _row(gs_ptr, b, numel, offs, mask, grad_scale, COMPUTE, HAS_GRAD_SCALE, MAXIMIZE,
+                               ROWS_ALIGNED) - g
+                    squares += dev * dev
             root_f = _sqrt(_div(squares, n_rows, COMPUTE), COMPUTE)
             g = g + (scale * root_f) * _normal(seed_lo, seed_hi, t, index, TAG_DIAG_FISHER_C, COMPUTE)
     else:
