@@ -18,8 +18,8 @@ TORCH_LIBRARY(noisefuse, m) {
       "Tensor(f!)[] steps, Tensor(g!)[] beta1_prods, Tensor[] grad_samples, *, int momentum, float lr, "
       "float beta1, float beta2, float beta0, float eps, float weight_decay, bool decoupled, "
       "bool nesterov, bool maximize, int demon_total_steps, float demon_delay, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None, Tensor? lr_tensor=None, Tensor? sample_weights=None, int[] offsets=[], int noise_kind=0, "
-      "int seed=0, float noise_std=0., float noise_scale=0., bool noise_centered=False, "
+      "Tensor? found_inf=None, Tensor? lr_tensor=None, Tensor? sample_weights=None, int[] offsets=[], "
+      "int noise_kind=0, int seed=0, float noise_std=0., float noise_scale=0., bool noise_centered=False, "
       "bool stochastic_rounding=False) -> ()");
   // Multiplicative noise's weight vector of one step: float32 [batch_size] on `step`'s device.
   m.def("sample_weights(Tensor step, int batch_size, int seed, int kind, float sigma, float prob) -> Tensor");

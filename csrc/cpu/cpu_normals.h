@@ -70,15 +70,11 @@ inline void philox16_avx2(uint64_t seed, uint64_t step, uint32_t tag, uint64_t i
   }
   const __m256i m0 = _mm256_set1_epi64x(philox::kM0);
   const __m256i m1 = _mm256_set1_epi64x(philox::kM1);
-  uint32_t k0 = static_cast<uint32_t>(seed);
-  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+  const uint32_t seed_lo = static_cast<uint32_t>(seed), seed_hi = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < philox::kRounds; ++r) {
-    if (r > 0) {
-      k0 += philox::kW0;
-      k1 += philox::kW1;
-    }
-    const __m256i key0 = _mm256_set1_epi64x(k0);
-    const __m256i key1 = _mm256_set1_epi64x(k1);
+    const philox::RoundKey key = philox::round_key(seed_lo, seed_hi, r);
+    const __m256i key0 = _mm256_set1_epi64x(key.k0);
+    const __m256i key1 = _mm256_set1_epi64x(key.k1);
     for (int c = 0; c < kChains; ++c) {
       const __m256i p0 = _mm256_mul_epu32(c0[c], m0);  // M0 * c0, 64-bit
       const __m256i p1 = _mm256_mul_epu32(c2[c], m1);  // M1 * c2, 64-bit
@@ -118,14 +114,10 @@ void philox_lanes(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, u
     c2[l] = static_cast<uint32_t>(step);
     c3[l] = tag;
   }
-  uint32_t k0 = static_cast<uint32_t>(seed);
-  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+  const uint32_t seed_lo = static_cast<uint32_t>(seed), seed_hi = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < philox::kRounds; ++r) {
-    if (r > 0) {
-      k0 += philox::kW0;
-      k1 += philox::kW1;
-    }
-    for (int l = 0; l < kLanes; ++l) philox::philox_round(x0[l], x1[l], c2[l], c3[l], k0, k1);
+    const philox::RoundKey key = philox::round_key(seed_lo, seed_hi, r);
+    for (int l = 0; l < kLanes; ++l) philox::philox_round(x0[l], x1[l], c2[l], c3[l], key.k0, key.k1);
   }
 }
 

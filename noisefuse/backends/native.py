@@ -112,8 +112,8 @@ if _LOAD_ERROR is None:
     def _fused_step_fake(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                          beta1_prods, grad_samples, *, momentum, lr, beta1, beta2, beta0, eps, weight_decay,
                          decoupled, nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
-                         found_inf=None, lr_tensor=None, sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0,
-                         noise_scale=0.0, noise_centered=False, stochastic_rounding=False):
+                         found_inf=None, lr_tensor=None, sample_weights=None, offsets=(), noise_kind=0, seed=0,
+                         noise_std=0.0, noise_scale=0.0, noise_centered=False, stochastic_rounding=False):
         return None
 
     # The Philox test ops (csrc/philox_ops.cpp) return new tensors: their fakes give the shapes.

@@ -57,15 +57,22 @@ C10_HOST_DEVICE inline void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c
   c3 = lo0;
 }
 
+// The key of round r (0-based) under the key (k0, k1): each half bumped r times by its Weyl
+// constant, mod 2^32 (unsigned arithmetic wraps). Every Philox loop of the CPU and CUDA kernels
+// takes its round keys from here.
+struct RoundKey {
+  uint32_t k0, k1;
+};
+C10_HOST_DEVICE inline RoundKey round_key(uint32_t k0, uint32_t k1, int r) {
+  return RoundKey{k0 + static_cast<uint32_t>(r) * kW0, k1 + static_cast<uint32_t>(r) * kW1};
+}
+
 // Philox4x32-10 of the counter (c0, c1, c2, c3) under the key (k0, k1).
 C10_HOST_DEVICE inline Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                            uint32_t k0, uint32_t k1) {
   for (int r = 0; r < kRounds; ++r) {
-    if (r > 0) {
-      k0 += kW0;  // unsigned: wraps mod 2^32
-      k1 += kW1;
-    }
-    philox_round(c0, c1, c2, c3, k0, k1);
+    const RoundKey key = round_key(k0, k1, r);
+    philox_round(c0, c1, c2, c3, key.k0, key.k1);
   }
   return Words{{c0, c1, c2, c3}};
 }
