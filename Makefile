@@ -9,7 +9,9 @@ export CUDA_HOME
 BENCH_ARGS ?=
 TEST_ARGS  ?=
 
-EXT_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh csrc/include/noisefuse/*.h)
+# csrc/emulation is not part of the extension: tests/cuda_emulation.py builds it.
+EXT_SOURCES := setup.py $(filter-out csrc/emulation/%,$(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h \
+               csrc/*/*.cuh csrc/include/noisefuse/*.h))
 
 .PHONY: test bench bench-kernels gpu-check compat build venv clean
 

@@ -58,7 +58,13 @@ def test_normals_are_the_streams(isa, monkeypatch):
     # themselves, equal to the pure-torch Philox stream (so its integer words are the same bits).
     if isa == "baseline":
         monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
-    p = torch.zeros(2 * 32768 + 13, requires_grad=True)
+    assert_native_normals_are_the_stream(2 * 32768 + 13)
+
+
+def assert_native_normals_are_the_stream(numel):
+    """One native isotropic step of a zero param that starts at global offset 5 (after a 5-element
+    one): lr=1, no momentum and a zero gradient turn it into -std * xi, the stream's normals."""
+    p = torch.zeros(numel, requires_grad=True)
     opt = nf.DemonSGD([torch.zeros(5, requires_grad=True), p], lr=1.0, momentum=0.0, total_steps=10,
                       noise=nf.noise.Isotropic(2.0), seed=SEED, backend="native")
     p.grad = torch.zeros_like(p)

@@ -24,10 +24,9 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "fused_step_launch.h"
+#include "kernel_launch.cuh"
 #include "multi_tensor_apply.cuh"
 #include "noisefuse/bf16_rounding.h"
 #include "noisefuse/dispatch_family.h"
@@ -282,18 +281,15 @@ void launch_fused_step(const std::vector<at::TensorList>& lists, const FusedStep
   static_assert(sizeof(Table) + sizeof(StepHyper) + sizeof(DeviceScalars) + sizeof(NoiseHyper) + sizeof(float*) <=
                     kKernelParamBytes,
                 "the kernel arguments exceed CUDA's 4 KB parameter limit");
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   multi_tensor_apply<kLists, kOffsets>(
       lists, l.steps, l.beta1_prods, noise.offsets, [&](const Table& table) {
         const int32_t blocks = table.first_block[table.num_tensors];
         if (blocks > 0) {  // a table of empty tensors only has counters to advance
-          fused_step_kernel<scalar_t, state_t, kPn, kSecond, kLists, kNoise, kRound>
-              <<<blocks, kBlockThreads, 0, stream>>>(table, h, scalars, noise.hyper, noise.weights);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_kernel(fused_step_kernel<scalar_t, state_t, kPn, kSecond, kLists, kNoise, kRound>, blocks,
+                        kBlockThreads, table, h, scalars, noise.hyper, noise.weights);
         }
         constexpr int kCounterThreads = 32 * ((Table::kMaxTensors + 31) / 32);
-        advance_counters_kernel<Table><<<1, kCounterThreads, 0, stream>>>(table, h, scalars.found_inf);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_kernel(advance_counters_kernel<Table>, 1, kCounterThreads, table, h, scalars.found_inf);
       });
 }
 
@@ -317,7 +313,6 @@ void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists
     }
   });
 }
-
 
 }  // namespace cuda
 }  // namespace noisefuse

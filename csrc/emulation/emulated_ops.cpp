@@ -1,0 +1,20 @@
+// The test-only library `noisefuse_emulated`: noisefuse's ops with noisefuse's schemas, whose CPU
+// kernels are the CUDA op code of csrc/cuda (fused_step_op.h, sample_weights_kernel.cuh) compiled
+// through the CUDA emulation (cuda_emulation.h): the same validation, tables, grid sizes, launches
+// and kernels, on CPU tensors. Built by tests/cuda_emulation.py, never into the package.
+#include <torch/library.h>
+
+#include "cuda_emulation.h"  // before the CUDA sources: they see its host meaning of CUDA
+#include "fused_step_op.h"
+#include "noisefuse/op_schemas.h"
+#include "sample_weights_kernel.cuh"
+
+TORCH_LIBRARY(noisefuse_emulated, m) {
+  m.def(noisefuse::kFusedStepSchema);
+  m.def(noisefuse::kSampleWeightsSchema);
+}
+
+TORCH_LIBRARY_IMPL(noisefuse_emulated, CPU, m) {
+  m.impl("fused_step_", &noisefuse::cuda::fused_step_device);
+  m.impl("sample_weights", &noisefuse::cuda::sample_weights_device);
+}
