@@ -28,7 +28,9 @@ $(VENV)/.deps-stamp: $(VENV)/.torch-stamp pyproject.toml
 	touch $@
 
 # Rebuilt when any extension source changes (ninja recompiles only what changed).
+# A module of an earlier, per-Python build would shadow the abi3 one (Python tries its own tag first).
 $(VENV)/.build-stamp: $(VENV)/.deps-stamp $(EXT_SOURCES)
+	rm -f noisefuse/_C.cpython-*.so
 	MAX_JOBS=$${MAX_JOBS:-2} $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 

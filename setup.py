@@ -52,12 +52,13 @@ sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
 
 if _want_cuda():
     # No GPU is needed to compile; without one torch cannot detect the arch, so name ours:
-    # A100 (sm_80) and H100/H200 (sm_90), plus PTX for newer GPUs.
+    # A100 (sm_80) and H100/H200 (sm_90), plus PTX for newer GPUs (`make gpu-bundle`: 9.0 alone).
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     ext = cpp_extension.CUDAExtension(
         "noisefuse._C",
         sources + _sources("csrc/cuda/*.cu"),
         include_dirs=include_dirs,
+        py_limited_api=True,
         define_macros=[("NOISEFUSE_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": cxx_flags,
@@ -68,10 +69,15 @@ if _want_cuda():
 else:
     ext = cpp_extension.CppExtension(
         "noisefuse._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=link_flags,
+        extra_link_args=link_flags, py_limited_api=True,
     )
 
+# Python's limited API (Py_LIMITED_API, set by cpp_extension): `noisefuse/_C.abi3.so` loads into
+# every CPython from 3.9 on, so one build serves this machine's Python and a GPU machine's (the
+# module only registers ops with the dispatcher: no pybind11, no libtorch_python). The torch it is
+# built against must still be the torch it is loaded into (noisefuse/backends/native.py checks).
 setup(
     ext_modules=[ext],
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -5,9 +5,13 @@ tensors). Built on first use with ninja and cached under build/cuda-emulation (r
 source or flag changes); never part of the package. docs/backends/native.md, "The CUDA emulation".
 
 ``NOISEFUSE_EMULATION_SANITIZER=address`` selects the AddressSanitizer build, which only a process
-started with the sanitizer's runtime preloaded can load (``asan_environment``)."""
+started with the sanitizer's runtime preloaded can load (``asan_environment``).
+
+``python tests/cuda_emulation.py`` builds (and loads) the build its environment selects; the test
+session starts both builds so in the background (tests/conftest.py), while the other tests run."""
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import subprocess
@@ -57,16 +61,22 @@ def load():
     name = "noisefuse_emulated_asan" if asan else "noisefuse_emulated"
     build_dir = ROOT / "build" / "cuda-emulation" / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    # The compilers must not inherit the sanitizer's preloaded runtime (this process keeps it).
-    preload = os.environ.pop("LD_PRELOAD", None)
-    try:
-        cpp_extension.load(name=name, sources=SOURCES, extra_include_paths=INCLUDES,
-                           extra_cflags=FLAGS + (ASAN_FLAGS if asan else ["-O2"]),
-                           extra_ldflags=ASAN_FLAGS if asan else [], build_directory=str(build_dir),
-                           is_python_module=False, with_cuda=False, verbose=False)
-    finally:
-        if preload is not None:
-            os.environ["LD_PRELOAD"] = preload
+    # One build at a time per library, across processes (a background build may be running): a
+    # process killed mid-build leaves cpp_extension's own lock file behind, which would block every
+    # later build, so the holder of this lock removes it.
+    with open(build_dir.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        # The compilers must not inherit the sanitizer's preloaded runtime (this process keeps it).
+        preload = os.environ.pop("LD_PRELOAD", None)
+        try:
+            cpp_extension.load(name=name, sources=SOURCES, extra_include_paths=INCLUDES,
+                               extra_cflags=FLAGS + (ASAN_FLAGS if asan else ["-O2"]),
+                               extra_ldflags=ASAN_FLAGS if asan else [], build_directory=str(build_dir),
+                               is_python_module=False, with_cuda=False, verbose=False)
+        finally:
+            if preload is not None:
+                os.environ["LD_PRELOAD"] = preload
     _register_fakes()
     _ops = torch.ops.noisefuse_emulated
     return _ops
@@ -94,6 +104,29 @@ def asan_environment() -> dict:
     return env
 
 
+def start_background_builds() -> list[subprocess.Popen]:
+    """Both builds in child processes, their output in build/cuda-emulation/*.log. A later ``load()``
+    waits for the child building the same library (cpp_extension's lock) and finds it built; a
+    child that failed leaves the build to ``load()``, which reports the error."""
+    log_dir = ROOT / "build" / "cuda-emulation"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    envs = {"plain": {k: v for k, v in os.environ.items() if k != SANITIZER_ENV}}
+    if python_can_run_asan():
+        envs["asan"] = asan_environment()
+    children = []
+    for name, env in envs.items():
+        with open(log_dir / f"background-{name}.log", "w") as log:
+            children.append(subprocess.Popen([sys.executable, __file__], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                             cwd=ROOT, start_new_session=True))
+    return children
+
+
 def python_can_run_asan() -> bool:
     runtime = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     return os.path.isabs(runtime) and os.path.exists(runtime) and sys.platform.startswith("linux")
+
+
+if __name__ == "__main__":
+    if sanitizer():
+        sys.modules["triton"] = None  # as in the sanitized test run: Triton cannot load under ASan
+    load()

@@ -16,12 +16,28 @@ from . import stream
 from .family import MOMENTUM_CODES, Family, Hyper
 from .step_tensors import StepTensors
 
-try:
-    from .. import _C  # noqa: F401  (registers torch.ops.noisefuse.*)
 
-    _LOAD_ERROR = None
-except ImportError as exc:  # the extension was not built
+def _torch_mismatch(built: str | None) -> ImportError | None:
+    """The error to report when noisefuse._C was built against another torch than this one: its C++
+    calls into libtorch are only valid for the headers it was compiled with."""
+    running = torch.__version__.split("+")[0]
+    if built is not None and built.split(".")[:2] == running.split(".")[:2]:
+        return None
+    against = f"against torch {built}" if built else "by an older noisefuse (it does not say for which torch)"
+    return ImportError(f"noisefuse._C was built {against} but is loaded into torch {torch.__version__}; rebuild "
+                       "it against this torch (make build, or pip install --no-build-isolation -e .)")
+
+
+try:
+    from .. import _C  # (registers torch.ops.noisefuse.*)
+
+    _LOAD_ERROR = _torch_mismatch(getattr(_C, "torch_version", None))
+except ImportError as exc:  # not built, or built against another torch (its symbols are missing)
     _LOAD_ERROR = exc
+    if "undefined symbol" in str(exc):
+        _LOAD_ERROR = ImportError(f"{exc}: noisefuse._C was probably built against another torch than "
+                                  f"{torch.__version__}; rebuild it (make build, or pip install "
+                                  "--no-build-isolation -e .)")
 if _LOAD_ERROR is None and not (hasattr(torch.ops.noisefuse, "sample_weights") and any(
         arg.name == "lr_tensor" for arg in torch.ops.noisefuse.fused_step_.default._schema.arguments)):
     # Built before the newest schemas (an editable install whose sources changed since): said so
