@@ -13,7 +13,7 @@ TEST_ARGS  ?=
 EXT_SOURCES := setup.py $(filter-out csrc/emulation/%,$(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h \
                csrc/*/*.cuh csrc/include/noisefuse/*.h))
 
-.PHONY: test bench bench-kernels gpu-check compat build venv clean
+.PHONY: test bench bench-kernels gpu-check gpu-bundle compat build venv clean
 
 venv: $(VENV)/.deps-stamp
 
@@ -46,10 +46,13 @@ bench: build
 bench-kernels: build
 	$(PYTHON) -m pytest benchmarks/ --benchmark-columns=median,iqr,rounds
 
-# On a GPU machine (offline): build, full test suite with the GPU tests, kernel benchmarks and the
-# benchmark on CUDA, all written to $(OUT).
+# On a lent GPU machine: the time-boxed GPU check (scripts/gpu_check.sh; docs/benchmarks.md, "On a
+# lent GPU"): three files in $(OUT). `make gpu-bundle` first builds here what that machine lacks.
 gpu-check:
-	PYTHON=$(PYTHON) scripts/gpu_check.sh $(or $(OUT),gpu-results)
+	PYTHON=$${PYTHON:-python3} scripts/gpu_check.sh $(or $(OUT),gpu-results)
+
+gpu-bundle:
+	scripts/gpu_bundle.sh
 
 # The tests on the GPU machine's torch and Triton (2.11, 3.6), on this CPU machine.
 compat:

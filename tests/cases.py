@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import noisefuse as nf
+from noisefuse.bench.timing import capture_graph as capture_after_warm_up  # noqa: F401  (the GPU tests')
 
 # 0, 1, odd, a prime past a 4K block, and more than one CUDA chunk (64K elements) in the big case.
 SIZES = (0, 1, 1023, 4097)
@@ -120,18 +121,3 @@ def on_cpu(backend, monkeypatch):
     if backend in FUSED and not backends.get(backend).available(torch.device("cpu")):
         pytest.skip(f"{backend} cannot run CPU tensors here")
     return backend
-
-
-def capture_after_warm_up(warm_up, step):
-    """A CUDA graph of ``step()``, captured after ``warm_up()`` ran on a side stream (torch.cuda.graphs'
-    rule: state, kernels and tables must exist before the capture, and the warm-up must not run on
-    the capturing stream)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        warm_up()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph

@@ -174,6 +174,49 @@ def test_end_to_end_quick_run_writes_every_field(tmp_path, capsys):
     assert "PNM" in printed and "%copy" in printed and "finished in" in printed
 
 
+def test_a_spent_budget_skips_what_has_not_started_and_says_so(tmp_path):
+    out = tmp_path / "bench"
+    assert cli.main(["--params", "20000", "--tensors", "8", "--quick", "--optimizers", "PNM,AdamW", "--budget", "0",
+                     "--noise-budget", "0", "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["rows"] == [] and doc["config"]["budget_s"] == 0
+    preset = doc["config"]["presets"][0]
+    assert f"time budget of 0 s spent: {preset} in fp32 not measured" in doc["notes"]
+    assert any("the sweep points params" in n for n in doc["notes"])
+    assert doc["noise"]["rows"] == [] and doc["noise"]["comparisons"] == []
+    assert any("the noise section's PNM rows not measured" in n for n in doc["noise"]["notes"])
+
+
+def test_a_budget_spent_mid_case_keeps_the_rows_measured(tmp_path, monkeypatch):
+    from noisefuse.bench import runner
+
+    class SpentAfterTwoChecks(runner.Budget):  # the case's check and the first target's pass
+        checks = 0
+
+        def spent(self):
+            self.checks += 1
+            return self.checks > 2
+
+    monkeypatch.setattr(runner, "Budget", SpentAfterTwoChecks)
+    out = tmp_path / "bench"
+    assert cli.main(["--params", "2000", "--tensors", "2", "--quick", "--optimizers", "PNM,AdamW", "--backends",
+                     "reference", "--no-sweeps", "--noise", "off", "--budget", "5", "--out", str(out),
+                     "--no-progress", "--no-plots"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in doc["rows"]] == ["PNM noisefuse/reference"]
+    left = next(n for n in doc["notes"] if n.startswith("time budget of 5 s spent:"))
+    assert "AdamW torch/foreach, AdamW torch/fused" in left and "PNM noisefuse/reference" not in left
+
+
+def test_rows_carry_host_and_graph_times_on_cuda_only(tmp_path):
+    """On the CPU the host time is the step time: the fields are None (set on CUDA, tests/test_bench_cuda)."""
+    out = tmp_path / "bench"
+    assert cli.main(["--params", "2000", "--tensors", "2", "--quick", "--optimizers", "AdamW", "--no-sweeps",
+                     "--noise", "off", "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows and all(r["host_time"] is None and r["graph"] is None for r in rows)
+
+
 def test_cli_rejects_unknown_names():
     with pytest.raises(SystemExit):
         cli.main(["--preset", "gpt5", "--no-progress"])

@@ -56,6 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--noise-params", type=int, default=None,
                    help="parameters of the noise section (default: 4M on CPU, 134M on GPU, small with --quick)")
     p.add_argument("--noise-tensors", type=int, default=None, help="... split into this many tensors")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the main table and sweeps: what has not started when they are spent is "
+                        "skipped and named in the notes (default: no limit)")
+    p.add_argument("--noise-budget", type=float, default=None,
+                   help="seconds for the noise section, counted from its start (default: no limit)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out/)")
     p.add_argument("--no-plots", action="store_true")
@@ -186,7 +191,8 @@ def main(argv=None) -> int:
         device=device, presets=_presets(args, device), dtypes=list(dtypes),
         optimizers=_check_names(_csv(args.optimizers), known_opts, "optimizer"),
         backends=_check_names(_csv(args.backends), baselines.NF_BACKENDS, "backend"),
-        baselines=not args.no_baselines, sweeps=not args.no_sweeps, quick=args.quick)
+        baselines=not args.no_baselines, sweeps=not args.no_sweeps, quick=args.quick,
+        budget=runner.Budget(args.budget))
     noise_cfg = _noise_config(args, cfg)
     machine = report.machine_facts(device)
     busy = _busy_note(device, machine, "load_average_start", "started")
@@ -204,6 +210,8 @@ def main(argv=None) -> int:
             results = {"cases": [], "rows": [], "sweeps": [], "notes": list(cfg.notes)}
         else:
             results = runner.run(cfg, progress)
+        if noise_cfg is not None:
+            noise_cfg.budget = runner.Budget(args.noise_budget)  # counted from here
         results["noise"] = noise.run(noise_cfg, progress) if noise_cfg is not None else None
     finally:
         progress.close()
@@ -216,6 +224,7 @@ def main(argv=None) -> int:
               "optimizers": list(cfg.optimizers), "backends": list(cfg.backends), "baselines": cfg.baselines,
               "sweeps": cfg.sweeps, "quick": cfg.quick, "noise": args.noise,
               "noise_batch": args.noise_batch, "noise_backends": args.noise_backends,
+              "budget_s": args.budget, "noise_budget_s": args.noise_budget,
               "argv": sys.argv[1:] if argv is None else list(argv)}
     json_path = os.path.join(args.out, "results.json")
     report.write_json(json_path, machine, config, results, elapsed)

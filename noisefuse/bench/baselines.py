@@ -51,6 +51,8 @@ class Target:
     make: Callable[[list], torch.optim.Optimizer]
     # (optimizer, library, impl) of the foreach implementation of the same algorithm, for speedups.
     foreach_key: tuple[str, str, str]
+    # The same optimizer with capturable=True (its step can be captured in a CUDA graph), or None.
+    make_capturable: Callable[[list], torch.optim.Optimizer] | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -71,9 +73,15 @@ def nf_algorithm(name: str) -> str:
     return _NF[name][1]
 
 
+# The backends whose steps keep their counters on the device (capturable=True), as torch's own.
+CAPTURABLE_BACKENDS = ("native", "triton")
+
+
 def _nf_target(name: str, backend: str) -> Target:
     make, algo = _NF[name]
-    return Target(name, "noisefuse", backend, algo, lambda ps: make(ps, backend), (name, "noisefuse", "foreach"))
+    capturable = (lambda ps: make(ps, backend, capturable=True)) if backend in CAPTURABLE_BACKENDS else None
+    return Target(name, "noisefuse", backend, algo, lambda ps: make(ps, backend), (name, "noisefuse", "foreach"),
+                  capturable)
 
 
 def backend_status(device: torch.device, names=NF_BACKENDS) -> tuple[list[str], dict[str, str]]:
@@ -105,8 +113,11 @@ def build_targets(device: torch.device, optimizers=NF_OPTIMIZERS + TORCH_OPTIMIZ
         if name in _TORCH:
             make, algo = _TORCH[name]
             base = (name, "torch", "foreach")
-            targets.append(Target(name, "torch", "foreach", algo, lambda ps, m=make: m(ps, foreach=True), base))
-            targets.append(Target(name, "torch", "fused", algo, lambda ps, m=make: m(ps, fused=True), base))
+            for impl in ("foreach", "fused"):
+                # SGD has no capturable flag: its step reads no counter, and is captured as it is.
+                extra = {} if name == "SGD" else {"capturable": True}
+                targets.append(Target(name, "torch", impl, algo, lambda ps, m=make, i=impl: m(ps, **{i: True}), base,
+                                      lambda ps, m=make, i=impl, e=extra: m(ps, **{i: True}, **e)))
     community = _community()
     if community is None:
         notes.append("pytorch_optimizer is not installed: community baselines skipped")

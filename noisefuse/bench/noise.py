@@ -58,6 +58,7 @@ class NoiseConfig:
     quick: bool = False
     seed: int = 0
     notes: list = field(default_factory=list)
+    budget: runner.Budget = field(default_factory=runner.Budget)
 
 
 def default_sizes(device: torch.device, quick: bool) -> tuple[int, int]:
@@ -256,6 +257,9 @@ def run(cfg: NoiseConfig, progress=None) -> dict:
     add_grad_samples(params, cfg.batch, cfg.seed + 1)
     measured = {}
     for optimizer in cfg.optimizers:
+        if cfg.budget.spent():
+            out["notes"].append(cfg.budget.note(f"the noise section's {optimizer} rows"))
+            continue
         fns = _steps(cfg, optimizer, usable, plain, configs, params)
         progress.add(len(fns) * ROUNDS[cfg.quick])
         times = timing.time_interleaved(fns, device, tcfg, ROUNDS[cfg.quick],
@@ -303,6 +307,8 @@ def comparisons(rows, optimizers, usable, device) -> list:
     out = []
     for optimizer in optimizers:
         for backend in usable:
+            if (optimizer, backend, "plain") not in by:
+                continue  # not measured: the section's time budget was spent
             ms = {v: by[(optimizer, backend, v)]["time"]["median_ms"] for v in VARIANTS}
             unfused = {k: by[(optimizer, "unfused", f"unfused_{k}")]["time"]["median_ms"] for k in ROW_NOISES}
             c = {"optimizer": optimizer, "backend": backend, "fused": backend in FUSED,

@@ -125,28 +125,41 @@ def _fmt_bytes(n):
 # (header, width); the first two columns are left-aligned text, the rest right-aligned numbers.
 _COLUMNS = (("optimizer", 10), ("implementation", 27), ("ms", 10), ("±%", 6), ("MB/step", 9), ("GB/s", 8),
             ("%copy", 6), ("x foreach", 9), ("LAUNCH", 8), ("+peak MB", 9), ("check", 0))
+# On CUDA, before "check": the host's time to issue the step, and the step replayed from a CUDA graph.
+_CUDA_COLUMNS = (("host ms", 8), ("graph ms", 9))
 
 
-def _line(cells) -> str:
+def _line(cells, columns=_COLUMNS) -> str:
     out = []
-    for i, (cell, (_, width)) in enumerate(zip(cells, _COLUMNS)):
+    for i, (cell, (_, width)) in enumerate(zip(cells, columns)):
         out.append(f"{cell:<{width}}" if i < 2 or width == 0 else f"{cell:>{width}}")
     return " ".join(out).rstrip()
 
 
+def graph_ms(row) -> str:
+    """The graph-replayed step's median ms, or "-" (no capturable form, or capture failed: see notes)."""
+    graph = row.get("graph") or {}
+    return f"{graph['time']['median_ms']:.3f}" if "time" in graph else "-"
+
+
 def format_case(case: dict, rows: list, optimizer_order) -> str:
     launch_hdr = "kernels" if rows and rows[0]["launch_kind"] == "cuda_kernels" else "ops"
+    cuda = any(r.get("host_time") for r in rows)
+    columns = _COLUMNS[:-1] + (_CUDA_COLUMNS if cuda else ()) + _COLUMNS[-1:]
     head = (f"{case['preset']} | {case['dtype']} | {case['n_params'] / 1e6:.2f}M params in "
             f"{case['n_tensors']} tensors | copy " +
             ", ".join(f"{c['gbps']:.1f} GB/s for {_fmt_bytes(c['bytes'])}" for c in case["copies"]))
-    lines = [head, _line([launch_hdr if h == "LAUNCH" else h for h, _ in _COLUMNS])]
+    lines = [head, _line([launch_hdr if h == "LAUNCH" else h for h, _ in columns], columns)]
     for r in _sorted(rows, optimizer_order):
         t = r["time"]
         speed = "-" if r["speedup_vs_foreach"] is None else f"{r['speedup_vs_foreach']:.2f}"
-        lines.append(_line([r["optimizer"], f"{r['library']}/{r['impl']}", f"{t['median_ms']:.3f}",
-                            f"{100 * t['spread']:.1f}", f"{r['bytes_per_step'] / 1e6:.1f}", f"{r['gbps']:.2f}",
-                            f"{100 * r['frac_copy_bw']:.1f}", speed, str(r["launches"]),
-                            _fmt_mb(r["peak_bytes"]), r["check"]]))
+        cells = [r["optimizer"], f"{r['library']}/{r['impl']}", f"{t['median_ms']:.3f}", f"{100 * t['spread']:.1f}",
+                 f"{r['bytes_per_step'] / 1e6:.1f}", f"{r['gbps']:.2f}", f"{100 * r['frac_copy_bw']:.1f}", speed,
+                 str(r["launches"]), _fmt_mb(r["peak_bytes"])]
+        if cuda:
+            host = r.get("host_time")
+            cells += [f"{host['median_ms']:.3f}" if host else "-", graph_ms(r)]
+        lines.append(_line(cells + [r["check"]], columns))
     return "\n".join(lines)
 
 
@@ -185,7 +198,11 @@ def format_report(machine: dict, results: dict, optimizer_order, elapsed_s: floa
                   "x foreach: speedup over the foreach implementation of the same algorithm; ")
         legend += ("kernels: CUDA kernels per step" if kind == "cuda_kernels" else
                    "ops: top-level operator calls per step (CPU has no kernel launches)")
-        legend += "; +peak MB: memory the step allocates on top of the optimizer's state."
+        legend += "; +peak MB: memory the step allocates on top of the optimizer's state"
+        if any(r.get("host_time") for r in results["rows"]):
+            legend += ("; host ms: the CPU's time to issue the step (median); graph ms: the step captured in a "
+                       "CUDA graph (capturable=True) and replayed")
+        legend += "."
         parts.append(textwrap.fill(legend, width=110))
     if results["notes"]:
         parts.append("notes:\n" + "\n".join(f"  - {n}" for n in results["notes"]))

@@ -7,6 +7,7 @@ report and the plots read the same data a user gets in results.json.
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,21 @@ SWEEP_KEYS = {("PNM", "noisefuse"), ("AdaPNM", "noisefuse"), ("AdamW", "torch")}
 SWEEP_COPY_ALGORITHM = "adapnm"
 
 
+class Budget:
+    """The run's wall-clock allowance (``--budget``; unlimited by default): a measurement that has
+    not started when it is spent is skipped, and the notes name what was left out."""
+
+    def __init__(self, seconds: float | None = None):
+        self.seconds = seconds
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def note(self, what: str) -> str:
+        return f"time budget of {self.seconds:g} s spent: {what} not measured"
+
+
 @dataclass
 class BenchConfig:
     device: torch.device
@@ -44,6 +60,7 @@ class BenchConfig:
     quick: bool = False
     seed: int = 0
     notes: list = field(default_factory=list)
+    budget: Budget = field(default_factory=Budget)
 
 
 class NullProgress:
@@ -77,11 +94,15 @@ def run(cfg: BenchConfig, progress=None) -> dict:
     mode = "quick" if cfg.quick else "full"
     for preset in cfg.presets:
         for dtype_name in cfg.dtypes:
-            case, rows = _run_case(preset, dtype_name, runnable[dtype_name], probes, cfg, mode, progress)
+            if cfg.budget.spent():
+                out["notes"].append(cfg.budget.note(f"{preset.name} in {dtype_name}"))
+                continue
+            case, rows = _run_case(preset, dtype_name, runnable[dtype_name], probes, cfg, mode, progress,
+                                   out["notes"])
             out["cases"].append(case)
             out["rows"].extend(rows)
     if cfg.sweeps and cfg.dtypes:
-        out["sweeps"] = _run_sweeps(sweep_targets, probes, cfg, progress)
+        out["sweeps"] = _run_sweeps(sweep_targets, probes, cfg, progress, out["notes"])
     return out
 
 
@@ -131,7 +152,25 @@ def _measure_target(target, params, device, tcfg, progress) -> dict:
     prof = profiling.profile_step(opt.step, device)
     del opt
     gc.collect()
-    return {"time": t, **prof}
+    graph = _measure_graph(target, params, device, tcfg) if device.type == "cuda" else None
+    return {"time": t, "host_time": t.host.as_dict() if t.host is not None else None, "graph": graph, **prof}
+
+
+def _measure_graph(target, params, device, tcfg) -> dict:
+    """The step captured in a CUDA graph and replayed (an optimizer built with capturable=True):
+    {"time": ...}, or {"note": why not}."""
+    if target.make_capturable is None:
+        return {"note": "no capturable form"}
+    try:
+        opt = target.make_capturable(params)
+        graph = timing.capture_graph(warm_up=lambda: [opt.step() for _ in range(3)], step=opt.step)
+        t = timing.time_fn(graph.replay, device, tcfg)
+    except Exception as exc:  # a target that cannot be captured is reported, not fatal
+        return {"note": f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    finally:
+        opt = graph = None
+        gc.collect()
+    return {"time": t.as_dict()}
 
 
 def _row(target, preset, dtype_name, measured, copy_timing, check) -> dict:
@@ -165,21 +204,31 @@ def _add_speedups(rows) -> None:
         del r["_foreach_key"]
 
 
-def _measure_rows(preset, dtype_name, targets, probes, device, tcfg, progress, copy_reps=2, extra_bytes=()):
+def _measure_rows(preset, dtype_name, targets, probes, cfg, tcfg, progress, notes, copy_reps=2, extra_bytes=()):
     """Rows for ``targets`` on ``preset``, and the copy timings of their byte counts (and of
     ``extra_bytes``). With ``copy_reps=2`` the copy is timed before and after the targets and the
-    faster kept, so a burst of load from other processes cannot make the reference look slow."""
-    dtype = DTYPES[dtype_name]
+    faster kept, so a burst of load from other processes cannot make the reference look slow.
+    Targets not started before the run's budget is spent are named in ``notes``."""
+    dtype, device = DTYPES[dtype_name], cfg.device
     byte_counts = {bytes_model.step_bytes(t.algorithm, preset.n_params, dtype) for t in targets}
     byte_counts |= set(extra_bytes)
     copy_reps = copy_reps if targets else 1
     copies_before = _measure_copies(byte_counts, dtype, device, tcfg, progress) if byte_counts else {}
     params = presets.make_tensors(preset, dtype, device)
-    measured = [(t, _measure_target(t, params, device, tcfg, progress)) for t in targets]
+    measured, left_out = [], []
+    for t in targets:
+        if cfg.budget.spent():
+            left_out.append(t.label)
+        else:
+            measured.append((t, _measure_target(t, params, device, tcfg, progress)))
+    if left_out:
+        notes.append(cfg.budget.note(f"{', '.join(left_out)} on {preset.name} in {dtype_name}"))
+    notes += [f"{t.label} on {preset.name} in {dtype_name}: no CUDA-graph time, {m['graph']['note']}"
+              for t, m in measured if m["graph"] and "failed" in m["graph"].get("note", "")]
     del params
     gc.collect()
     copies = copies_before
-    if copy_reps > 1:
+    if copy_reps > 1 and not cfg.budget.spent():
         after = _measure_copies(byte_counts, dtype, device, tcfg, progress)
         copies = {b: min(copies_before[b], after[b], key=lambda x: x.median) for b in byte_counts}
     rows = []
@@ -192,16 +241,16 @@ def _measure_rows(preset, dtype_name, targets, probes, device, tcfg, progress, c
     return rows, copies
 
 
-def _run_case(preset, dtype_name, targets, probes, cfg, mode, progress):
+def _run_case(preset, dtype_name, targets, probes, cfg, mode, progress, notes):
     tcfg = timing.config_for(cfg.device, mode)
-    rows, copies = _measure_rows(preset, dtype_name, targets, probes, cfg.device, tcfg, progress)
+    rows, copies = _measure_rows(preset, dtype_name, targets, probes, cfg, tcfg, progress, notes)
     copies = [{"bytes": b, **copies[b].as_dict(), "gbps": b / copies[b].median / 1e9} for b in sorted(copies)]
     case = {"preset": preset.name, "description": preset.description, "dtype": dtype_name,
             "n_params": preset.n_params, "n_tensors": preset.n_tensors, "copies": copies}
     return case, rows
 
 
-def _run_sweeps(chosen, probes, cfg, progress) -> list:
+def _run_sweeps(chosen, probes, cfg, progress, notes) -> list:
     dtype_name = cfg.dtypes[0]
     plan = SWEEPS[("cuda" if cfg.device.type == "cuda" else "cpu", cfg.quick)]
     tcfg = timing.config_for(cfg.device, "quick" if cfg.quick else "sweep")
@@ -210,14 +259,19 @@ def _run_sweeps(chosen, probes, cfg, progress) -> list:
     points += [("params", n, presets.synthetic(n, fixed_tensors)) for n in param_counts]
     fixed_params, tensor_counts = plan["tensors"]
     points += [("tensors", k, presets.synthetic(fixed_params, k)) for k in tensor_counts]
-    out = []
+    out, left_out = [], []
     for sweep, x, preset in points:
+        if cfg.budget.spent():
+            left_out.append(f"{sweep} {x}")
+            continue
         n_bytes = bytes_model.step_bytes(SWEEP_COPY_ALGORITHM, preset.n_params, DTYPES[dtype_name])
-        rows, copies = _measure_rows(preset, dtype_name, chosen, probes, cfg.device, tcfg, progress,
+        rows, copies = _measure_rows(preset, dtype_name, chosen, probes, cfg, tcfg, progress, notes,
                                      copy_reps=1, extra_bytes=(n_bytes,))
         copy = copies[n_bytes]
         out.append({"sweep": sweep, "x": x, "preset": preset.name, "dtype": dtype_name,
                     "n_params": preset.n_params, "n_tensors": preset.n_tensors,
                     "copy_algorithm": SWEEP_COPY_ALGORITHM, "copy_bytes": n_bytes,
                     "copy_time_ms": copy.median * 1e3, "rows": rows})
+    if left_out:
+        notes.append(cfg.budget.note(f"the sweep points {', '.join(left_out)}"))
     return out

@@ -6,6 +6,8 @@ operands still in cache (the same method as ``triton.testing.do_bench``; written
 flush and the per-sample records are explicit and Triton is not needed). On the CPU each sample is
 ``time.perf_counter`` around one call. The number of samples adapts to the call's length: at least
 ``min_reps``, then more until ``min_time_s`` of samples or ``max_reps``, never past ``max_time_s``.
+On CUDA each sample also records the host time of the call (``perf_counter`` from the call to its
+return, which for an asynchronous step is the CPU's cost of issuing it).
 """
 from __future__ import annotations
 
@@ -47,9 +49,15 @@ def config_for(device: torch.device, mode: str) -> TimingConfig:
 
 @dataclass(frozen=True)
 class Timing:
-    """Samples in seconds, and the statistics the report prints."""
+    """Samples in seconds, and the statistics the report prints; on CUDA also the host time of each
+    sample's call."""
 
     samples: tuple[float, ...]
+    host_samples: tuple[float, ...] = ()
+
+    @property
+    def host(self) -> "Timing | None":
+        return Timing(self.host_samples) if self.host_samples else None
 
     @property
     def median(self) -> float:
@@ -125,19 +133,36 @@ def time_cuda(fn, cfg: TimingConfig, device: torch.device) -> Timing:
         sync = torch.cuda.synchronize
         _warm_up(fn, cfg, sync)
         flush = _L2Flush(device)
-        samples, begin = [], time.perf_counter()
+        samples, host, begin = [], [], time.perf_counter()
         while not _enough(len(samples), sum(samples), time.perf_counter() - begin, cfg):
             sync()
             flush()
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
+            t0 = time.perf_counter()
             fn()
+            host.append(time.perf_counter() - t0)
             end.record()
             end.synchronize()
             samples.append(start.elapsed_time(end) / 1e3)
         del flush
-    return Timing(tuple(samples))
+    return Timing(tuple(samples), tuple(host))
+
+
+def capture_graph(warm_up, step) -> "torch.cuda.CUDAGraph":
+    """A CUDA graph of ``step()``, captured after ``warm_up()`` ran on a side stream (torch.cuda.graphs'
+    rule: state, kernels and tables must exist before the capture, and the warm-up must not run on
+    the capturing stream)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm_up()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
 
 
 def time_fn(fn, device: torch.device, cfg: TimingConfig) -> Timing:
