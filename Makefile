@@ -7,6 +7,7 @@ TORCH    ?= torch>=2.4
 CUDA_HOME ?= $(wildcard /usr/local/cuda)
 export CUDA_HOME
 BENCH_ARGS ?=
+INTEGRATIONS := "transformers>=4.46" "accelerate>=1.1" "lightning>=2.4" "opacus>=1.5"
 TEST_ARGS  ?=
 
 # csrc/emulation is not part of the extension: tests/cuda_emulation.py builds it.
@@ -23,8 +24,13 @@ $(VENV)/.torch-stamp:
 	$(PYTHON) -m pip install -q "$(TORCH)" numpy
 	touch $@
 
+# The trainers of the integration tests (tests/test_hf_trainer.py, test_lightning.py, test_opacus.py)
+# are installed against a pin of the installed torch, so that none of them replaces it.
 $(VENV)/.deps-stamp: $(VENV)/.torch-stamp pyproject.toml
-	$(PYTHON) -m pip install -q pytest pytest-timeout pytorch_optimizer matplotlib tqdm pytest-benchmark scikit-learn
+	$(PYTHON) -m pip install -q pytest pytest-timeout pytest-xdist pytorch_optimizer matplotlib tqdm pytest-benchmark \
+		scikit-learn
+	$(PYTHON) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
+	$(PYTHON) -m pip install -q -c $(VENV)/torch-pin.txt $(INTEGRATIONS)
 	touch $@
 
 # Rebuilt when any extension source changes (ninja recompiles only what changed).

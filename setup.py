@@ -72,12 +72,13 @@ else:
         extra_link_args=link_flags, py_limited_api=True,
     )
 
-# Python's limited API (Py_LIMITED_API, set by cpp_extension): `noisefuse/_C.abi3.so` loads into
-# every CPython from 3.9 on, so one build serves this machine's Python and a GPU machine's (the
-# module only registers ops with the dispatcher: no pybind11, no libtorch_python). The torch it is
-# built against must still be the torch it is loaded into (noisefuse/backends/native.py checks).
+# Python's limited API (Py_LIMITED_API, which cpp_extension sets to torch's oldest Python, 3.10):
+# `noisefuse/_C.abi3.so` loads into every CPython from there on, so one build serves this machine's
+# Python and a GPU machine's (the module only registers ops with the dispatcher: no pybind11, no
+# libtorch_python). The torch it is built against must still be the torch it is loaded into
+# (noisefuse/backends/native.py checks).
 setup(
     ext_modules=[ext],
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

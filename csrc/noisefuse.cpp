@@ -1,6 +1,6 @@
 // The op schemas of noisefuse (docs/kernel-contract.md) and the Python module that loads them.
 // Kernels register against these schemas per device (csrc/cpu, csrc/cuda); the dispatcher picks.
-// Built against Python's limited API (setup.py: an abi3 module, one build for every CPython >= 3.9).
+// Built against Python's limited API (setup.py: an abi3 module, one build for every CPython >= 3.10).
 #include <Python.h>
 #include <torch/library.h>
 #include <torch/version.h>

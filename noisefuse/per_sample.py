@@ -2,6 +2,8 @@
 for the noises that read them (``nf.noise.DiagFisher``, ``nf.noise.Multiplicative``)."""
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch.func import functional_call, grad, vmap
 
@@ -23,6 +25,10 @@ def per_sample_grads(model: torch.nn.Module, loss_fn, inputs, *targets, chunk_si
     """
     if not torch.is_tensor(inputs):
         raise TypeError("per_sample_grads(model, loss_fn, inputs, *targets): inputs must be a tensor")
+    if _grad_sample_module_of(model) is not None:
+        raise ValueError("per_sample_grads: this model is under Opacus's GradSampleModule, whose loss.backward() "
+                         "already fills p.grad_sample in the same convention: call backward instead (its hooks "
+                         "do not run under torch.func transforms)")
     batch = inputs.shape[0]
     for i, t in enumerate(targets):
         if not torch.is_tensor(t) or t.shape[:1] != (batch,):
@@ -49,3 +55,19 @@ def per_sample_grads(model: torch.nn.Module, loss_fn, inputs, *targets, chunk_si
     for name, p in named:
         p.grad_sample = grads[name].detach().to(p.dtype)
     return losses.detach()
+
+
+def _grad_sample_module_of(model):
+    """The Opacus GradSampleModule whose hooks are on ``model``'s modules (``model`` itself, or the
+    module it wraps), else None. Looked for only when Opacus is imported."""
+    gsm = getattr(sys.modules.get("opacus.grad_sample.grad_sample_module"), "GradSampleModule", None)
+    if gsm is None:
+        return None
+    if isinstance(model, gsm):
+        return model
+    for module in model.modules():
+        for hook in (*module._forward_hooks.values(), *module._backward_hooks.values()):
+            owner = getattr(getattr(hook, "func", hook), "__self__", None)
+            if isinstance(owner, gsm):
+                return owner
+    return None

@@ -12,6 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "${SYSPY:-python3}" -m venv "$VENV" >&2
 fi
 "$VENV/bin/python" -m pip install -q "torch==$TORCH" "triton==$TRITON" numpy ninja pytest pytest-timeout pytest-xdist \
-    pytorch_optimizer matplotlib tqdm pytest-benchmark scikit-learn >&2
+    pytorch_optimizer matplotlib tqdm pytest-benchmark scikit-learn "transformers>=4.46" "accelerate>=1.1" \
+    "lightning>=2.4" "opacus>=1.5" >&2
 "$VENV/bin/python" -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__)" >&2
 echo "$VENV/bin/python"

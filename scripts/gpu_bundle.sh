@@ -21,10 +21,11 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t 
 assert native.available(torch.device('cpu')), native.load_error()
 print('the bundle loads into torch', torch.__version__, '(built against', c.torch_version + ')')")
 rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/wheels"
-cp "$WORK/noisefuse/_C.abi3.so" "$BUNDLE/"
+# Without the host code's debug information (Python's CFLAGS carry -g): a third of the size.
+strip --strip-debug -o "$BUNDLE/_C.abi3.so" "$WORK/noisefuse/_C.abi3.so"
 {
     echo "torch $("$PY" -c "import torch; print(torch.__version__.split('+')[0])")"
-    echo "sources $(scripts/extension_hash.sh)"
+    echo "sources $(cd "$WORK" && scripts/extension_hash.sh)"  # of the sources built, not of later edits
     echo "cuda archs 9.0"
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- setup.py csrc || echo ' with uncommitted changes')"
 } > "$BUNDLE/build-info.txt"

@@ -99,7 +99,9 @@ def asan_environment() -> dict:
     and torch keep allocations until exit), every error fatal."""
     runtime = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True,
                              check=True).stdout.strip()
-    env = dict(os.environ, LD_PRELOAD=runtime, **{SANITIZER_ENV: "address"})
+    # The repository on the path: the child imports noisefuse from here, installed or not.
+    path = os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = dict(os.environ, LD_PRELOAD=runtime, PYTHONPATH=path, **{SANITIZER_ENV: "address"})
     env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86"
     return env
 

@@ -16,9 +16,12 @@ from cases import cpu_backends
 WORLD = 2
 STEPS = 4
 # ZeroRedundancyOptimizer builds the optimizer itself from a class and keyword arguments.
-ZERO_CLASSES = {"adapnm": nf.AdaPNM, "pnm": nf.PNM, "demon_sgd": nf.DemonSGD}
+ZERO_CLASSES = {"adapnm": nf.AdaPNM, "pnm": nf.PNM, "demon_sgd": nf.DemonSGD, "demon_sgd_clip": nf.DemonSGD}
+# demon_sgd_clip: max_grad_norm small enough to clip every step (an SGD-style step, linear in the
+# clipped gradient: Adam's would hide a wrong coefficient). Under FSDP2 the norm is taken over the
+# shards and reduced over the mesh: the sharded run must clip exactly as the unsharded one.
 ZERO_KWARGS = {"adapnm": dict(lr=0.01, weight_decay=0.01, demon=20), "pnm": dict(lr=0.05),
-               "demon_sgd": dict(lr=0.05, total_steps=6, nesterov=True)}
+               "demon_sgd": dict(lr=0.05, total_steps=6, nesterov=True), "demon_sgd_clip": dict(lr=0.05, total_steps=6, max_grad_norm=0.05)}
 OPTIMIZERS = {name: (lambda ps, backend, name=name: ZERO_CLASSES[name](ps, **ZERO_KWARGS[name], backend=backend, seed=3))
               for name in ZERO_CLASSES}
 
@@ -115,7 +118,7 @@ def spawn(cases):
 
 
 def test_ddp_matches_single_process():
-    spawn([("ddp", "adapnm", backend) for backend in cpu_backends()])
+    spawn([("ddp", "adapnm", backend) for backend in cpu_backends()] + [("ddp", "demon_sgd_clip", "auto")])
 
 
 def test_fsdp2_matches_unsharded():

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.skipif(native.load_error() is not None, reason=f"native
 
 def dry_run(out: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", str(out)], cwd=ROOT,
-                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
+                          env=dict(os.environ, PYTHON=sys.executable, **env), capture_output=True, text=True,
+                          timeout=600)
 
 
 def steps(summary: str) -> dict:

@@ -116,14 +116,16 @@ class StepNoise:
         self.offsets = element_offsets(param_groups) if rounding or any(self.configs) else {}
         self.batch_size = None
         self._weights = {}
+        self._rows = {}  # id(param) -> its grad_sample rows as one tensor
         first = None
         for gi, ((group, params), noise) in enumerate(zip(plans, self.configs)):
             if noise is None or not noise.needs_grad_sample:
                 continue
             for i, p in enumerate(params):
                 where = f"param {i} of param group {gi}"
-                gs = getattr(p, "grad_sample", None)
-                if not torch.is_tensor(gs):
+                check_not_private(p, where, f"{name}: noise={type(noise).__name__}(...)")
+                gs = self._rows[id(p)] = rows_of(p, where, name)
+                if gs is None:
                     raise RuntimeError(f"{name}: noise={type(noise).__name__}(...) needs per-sample gradients, "
                                        f"but {where} has no grad_sample (fill it with nf.per_sample_grads or Opacus)")
                 if gs.dim() != p.dim() + 1 or gs.shape[1:] != p.shape:
@@ -144,6 +146,10 @@ class StepNoise:
             capturable = any(group["capturable"] for group, params in plans if params)
             self.weight_step = weight_step(step_counters(plans, opt_state), capturable)
 
+    def rows(self, p):
+        """The grad_sample rows of ``p`` as one tensor (a list concatenated), as the step reads them."""
+        return self._rows[id(p)] if id(p) in self._rows else rows_of(p, "a param", "noisefuse")
+
     def noisy(self, group_index: int) -> bool:
         return self.configs[group_index] is not None
 
@@ -162,7 +168,7 @@ class StepNoise:
         if noise.needs_grad_sample:
             if any(_is_sharded(p) for p in params):
                 raise NotImplementedError("noise that reads grad_sample does not support DTensor params yet")
-            ts.grad_samples = [p.grad_sample for p in params]
+            ts.grad_samples = [self._rows[id(p)] for p in params]
             ts.grads = []
         if isinstance(noise, Isotropic):
             return NoiseStep("isotropic", seed, std=float(noise.std))
@@ -174,6 +180,37 @@ class StepNoise:
         if key not in self._weights:
             self._weights[key] = draw_weights(noise, self.batch_size, seed, self.weight_step, device)
         return NoiseStep("multiplicative", seed, sample_weights=self._weights[key])
+
+
+def rows_of(p, where: str, name: str):
+    """``p.grad_sample`` as one ``[B, *p.shape]`` tensor, or None when there is none. Opacus appends a
+    micro-batch's rows to a list when backward runs again before ``zero_grad`` (gradient
+    accumulation); the rows of the list are concatenated, as Opacus's own optimizers do, so the step
+    sees one batch of every sample accumulated."""
+    gs = getattr(p, "grad_sample", None)
+    if gs is None or torch.is_tensor(gs):
+        return gs
+    if isinstance(gs, (list, tuple)) and gs and all(torch.is_tensor(x) for x in gs):
+        return gs[0] if len(gs) == 1 else torch.cat(list(gs), dim=0)
+    raise RuntimeError(f"{name}: grad_sample of {where} is a {type(gs).__name__}; expected a tensor [B, *shape] "
+                       "or Opacus's list of such tensors (one per accumulated micro-batch)")
+
+
+def check_not_private(p, where: str, what: str) -> None:
+    """Refuses to read ``p.grad_sample`` where Opacus's DPOptimizer has made ``p.grad`` private: it
+    clips each sample's gradient, adds the privacy noise and writes the result to ``p.grad``
+    (keeping the clipped sum in ``p.summed_grad`` and marking the rows it read ``_processed``).
+    Stepping from the raw rows would give the non-private update while Opacus still reports an
+    epsilon. The check runs before anything is written."""
+    gs = getattr(p, "grad_sample", None)
+    rows = gs if isinstance(gs, (list, tuple)) else [gs]
+    if getattr(p, "summed_grad", None) is not None or any(getattr(x, "_processed", False) for x in rows):
+        raise RuntimeError(
+            f"{what} reads per-sample gradients (p.grad_sample), but Opacus's DPOptimizer has clipped and "
+            f"noised them into p.grad for differential privacy ({where}): stepping from p.grad_sample would "
+            "undo the privacy Opacus accounts for. Under make_private use noise=None (Opacus adds the privacy "
+            "noise) or noise=nf.noise.Isotropic(...), which step from the private p.grad; or make the model "
+            "private without this noise.")
 
 
 def _is_sharded(p) -> bool:

@@ -26,7 +26,7 @@ BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 CAPTURABLE = ("native", "triton")
 
 COMMON_DEFAULTS = dict(demon=None, noise=None, backend="auto", maximize=False, capturable=False,
-                       state_dtype=None, stochastic_rounding=False)
+                       state_dtype=None, stochastic_rounding=False, max_grad_norm=None)
 
 # What a group may ask of its backend beyond the plain update, in the order of _needs(): the backend
 # module's flag, and the argument as errors spell it (docs/kernel-contract.md, "Noise", "Mixed precision").
@@ -69,6 +69,17 @@ def check_betas(betas, names):
         raise ValueError(f"Invalid betas: {betas!r} (expected a tuple ({', '.join(names)}))")
 
 
+def check_max_grad_norm(value, first):
+    """``max_grad_norm`` is one norm over every gradient of the optimizer (as
+    ``torch.nn.utils.clip_grad_norm_`` over its params): every param group must have the first's."""
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and math.isfinite(value) and value > 0):
+        raise ValueError(f"Invalid max_grad_norm: {value!r} (must be None or a finite number > 0)")
+    if value != first:
+        raise ValueError(f"max_grad_norm is one global norm over every param of the optimizer: a param group "
+                         f"cannot set {value!r} where the first has {first!r}")
+
+
 def check_bool(name, value):
     if not isinstance(value, bool):
         raise ValueError(f"Invalid {name}: {value!r} (must be a bool)")
@@ -83,7 +94,7 @@ class FusedOptimizer(Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, *, demon=None, noise=None, backend="auto", seed=None,
-                 maximize=False, capturable=False, state_dtype=None, stochastic_rounding=False):
+                 maximize=False, capturable=False, state_dtype=None, stochastic_rounding=False, max_grad_norm=None):
         demon = as_demon(demon)
         if seed is None:
             # Drawn from torch's default generator, so torch.manual_seed makes runs reproducible.
@@ -92,7 +103,8 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"Invalid seed: {seed!r} (must be an int in [0, 2**64))")
         defaults = dict(defaults, demon=demon.as_dict() if demon else None, noise=noise,
                         backend=backend, seed=seed, maximize=maximize, capturable=capturable,
-                        state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
+                        state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                        max_grad_norm=max_grad_norm)
         self._backends = {}  # (backend, device type, index, *_needs()) -> module; see _backend()
         self._step_lists = {}  # param group index -> GroupLists of its last step; see _init_group()
         super().__init__(params, defaults)
@@ -126,6 +138,18 @@ class FusedOptimizer(Optimizer):
                 self._backend(group, device)  # choose now, so a compiled first step only looks it up
             except RuntimeError:
                 pass  # a backend that cannot run here says so at the step, before anything is written
+
+    def zero_grad(self, set_to_none: bool = True):
+        """As ``torch.optim.Optimizer.zero_grad``, and each param's ``grad_sample`` (the per-sample
+        gradients that ``noise=DiagFisher``/``Multiplicative`` read) is cleared too: always set to
+        None, whatever ``set_to_none`` (Opacus's convention: rows of another batch have no zero to
+        keep, and a backward that finds a list appends to it). So a step after ``zero_grad`` with no
+        new backward moves nothing, as with torch's optimizers."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if getattr(p, "grad_sample", None) is not None:
+                    p.grad_sample = None
+        super().zero_grad(set_to_none=set_to_none)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -192,6 +216,7 @@ class FusedOptimizer(Optimizer):
         group["noise"] = None if noise is None else noise.as_dict()  # plain values: weights_only loads
         check_bool("stochastic_rounding", group["stochastic_rounding"])
         check_state_dtype(group["state_dtype"], group["params"])
+        check_max_grad_norm(group["max_grad_norm"], self.param_groups[0]["max_grad_norm"])
         missing = [] if group["backend"] == "auto" else _missing(backends.get(group["backend"]), group)
         if missing:
             raise NotImplementedError(f"backend={group['backend']!r} does not support {missing[0]} yet; use "
@@ -218,6 +243,7 @@ class FusedOptimizer(Optimizer):
         rounding = any(group["stochastic_rounding"] for group in self.param_groups)
         noise = StepNoise([(group, participants.params) for group, participants, _ in plans], self.param_groups,
                           self.state, type(self).__name__, rounding=rounding)
+        grad_scale = clipped_grad_scale(self.param_groups[0]["max_grad_norm"], plans, noise, grad_scale)
         for gi, (group, participants, chosen) in enumerate(plans):
             params = participants.params
             if not params:
@@ -236,7 +262,8 @@ class FusedOptimizer(Optimizer):
                         tensors.offsets = noise.offsets_of(bucket)
                     if rounds:
                         extra["rounding_seed"] = group["seed"]
-                chosen[device].fused_step(family, _lr_on(hyper, device), tensors, grad_scale=_on(grad_scale, device),
+                scale = grad_scale.get(device) if isinstance(grad_scale, dict) else _on(grad_scale, device)
+                chosen[device].fused_step(family, _lr_on(hyper, device), tensors, grad_scale=scale,
                                           found_inf=_on(found_inf, device), **extra)
         return loss
 
@@ -343,6 +370,39 @@ class FusedOptimizer(Optimizer):
             state["beta1_prod"] = torch.full((), value, dtype=torch.float32, device=step_device)
         elif prod.device != step_device:
             state["beta1_prod"] = prod.to(step_device)
+
+
+def clipped_grad_scale(max_norm, plans, noise: StepNoise, grad_scale):
+    r"""The gradient divisor the backends apply (``grad_scale``: AMP's scale, or None), with the clip
+    to ``max_norm`` folded in: ``grad_scale / c`` on each device, where
+
+    .. math:: c = \min\Bigl(1, \frac{\text{max\_norm}}{\lVert g / s \rVert_2 + 10^{-6}}\Bigr)
+
+    over every gradient of the step (all groups and devices; ``s`` the AMP scale), so unscaling and
+    clipping are one division inside the fused step. ``g`` is the clean gradient, before noise:
+    ``p.grad``, or for a param stepped from its ``grad_sample`` alone the mean of its rows (one extra
+    pass over them). Computed on the device by ``torch.nn.utils.get_total_norm`` (FSDP2's DTensor
+    grads: reduced over the mesh, so a sharded run clips as the unsharded one): no host read, so a
+    clipped step can be captured. Returns
+    ``grad_scale`` itself when ``max_norm`` is None; a ``{device: divisor}`` dict otherwise."""
+    if max_norm is None:
+        return grad_scale
+    grads = []
+    for _, participants, _ in plans:
+        for p, g in zip(participants.params, participants.grads):
+            grads.append(g if g is not None else noise.rows(p).mean(0))
+    if not grads:
+        return grad_scale
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    full_tensor = getattr(total, "full_tensor", None)
+    if full_tensor is not None:  # DTensor grads (FSDP2): the norm comes reduced over the mesh, replicated
+        total = full_tensor()
+    total = total.float()
+    if grad_scale is not None:
+        total = total / _on(grad_scale, total.device)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    divisor = coef.reciprocal() if grad_scale is None else _on(grad_scale, coef.device) / coef
+    return {d: _on(divisor, d).reshape(1) for d in {d for _, participants, _ in plans for d in participants.devices}}
 
 
 def _needs(group) -> tuple:

@@ -37,17 +37,20 @@ class PNM(FusedOptimizer):
             state for bfloat16/float16 params, the update still rounded once into the param).
         stochastic_rounding: round bfloat16 params stochastically (unbiased; draws from the seed's
             stream) instead of to nearest; a no-op for other dtypes.
+        max_grad_norm: clip the gradient to this global L2 norm inside the step (``None``: no clip):
+            every gradient of the optimizer is scaled by :math:`\min(1, c / (\lVert g \rVert + 10^{-6}))`,
+            the norm taken over the unscaled (AMP) gradients before noise, on the device.
     """
 
     def __init__(self, params, lr=None, betas=(0.9, 1.0), weight_decay=0.0, decoupled=True, *,
                  demon=None, noise=None, backend="auto", seed=None, maximize=False, capturable=False, state_dtype=None,
-                 stochastic_rounding=False):
+                 stochastic_rounding=False, max_grad_norm=None):
         if lr is None:
             raise TypeError("PNM() missing required argument: 'lr'")
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decoupled=decoupled)
         super().__init__(params, defaults, demon=demon, noise=noise, backend=backend, seed=seed,
                          maximize=maximize, capturable=capturable, state_dtype=state_dtype,
-                         stochastic_rounding=stochastic_rounding)
+                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         check_lr(group["lr"])
