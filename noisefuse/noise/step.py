@@ -147,8 +147,9 @@ class StepNoise:
             self.weight_step = weight_step(step_counters(plans, opt_state), capturable)
 
     def rows(self, p):
-        """The grad_sample rows of ``p`` as one tensor (a list concatenated), as the step reads them."""
-        return self._rows[id(p)] if id(p) in self._rows else rows_of(p, "a param", "noisefuse")
+        """The grad_sample rows of ``p`` (a param of a group whose noise reads them) as one tensor,
+        a list concatenated, as the step reads them."""
+        return self._rows[id(p)]
 
     def noisy(self, group_index: int) -> bool:
         return self.configs[group_index] is not None

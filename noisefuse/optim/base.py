@@ -243,7 +243,7 @@ class FusedOptimizer(Optimizer):
         rounding = any(group["stochastic_rounding"] for group in self.param_groups)
         noise = StepNoise([(group, participants.params) for group, participants, _ in plans], self.param_groups,
                           self.state, type(self).__name__, rounding=rounding)
-        grad_scale = clipped_grad_scale(self.param_groups[0]["max_grad_norm"], plans, noise, grad_scale)
+        divisors = grad_divisors(self.param_groups[0]["max_grad_norm"], plans, noise, grad_scale)
         for gi, (group, participants, chosen) in enumerate(plans):
             params = participants.params
             if not params:
@@ -262,8 +262,7 @@ class FusedOptimizer(Optimizer):
                         tensors.offsets = noise.offsets_of(bucket)
                     if rounds:
                         extra["rounding_seed"] = group["seed"]
-                scale = grad_scale.get(device) if isinstance(grad_scale, dict) else _on(grad_scale, device)
-                chosen[device].fused_step(family, _lr_on(hyper, device), tensors, grad_scale=scale,
+                chosen[device].fused_step(family, _lr_on(hyper, device), tensors, grad_scale=divisors[device],
                                           found_inf=_on(found_inf, device), **extra)
         return loss
 
@@ -372,27 +371,23 @@ class FusedOptimizer(Optimizer):
             state["beta1_prod"] = prod.to(step_device)
 
 
-def clipped_grad_scale(max_norm, plans, noise: StepNoise, grad_scale):
-    r"""The gradient divisor the backends apply (``grad_scale``: AMP's scale, or None), with the clip
-    to ``max_norm`` folded in: ``grad_scale / c`` on each device, where
+def grad_divisors(max_norm, plans, noise: StepNoise, grad_scale) -> dict:
+    r"""``{device: the divisor of every gradient}`` for the backends' ``grad_scale``: AMP's scale ``s``
+    (or None) on each device of the step, and with ``max_norm`` the clip folded in, ``s / c`` with
 
     .. math:: c = \min\Bigl(1, \frac{\text{max\_norm}}{\lVert g / s \rVert_2 + 10^{-6}}\Bigr)
 
-    over every gradient of the step (all groups and devices; ``s`` the AMP scale), so unscaling and
-    clipping are one division inside the fused step. ``g`` is the clean gradient, before noise:
-    ``p.grad``, or for a param stepped from its ``grad_sample`` alone the mean of its rows (one extra
-    pass over them). Computed on the device by ``torch.nn.utils.get_total_norm`` (FSDP2's DTensor
-    grads: reduced over the mesh, so a sharded run clips as the unsharded one): no host read, so a
-    clipped step can be captured. Returns
-    ``grad_scale`` itself when ``max_norm`` is None; a ``{device: divisor}`` dict otherwise."""
-    if max_norm is None:
-        return grad_scale
-    grads = []
-    for _, participants, _ in plans:
-        for p, g in zip(participants.params, participants.grads):
-            grads.append(g if g is not None else noise.rows(p).mean(0))
-    if not grads:
-        return grad_scale
+    over every gradient of the step (all groups and devices), so unscaling and clipping are one
+    division inside the fused step. ``g`` is the clean gradient, before noise: ``p.grad``, or for a
+    param stepped from its ``grad_sample`` alone the mean of its rows (one extra pass over them).
+    Computed on the device by ``torch.nn.utils.get_total_norm`` (FSDP2's DTensor grads: reduced over
+    the mesh, so a sharded run clips as the unsharded one): no host read, so a clipped step can be
+    captured."""
+    devices = {d for _, participants, _ in plans for d in participants.devices}
+    if max_norm is None or not devices:
+        return {d: _on(grad_scale, d) for d in devices}
+    grads = [g if g is not None else noise.rows(p).mean(0)
+             for _, participants, _ in plans for p, g in zip(participants.params, participants.grads)]
     total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
     full_tensor = getattr(total, "full_tensor", None)
     if full_tensor is not None:  # DTensor grads (FSDP2): the norm comes reduced over the mesh, replicated
@@ -402,7 +397,7 @@ def clipped_grad_scale(max_norm, plans, noise: StepNoise, grad_scale):
         total = total / _on(grad_scale, total.device)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     divisor = coef.reciprocal() if grad_scale is None else _on(grad_scale, coef.device) / coef
-    return {d: _on(divisor, d).reshape(1) for d in {d for _, participants, _ in plans for d in participants.devices}}
+    return {d: _on(divisor, d).reshape(1) for d in devices}
 
 
 def _needs(group) -> tuple:
