@@ -169,7 +169,7 @@ class StepNoise:
         if noise.needs_grad_sample:
             if any(_is_sharded(p) for p in params):
                 raise NotImplementedError("noise that reads grad_sample does not support DTensor params yet")
-            ts.grad_samples = [self._rows[id(p)] for p in params]
+            ts.grad_samples = [self.rows(p) for p in params]
             ts.grads = []
         if isinstance(noise, Isotropic):
             return NoiseStep("isotropic", seed, std=float(noise.std))
