@@ -11,6 +11,7 @@ import torch
 import noisefuse as nf
 from cases import BIG_SIZE, CONFIGS, SIZES, TOLERANCES, make_grads, make_params, run
 from noisefuse.random import round_bf16_with, stochastic_round_bf16, stochastic_round_bf16_multi
+from noisefuse.optim.precision import COUNTERS
 
 LOW = [torch.bfloat16, torch.float16]
 MIXED = dict(state_dtype=torch.float32)
@@ -48,7 +49,8 @@ def assert_mixed_state(opt_a, opt_b, params_a, params_b, dtype):
         sa, sb = opt_a.state[pa], opt_b.state[pb]
         assert sa.keys() == sb.keys()
         for key in sa:
-            assert sa[key].dtype == sb[key].dtype == torch.float32, f"param {i} state {key}: {sa[key].dtype}"
+            expected_dtype = torch.float64 if key in COUNTERS else torch.float32
+            assert sa[key].dtype == sb[key].dtype == expected_dtype, f"param {i} state {key}: {sa[key].dtype}"
             close = torch.isclose(sa[key], sb[key], atol=F32_TOL[0], rtol=F32_TOL[1])
             apart = int((~close).sum())
             assert apart <= 0.001 * close.numel(), f"param {i} state {key}: {apart} elements apart"
@@ -311,7 +313,8 @@ def test_state_dict_round_trip_continues_bit_for_bit(config):
         first.step()
     saved = _save_load(first)
     assert saved["param_groups"][0]["state_dtype"] == torch.float32
-    assert all(v.dtype == torch.float32 for s in saved["state"].values() for v in s.values())
+    assert all(v.dtype == (torch.float64 if k in COUNTERS else torch.float32)
+               for s in saved["state"].values() for k, v in s.items())
     resumed = CONFIGS[config](ps, backend="foreach", **SR)
     resumed.load_state_dict(saved)
     for step in range(4, 10):
@@ -340,7 +343,7 @@ def test_bf16_state_checkpoint_loads_into_float32_state():
     for p, g in zip(ps, make_grads(ps, 3)):
         p.grad = g
     mixed.step()
-    assert all(v.dtype == torch.float32 for v in mixed.state[ps[1]].values())
+    assert all(v.dtype == (torch.float64 if k in COUNTERS else torch.float32) for k, v in mixed.state[ps[1]].items())
 
 
 def test_state_of_another_dtype_is_converted_once_at_the_step():

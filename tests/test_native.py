@@ -53,9 +53,9 @@ def step_tensors(family, hyper, sizes=(5, 1023, 0), dtype=torch.float32, device=
             ts.exp_avg_sqs.append(rand(n, positive=True, dt=state))
         if family.amsgrad:
             ts.max_exp_avg_sqs.append(rand(n, positive=True, dt=state))
-        ts.steps.append(torch.tensor(float(3 + i), device=device))  # odd and even PN parities
+        ts.steps.append(torch.tensor(float(3 + i), dtype=torch.float64, device=device))  # odd and even PN parities
         if family.second_moment and hyper.demon_total_steps:
-            ts.beta1_prods.append(torch.tensor(0.5 ** (i + 1), device=device))
+            ts.beta1_prods.append(torch.tensor(0.5 ** (i + 1), dtype=torch.float64, device=device))
     return ts
 
 
@@ -268,8 +268,8 @@ def _corrupt_strides(ts):
 
 
 def _corrupt_step(ts):
-    ts.steps[2] = torch.zeros((), dtype=torch.float64)
-    return r"steps\[2\] must be float32"
+    ts.steps[2] = torch.zeros((), dtype=torch.float32)  # the counters are float64
+    return r"steps\[2\] must be float64"
 
 
 def _corrupt_param_dtype(ts):

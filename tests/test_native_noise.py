@@ -129,7 +129,7 @@ def test_bad_rows_rejected_before_any_write():
         torch.ops.noisefuse.fused_step_([channels_last], [torch.zeros_like(channels_last)],
                                         [torch.zeros_like(channels_last)], [torch.zeros_like(channels_last)],
                                         [torch.zeros_like(channels_last)], [torch.zeros_like(channels_last)],
-                                        [torch.zeros(())], [], [],
+                                        [torch.zeros((), dtype=torch.float64)], [], [],
                                         **dict(kwargs, noise_kind=1, offsets=[0], demon_total_steps=0))
     assert_same(before, ts, torch.float32, exact=True)
 

@@ -28,17 +28,17 @@ def test_tensor_step_draws_the_int_steps_weights(kind, batch):
     for seed in SEEDS:
         for step in STEPS:
             expected = sample_weights(KINDS[kind], batch, seed, step)
-            # As the optimizer has it (1 + a float32 counter), and as an int64 0-d tensor.
-            counter = torch.tensor(float(step - 1))
+            # As the optimizer has it (1 + a float64 counter), and as an int64 0-d tensor.
+            counter = torch.tensor(float(step - 1), dtype=torch.float64)
             for t in (weight_step([counter], capturable=True), torch.tensor(step)):
                 assert torch.is_tensor(t)
                 got = sample_weights(KINDS[kind], batch, seed, t)
                 assert got.dtype == torch.float32 and torch.equal(got, expected), (seed, step, t)
 
 
-@pytest.mark.parametrize("counters", [[], [0.0], [3.0, 9.0, 4.0], [2.0**24 - 1], [2.0**24]])
+@pytest.mark.parametrize("counters", [[], [0.0], [3.0, 9.0, 4.0], [2.0**24 - 1], [2.0**24], [2.0**40 + 1]])
 def test_weight_step_on_the_device_equals_the_host_read(counters):
-    tensors = [torch.tensor(c) for c in counters]  # float32, as state["step"]
+    tensors = [torch.tensor(c, dtype=torch.float64) for c in counters]  # as state["step"]
     host = weight_step(tensors)
     assert isinstance(host, int) and host == 1 + int(max(counters, default=0))
     device = weight_step(tensors, capturable=True)

@@ -248,7 +248,7 @@ def test_opcheck(noise):
     weights = torch.tensor([0.5, 1.0, 1.5, 2.0]) if rows else None
     args = ([p.detach().clone() for p in ps], grads, [torch.zeros_like(p) for p in ps],
             [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps], [],
-            [torch.zeros(()) for _ in ps], [], rows, None, None,
+            [torch.zeros((), dtype=torch.float64) for _ in ps], [], rows, None, None,
             torch.tensor(0.01) if noise == "none" else None, weights)
     kwargs = dict(momentum=2, lr=0.01, beta1=0.9, beta2=0.999, beta0=1.0, eps=1e-8, weight_decay=0.01,
                   decoupled=True, nesterov=False, maximize=False, demon_total_steps=0, demon_delay=0.0,
@@ -323,7 +323,7 @@ def test_bad_noise_arguments_are_refused_before_any_launch():
                   nesterov=False, maximize=False, demon_total_steps=0, demon_delay=0.0, offsets=[0, 3],
                   noise_kind=nf.noise.NOISE_CODES["multiplicative"])
     rows = [torch.randn(4, *p.shape) for p in ps]
-    steps = [torch.zeros(()) for _ in ps]
+    steps = [torch.zeros((), dtype=torch.float64) for _ in ps]
     with pytest.raises(RuntimeError, match="sample_weights"):
         launch.fused_step(ps, [], [torch.zeros_like(p) for p in ps], [], [], [], steps, [], rows, **kwargs)
     with pytest.raises(RuntimeError, match="grad_sample"):

@@ -74,8 +74,8 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 
   std::vector<CpuTensor> tensors(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    const float prod = h.track_beta1_prod ? *beta1_prods[i].const_data_ptr<float>() : 1.f;
-    const TensorScalars sc = tensor_scalars(h, *steps[i].const_data_ptr<float>(), prod);
+    const double prod = h.track_beta1_prod ? *beta1_prods[i].const_data_ptr<double>() : 1.0;
+    const TensorScalars sc = tensor_scalars(h, *steps[i].const_data_ptr<double>(), prod);
     const bool pos_is_first = !l.pn() || sc.odd;  // PN: exp_avgs is "pos" at odd steps
     tensors[i] = CpuTensor{params[i].data_ptr(),
                            rows.empty() ? grads[i].const_data_ptr() : rows[i].const_data_ptr(),
@@ -105,8 +105,8 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   }
   // Counters advance only after every element of the step is written.
   for (size_t i = 0; i < params.size(); ++i) {
-    *steps[i].data_ptr<float>() = static_cast<float>(tensors[i].scalars.t);
-    if (h.track_beta1_prod) *beta1_prods[i].data_ptr<float>() = static_cast<float>(tensors[i].scalars.new_beta1_prod);
+    *steps[i].data_ptr<double>() = static_cast<double>(tensors[i].scalars.t);
+    if (h.track_beta1_prod) *beta1_prods[i].data_ptr<double>() = tensors[i].scalars.new_beta1_prod;
   }
 }
 

@@ -23,10 +23,12 @@ void check_length(at::TensorList list, const char* name, size_t expected, const 
               " were expected (", why, ")");
 }
 
-// A one-element float32 tensor on `device` (step counters, Demon products, AMP scalars, lr_tensor).
-void check_counter(const at::Tensor& t, const std::string& name, const c10::Device& device) {
+// A one-element tensor of `dtype` on `device`: float64 for the step counters and Demon products
+// (exact), float32 for the AMP scalars and lr_tensor.
+void check_scalar(const at::Tensor& t, const std::string& name, const c10::Device& device, at::ScalarType dtype) {
   TORCH_CHECK(t.defined(), kOp, name, " is undefined");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, kOp, name, " must be float32 but is ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == dtype, kOp, name, " must be ", dtype == at::kDouble ? "float64" : "float32",
+              " but is ", t.scalar_type());
   TORCH_CHECK(t.numel() == 1, kOp, name, " must have exactly one element but has ", t.numel());
   TORCH_CHECK(t.device() == device, kOp, name, " is on ", t.device(), " but params are on ", device);
 }
@@ -199,12 +201,14 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
     if (!l.neg_exp_avgs.empty()) check_like_param(l.neg_exp_avgs[i], "neg_exp_avgs", i, p, state);
     if (!l.exp_avg_sqs.empty()) check_like_param(l.exp_avg_sqs[i], "exp_avg_sqs", i, p, state);
     if (!l.max_exp_avg_sqs.empty()) check_like_param(l.max_exp_avg_sqs[i], "max_exp_avg_sqs", i, p, state);
-    check_counter(l.steps[i], "steps[" + std::to_string(i) + "]", device);
-    if (!l.beta1_prods.empty()) check_counter(l.beta1_prods[i], "beta1_prods[" + std::to_string(i) + "]", device);
+    check_scalar(l.steps[i], "steps[" + std::to_string(i) + "]", device, at::kDouble);
+    if (!l.beta1_prods.empty()) {
+      check_scalar(l.beta1_prods[i], "beta1_prods[" + std::to_string(i) + "]", device, at::kDouble);
+    }
   }
-  if (scalars.grad_scale.has_value()) check_counter(*scalars.grad_scale, "grad_scale", device);
-  if (scalars.found_inf.has_value()) check_counter(*scalars.found_inf, "found_inf", device);
-  if (scalars.lr.has_value()) check_counter(*scalars.lr, "lr_tensor", device);
+  if (scalars.grad_scale.has_value()) check_scalar(*scalars.grad_scale, "grad_scale", device, at::kFloat);
+  if (scalars.found_inf.has_value()) check_scalar(*scalars.found_inf, "found_inf", device, at::kFloat);
+  if (scalars.lr.has_value()) check_scalar(*scalars.lr, "lr_tensor", device, at::kFloat);
   check_noise(l, noise, noise_out);
   return h;
 }

@@ -170,7 +170,7 @@ __device__ inline void step_strided(const ChunkPtrs<scalar_t, state_t>& x, int b
 // only: a reference to the kernel's parameter table would make the compiler copy the table into
 // local memory.
 template <typename math_t>
-__device__ __noinline__ void block_coefs(StepHyper h, float step, float prod, DeviceScalars scalars,
+__device__ __noinline__ void block_coefs(StepHyper h, double step, double prod, DeviceScalars scalars,
                                          ElementCoefs<math_t>* coefs, bool* odd, int64_t* t) {
   if (scalars.lr != nullptr) h.lr = *scalars.lr;
   const TensorScalars sc = tensor_scalars(h, step, prod);
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   if (threadIdx.x == 0) {
     const int ti = locate_tensor(table, blockIdx.x);
     tensor_s = ti;
-    block_coefs<math_t>(h, *table.steps[ti], h.track_beta1_prod ? *table.beta1_prods[ti] : 1.f, scalars, &coefs_s,
+    block_coefs<math_t>(h, *table.steps[ti], h.track_beta1_prod ? *table.beta1_prods[ti] : 1.0, scalars, &coefs_s,
                         &odd_s, &step_s);
   }
   __syncthreads();
@@ -266,9 +266,9 @@ __global__ void advance_counters_kernel(const Table table, const StepHyper h, co
   if (ti >= table.num_tensors) return;
   const int64_t t = next_step(*table.steps[ti]);
   if (h.track_beta1_prod) {
-    *table.beta1_prods[ti] = static_cast<float>(next_beta1_prod(h, t, *table.beta1_prods[ti]));
+    *table.beta1_prods[ti] = next_beta1_prod(h, t, *table.beta1_prods[ti]);
   }
-  *table.steps[ti] = static_cast<float>(t);
+  *table.steps[ti] = static_cast<double>(t);
 }
 
 template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, bool kRound>

@@ -33,13 +33,13 @@ constexpr size_t kTableBytes = 3840;
 // draws per-element normals: one int64 more per tensor, so a few tensors fewer per launch).
 template <int kLists, bool kOffsets = false>
 struct TensorTable {
-  static constexpr int kBytesPerTensor = kLists * sizeof(void*) + 2 * sizeof(float*) + sizeof(int64_t) +
+  static constexpr int kBytesPerTensor = kLists * sizeof(void*) + 2 * sizeof(double*) + sizeof(int64_t) +
                                          sizeof(int32_t) + (kOffsets ? sizeof(int64_t) : 0);
   static constexpr int kMaxTensors = (kTableBytes - 2 * sizeof(int32_t) - sizeof(int64_t)) / kBytesPerTensor;
 
   void* ptrs[kLists][kMaxTensors];
-  float* steps[kMaxTensors];
-  float* beta1_prods[kMaxTensors];  // null when the call tracks no Demon product
+  double* steps[kMaxTensors];
+  double* beta1_prods[kMaxTensors];  // null when the call tracks no Demon product
   int64_t numel[kMaxTensors];
   int64_t offsets[kOffsets ? kMaxTensors : 1];  // global index of element 0; unused without kOffsets
   int32_t first_block[kMaxTensors + 1];  // first_block[num_tensors] is the grid size
@@ -89,8 +89,8 @@ void multi_tensor_apply(const std::vector<at::TensorList>& lists, at::TensorList
       table.ptrs[list][k] =
           list == 1 ? const_cast<void*>(lists[list][i].const_data_ptr()) : lists[list][i].data_ptr();
     }
-    table.steps[k] = steps[i].data_ptr<float>();
-    table.beta1_prods[k] = beta1_prods.empty() ? nullptr : beta1_prods[i].data_ptr<float>();
+    table.steps[k] = steps[i].data_ptr<double>();
+    table.beta1_prods[k] = beta1_prods.empty() ? nullptr : beta1_prods[i].data_ptr<double>();
     table.numel[k] = numel;
     if (kOffsets) table.offsets[k] = offsets[i];
     table.first_block[k + 1] = table.first_block[k] + static_cast<int32_t>(blocks);

@@ -84,7 +84,7 @@ def weight_step(counters, capturable: bool = False):
     faster (its constant counter words stay Python ints through the first Philox rounds), which is
     measurable on a small CPU model (about 0.1 ms of a 1.3 ms foreach step of four small params).
 
-    Counters hold integers (exactly, in float32, below 2^24). Both forms truncate them as ``int()``
+    Counters hold integers (exactly: they are float64). Both forms truncate them as ``int()``
     does and add the 1 in integers, so they give the same ``t_w``."""
     tensors = [c for c in counters if torch.is_tensor(c)]
     if not (tensors and (capturable or any(c.device.type != "cpu" for c in tensors))):

@@ -341,11 +341,13 @@ class FusedOptimizer(Optimizer):
             step_device = cpu if p.device in host_devices else p.device
             step = state.get("step")
             fresh = step is None
+            # float64 counters: exact for any step count (float32 stalls at 2^24) and Demon product.
             if fresh:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
-            elif type(step) is not torch.Tensor or step.device != step_device:
-                # The official code stores a Python int; a checkpoint may come from another device.
-                state["step"] = torch.as_tensor(step, dtype=torch.float32).to(step_device)
+                state["step"] = torch.zeros((), dtype=torch.float64, device=step_device)
+            elif type(step) is not torch.Tensor or step.device != step_device or step.dtype != torch.float64:
+                # The official code stores a Python int; a checkpoint may come from another device, or
+                # from before the counters were float64 (float32: converted exactly).
+                state["step"] = torch.as_tensor(step, dtype=torch.float64).to(step_device)
             buffer_dtype = p.dtype if state_dtype is None else state_dtype
             for key in buffers.values():
                 buf = state.get(key)
@@ -366,9 +368,9 @@ class FusedOptimizer(Optimizer):
             # The empty product is 1. Demon added to a run under way: rebuild the exact product
             # of the betas so far (reading the counter is a host sync, paid once).
             value = 1.0 if fresh else demon.beta_product(hyper.beta1, int(state["step"]))
-            state["beta1_prod"] = torch.full((), value, dtype=torch.float32, device=step_device)
-        elif prod.device != step_device:
-            state["beta1_prod"] = prod.to(step_device)
+            state["beta1_prod"] = torch.full((), value, dtype=torch.float64, device=step_device)
+        elif prod.device != step_device or prod.dtype != torch.float64:
+            state["beta1_prod"] = prod.to(device=step_device, dtype=torch.float64)
 
 
 def grad_divisors(max_norm, plans, noise: StepNoise, grad_scale) -> dict:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-# The 0-d counters keep their own float32 dtype; every other floating state tensor is a buffer.
+# The 0-d counters are float64 whatever the params (exact step counts and Demon products); every
+# other floating state tensor is a buffer.
 COUNTERS = ("step", "beta1_prod")
 
 
@@ -29,14 +30,16 @@ def check_state_dtype(state_dtype, params) -> None:
 
 def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
     """After ``torch.optim.Optimizer.load_state_dict``: give each group back its ``state_dtypes``
-    entry (this optimizer's), and take the saved buffers of the groups that set one straight from
-    ``state_dict``, converted once. torch's loader casts every state tensor to its param's dtype,
-    which would round float32 state through bfloat16; a bfloat16-state checkpoint is upcast exactly."""
+    entry (this optimizer's), take the saved counters straight from ``state_dict`` as float64, and
+    the saved buffers of the groups that set a ``state_dtype``, converted once. torch's loader casts
+    every state tensor but ``step`` to its param's dtype, which would round a Demon product or
+    float32 state through bfloat16; a bfloat16-state checkpoint is upcast exactly."""
     for group, saved_group, state_dtype in zip(optimizer.param_groups, state_dict["param_groups"], state_dtypes):
         group["state_dtype"] = state_dtype
-        if state_dtype is None:
-            continue
         for index, p in zip(saved_group["params"], group["params"]):
             for key, value in state_dict["state"].get(index, {}).items():
-                if key not in COUNTERS and torch.is_tensor(value) and value.is_floating_point():
+                if key in COUNTERS:
+                    # On the CPU here; the step moves it where its backend reads it (_init_state).
+                    optimizer.state[p][key] = torch.as_tensor(value).to(dtype=torch.float64)
+                elif state_dtype is not None and torch.is_tensor(value) and value.is_floating_point():
                     optimizer.state[p][key] = value.to(device=p.device, dtype=state_dtype)

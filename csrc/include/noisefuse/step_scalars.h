@@ -66,19 +66,21 @@ C10_HOST_DEVICE inline double demon_beta(double beta_init, int64_t t, int64_t to
   return beta_init * frac / ((1.0 - beta_init) + beta_init * frac);
 }
 
-// The step number this update runs: the stored float32 counter plus one.
-C10_HOST_DEVICE inline int64_t next_step(float stored_step) {
+// The step number this update runs: the stored counter plus one. Counters are float64 0-d tensors,
+// exact for every step count and Demon product a run can reach (float32 stalls at 2^24 steps and
+// rounds the product: docs/kernel-contract.md, "Per-tensor scalars").
+C10_HOST_DEVICE inline int64_t next_step(double stored_step) {
   return static_cast<int64_t>(stored_step) + 1;
 }
 
 // The running product of Demon betas after step t, given the product stored before it.
-C10_HOST_DEVICE inline double next_beta1_prod(const StepHyper& h, int64_t t, float stored_prod) {
-  return static_cast<double>(stored_prod) * demon_beta(h.beta1, t, h.demon_total_steps, h.demon_delay);
+C10_HOST_DEVICE inline double next_beta1_prod(const StepHyper& h, int64_t t, double stored_prod) {
+  return stored_prod * demon_beta(h.beta1, t, h.demon_total_steps, h.demon_delay);
 }
 
 // Scalars for a tensor whose counters read `stored_step` (and `stored_prod`, used only when
 // h.track_beta1_prod) before this update.
-C10_HOST_DEVICE inline TensorScalars tensor_scalars(const StepHyper& h, float stored_step, float stored_prod) {
+C10_HOST_DEVICE inline TensorScalars tensor_scalars(const StepHyper& h, double stored_step, double stored_prod) {
   TensorScalars sc;
   sc.t = next_step(stored_step);
   sc.beta1_t = demon_beta(h.beta1, sc.t, h.demon_total_steps, h.demon_delay);
@@ -99,12 +101,12 @@ C10_HOST_DEVICE inline TensorScalars tensor_scalars(const StepHyper& h, float st
   sc.odd = (sc.t % 2) == 1;
   sc.step_size = h.lr;
   sc.inv_sqrt_bc2 = 1.0;
-  sc.new_beta1_prod = static_cast<double>(stored_prod);
+  sc.new_beta1_prod = stored_prod;
   if (h.second_moment) {
     const double td = static_cast<double>(sc.t);
     double bc1;
     if (h.track_beta1_prod) {
-      sc.new_beta1_prod = static_cast<double>(stored_prod) * sc.beta1_t;
+      sc.new_beta1_prod = stored_prod * sc.beta1_t;
       bc1 = 1.0 - sc.new_beta1_prod;
     } else {
       bc1 = 1.0 - std::pow(h.beta1, td);

@@ -128,7 +128,8 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr, lr_ptr,
     if HAS_FOUND_INF:
         # Loaded per lane (one address): the interpreter cannot `&` a scalar into a block mask.
         mask = mask & (tl.load(found_inf_ptr + i * 0) == 0)
-    step_ptr = tl.load(ptrs + i * N_COLS + COL_STEP, mask=mask, other=0).to(tl.pointer_type(tl.float32))
+    # The counters are float64 0-d tensors (exact for any step count and Demon product).
+    step_ptr = tl.load(ptrs + i * N_COLS + COL_STEP, mask=mask, other=0).to(tl.pointer_type(tl.float64))
     step = tl.load(step_ptr, mask=mask, other=0.0)
     t_int = step.to(tl.int64) + 1
     t = t_int.to(tl.float64)
@@ -161,10 +162,10 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr, lr_ptr,
     inv_sqrt_bc2 = t * 0.0 + 1.0
     if SECOND_MOMENT:
         if TRACK_PROD:
-            prod_ptr = tl.load(ptrs + i * N_COLS + COL_PROD, mask=mask, other=0).to(tl.pointer_type(tl.float32))
-            new_prod = tl.load(prod_ptr, mask=mask, other=0.0).to(tl.float64) * beta1_t
+            prod_ptr = tl.load(ptrs + i * N_COLS + COL_PROD, mask=mask, other=0).to(tl.pointer_type(tl.float64))
+            new_prod = tl.load(prod_ptr, mask=mask, other=0.0) * beta1_t
             bc1 = 1.0 - new_prod
-            tl.store(prod_ptr, new_prod.to(tl.float32), mask=mask)
+            tl.store(prod_ptr, new_prod, mask=mask)
         else:
             bc1 = 1.0 - _powi(t * 0.0 + beta1, t_int)
         beta2 = _f64(beta2_hi, beta2_lo)
@@ -180,7 +181,7 @@ def scalars_kernel(ptrs, n_tensors, scalars, found_inf_ptr, lr_ptr,
     tl.store(row + SC_ODD, (t_int % 2).to(tl.float64), mask=mask)
     tl.store(row + SC_T, t, mask=mask)
     tl.store(row + SC_DECAY, 1.0 - lr * _f64(wd_hi, wd_lo), mask=mask)
-    tl.store(step_ptr, t.to(tl.float32), mask=mask)
+    tl.store(step_ptr, t, mask=mask)
 
 
 @triton.jit

@@ -102,7 +102,12 @@ def _is_dense(t: torch.Tensor) -> bool:
 def _check_layout(lists, state_dtype) -> None:
     """Every tensor of a row must be dense and laid out like its param: the kernels walk
     ``numel`` consecutive elements from each data pointer. Grads have the params' dtype, the four
-    state lists ``state_dtype``."""
+    state lists ``state_dtype``; the counters (steps, Demon products) are one float64 element each."""
+    for name, counters in (("step", lists[6]), ("beta1_prod", lists[7])):
+        for i, c in enumerate(counters):
+            if c.dtype != torch.float64 or c.numel() != 1 or c.device != lists[0][i].device:
+                raise RuntimeError(f"backend='triton': the {name} counter of param {i} must be one float64 element "
+                                   f"on {lists[0][i].device}, got {c.dtype} {tuple(c.shape)} on {c.device}")
     for i, p in enumerate(lists[0]):
         if not _is_dense(p):
             raise RuntimeError(f"backend='triton' needs dense params; param {i} has strides {p.stride()}")
