@@ -42,6 +42,28 @@ def test_compiled_step_is_one_graph_with_the_op_and_matches_eager(config, fused_
     assert_same_state(opt_eager, opt_compiled, eager, compiled, torch.float32)
 
 
+def test_compiled_bf16_state_step_equals_eager_bit_for_bit(fused_backend):
+    """bfloat16 state rounded stochastically: the compiled step passes the same rounding arguments
+    (offsets, seed) to the op, so it stores the same bits."""
+    torch._dynamo.reset()
+    params = make_params((5, 130))
+    eager = [p.detach().clone().requires_grad_() for p in params]
+    compiled = [p.detach().clone().requires_grad_() for p in params]
+    opt_eager = CONFIGS["demon_adamw_ams"](eager, backend=fused_backend, state_dtype=torch.bfloat16, seed=4)
+    opt_compiled = CONFIGS["demon_adamw_ams"](compiled, backend=fused_backend, state_dtype=torch.bfloat16, seed=4)
+    step = torch.compile(opt_compiled.step, backend="eager", fullgraph=True)
+    for i in range(4):
+        for ps in (eager, compiled):
+            for p, g in zip(ps, make_grads(ps, i)):
+                p.grad = g
+        opt_eager.step()
+        step()
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+        for key, value in opt_eager.state[a].items():
+            assert torch.equal(value, opt_compiled.state[b][key]), key
+
+
 # The compiled step is made before the scheduler wraps opt.step, so the scheduler's check that
 # opt.step ran first cannot see it.
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")

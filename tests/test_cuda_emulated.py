@@ -26,7 +26,9 @@ from noisefuse.backends import native, reference
 from noisefuse.noise import Multiplicative, sample_weights
 from noisefuse.noise.config import MULTIPLICATIVE_KINDS
 from noisefuse.random.philox import seed_as_int64
-from test_native import (DTYPES, FAMILIES, ROUNDING_SEED, STATE_LISTS, assert_same, assert_same_bits, assert_same_mixed,
+from noisefuse.random.rounding import Rounding
+from test_native import (BF16_STATE_CASES, BF16_STATE_OFFSETS, DTYPES, FAMILIES, ROUNDING_SEED, STATE_LISTS,
+                         assert_bfloat16_stores_like_the_reference, assert_same, assert_same_bits, assert_same_mixed,
                          clone, exact_update_family, misalign, op_args, step_tensors)
 from test_native_noise import assert_native_normals_are_the_stream
 
@@ -147,11 +149,33 @@ def test_stochastic_rounding_equals_the_reference_and_the_cpu_kernel(name, state
     ts.offsets = [0, 1, 18, 2**33 + 5, 2**33 + 6, 2**40 + 3]
     expected, on_cpu = clone(ts), clone(ts)
     for _ in range(3):
-        reference.fused_step(family, hyper, expected, rounding_seed=ROUNDING_SEED)
-        native.fused_step(family, hyper, on_cpu, rounding_seed=ROUNDING_SEED)
-        emulated_step(family, hyper, ts, rounding_seed=ROUNDING_SEED)
+        reference.fused_step(family, hyper, expected, rounding=Rounding(ROUNDING_SEED, params=True))
+        native.fused_step(family, hyper, on_cpu, rounding=Rounding(ROUNDING_SEED, params=True))
+        emulated_step(family, hyper, ts, rounding=Rounding(ROUNDING_SEED, params=True))
     assert_same_bits(expected.params, ts.params)
     assert_same_bits(on_cpu.params, ts.params)
+
+
+@pytest.mark.parametrize("case", sorted(BF16_STATE_CASES))
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_variant_with_bfloat16_state(name, case, baseline_cpu):
+    """bfloat16 state: packs of 4 bfloat16s beside float32 or bfloat16 params, one misaligned tensor
+    across a chunk (the strided path), draws at global offsets past 32 bits and chunk positions.
+    The reference's float32 operations, uncontracted: the reference's bfloat16 stores bit for bit,
+    and every tensor of the CPU kernel's baseline build."""
+    dtype, rounding = BF16_STATE_CASES[case]
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(1, ILP + 1, 4097, 0, CHUNK + 3, 40), dtype=dtype,
+                      state_dtype=torch.bfloat16)
+    misalign(ts, 4)
+    ts.offsets = list(BF16_STATE_OFFSETS)
+    expected, on_cpu = clone(ts), clone(ts)
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected, rounding=rounding)
+        native.fused_step(family, hyper, on_cpu, rounding=rounding)
+        emulated_step(family, hyper, ts, rounding=rounding)
+    assert_bfloat16_stores_like_the_reference(expected, ts, exact=True)
+    assert_same(on_cpu, ts, dtype, exact=True)
 
 
 # ----- what only CUDA has: tables, alignment, the counter kernel --------------------------------
@@ -316,6 +340,15 @@ def test_opcheck(name, emulated):
     torch.library.opcheck(emulated.fused_step_.default, args, kwargs)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_opcheck_bfloat16_state_rounding(dtype, emulated):
+    family, hyper = FAMILIES["pn_ams"]
+    ts = step_tensors(family, hyper, sizes=(3, 70), dtype=dtype, state_dtype=torch.bfloat16)
+    args, kwargs = op_args(family, hyper, ts, offsets=[0, 3], seed=-5, stochastic_rounding=dtype == torch.bfloat16,
+                           stochastic_state_rounding=True)
+    torch.library.opcheck(emulated.fused_step_.default, args, kwargs)
+
+
 def test_opcheck_sample_weights(emulated):
     torch.library.opcheck(emulated.sample_weights.default, (torch.tensor(5), 33, seed_as_int64(2**64 - 1), 1, 0.7, 1.0))
 
@@ -332,9 +365,10 @@ def test_bad_input_rejected_before_any_write(emulated):
 
 # ----- every access checked: AddressSanitizer -------------------------------------------------------
 # A chosen part of this file, each kernel and path once: every variant family (float32), float32 state
-# (bfloat16 params), stochastic rounding, misaligned views, several tables, a table of empty tensors,
-# every noise kind, sample_weights of every kind past two strides, the AMP skip.
+# (bfloat16 params), bfloat16 state (every rounding case), stochastic rounding, misaligned views, several
+# tables, a table of empty tensors, every noise kind, sample_weights of every kind past two strides, the AMP skip.
 MEMCHECK = ("test_each_variant_with_grad_scale and float32 or test_each_variant_with_float32_state and bfloat16 "
+            "or test_each_variant_with_bfloat16_state and pn_ams "
             "or test_stochastic_rounding_equals and float32_state or test_more_tensors_than_one_launch_table and "
             "pn_ams or test_misaligned_views_beside_aligned_tensors and 1 or test_noise_matches_reference and float32 "
             "or test_sample_weights and 513 or test_found_inf or test_a_table_of_empty")

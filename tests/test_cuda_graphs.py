@@ -16,16 +16,19 @@ def _fused_backends():
     return [b for b in ("native", "triton") if backends.get(b).available(torch.device("cuda"))]
 
 
-@pytest.mark.parametrize("max_grad_norm", [None, 0.5], ids=["unclipped", "clipped"])
+@pytest.mark.parametrize("variant", ["unclipped", "clipped", "bf16_state"])
 @pytest.mark.parametrize("backend", _fused_backends())
 @pytest.mark.parametrize("config", ["adapnm_noams_demon", "pnm_l2_demon", "demon_sgd_nesterov", "demon_adamw_ams"])
-def test_captured_step_replays_like_eager_steps(config, backend, max_grad_norm):
-    """With max_grad_norm the replay also recomputes the clip from that replay's gradients."""
+def test_captured_step_replays_like_eager_steps(config, backend, variant):
+    """With max_grad_norm the replay also recomputes the clip from that replay's gradients; with
+    bfloat16 state it draws each replay's rounding bits from that replay's counters."""
     params = make_params((1, 4097, 70001), device="cuda")
     eager = [p.detach().clone().requires_grad_() for p in params]
     graphed = [p.detach().clone().requires_grad_() for p in params]
-    opt_eager = CONFIGS[config](eager, backend=backend, capturable=True, max_grad_norm=max_grad_norm)
-    opt_graphed = CONFIGS[config](graphed, backend=backend, capturable=True, max_grad_norm=max_grad_norm)
+    kwargs = dict(capturable=True, max_grad_norm=0.5 if variant == "clipped" else None,
+                  state_dtype=torch.bfloat16 if variant == "bf16_state" else None)
+    opt_eager = CONFIGS[config](eager, backend=backend, seed=5, **kwargs)
+    opt_graphed = CONFIGS[config](graphed, backend=backend, seed=5, **kwargs)
     static_grads = [torch.zeros_like(p) for p in graphed]
     for p, g in zip(graphed, static_grads):
         p.grad = g

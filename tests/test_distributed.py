@@ -16,12 +16,16 @@ from cases import cpu_backends
 WORLD = 2
 STEPS = 4
 # ZeroRedundancyOptimizer builds the optimizer itself from a class and keyword arguments.
-ZERO_CLASSES = {"adapnm": nf.AdaPNM, "pnm": nf.PNM, "demon_sgd": nf.DemonSGD, "demon_sgd_clip": nf.DemonSGD}
+ZERO_CLASSES = {"adapnm": nf.AdaPNM, "pnm": nf.PNM, "demon_sgd": nf.DemonSGD, "demon_sgd_clip": nf.DemonSGD,
+                "adapnm_bf16_state": nf.AdaPNM}
 # demon_sgd_clip: max_grad_norm small enough to clip every step (an SGD-style step, linear in the
 # clipped gradient: Adam's would hide a wrong coefficient). Under FSDP2 the norm is taken over the
 # shards and reduced over the mesh: the sharded run must clip exactly as the unsharded one.
 ZERO_KWARGS = {"adapnm": dict(lr=0.01, weight_decay=0.01, demon=20), "pnm": dict(lr=0.05),
-               "demon_sgd": dict(lr=0.05, total_steps=6, nesterov=True), "demon_sgd_clip": dict(lr=0.05, total_steps=6, max_grad_norm=0.05)}
+               "demon_sgd": dict(lr=0.05, total_steps=6, nesterov=True), "demon_sgd_clip": dict(lr=0.05, total_steps=6, max_grad_norm=0.05),
+               # bfloat16 state rounded stochastically: the bits are indexed by global element
+               # index (a shard's start added), so a sharded run draws what the unsharded one does.
+               "adapnm_bf16_state": dict(lr=0.01, weight_decay=0.01, state_dtype=torch.bfloat16)}
 OPTIMIZERS = {name: (lambda ps, backend, name=name: ZERO_CLASSES[name](ps, **ZERO_KWARGS[name], backend=backend, seed=3))
               for name in ZERO_CLASSES}
 
@@ -118,13 +122,15 @@ def spawn(cases):
 
 
 def test_ddp_matches_single_process():
-    spawn([("ddp", "adapnm", backend) for backend in cpu_backends()] + [("ddp", "demon_sgd_clip", "auto")])
+    spawn([("ddp", "adapnm", backend) for backend in cpu_backends()] + [("ddp", "demon_sgd_clip", "auto"),
+                                                                        ("ddp", "adapnm_bf16_state", "auto")])
 
 
 def test_fsdp2_matches_unsharded():
     # Every optimizer on the default backend, and every backend with one optimizer.
     cases = [("fsdp2", name, "auto") for name in sorted(OPTIMIZERS)]
     cases += [("fsdp2", "adapnm", backend) for backend in cpu_backends() if backend != "auto"]
+    cases += [("fsdp2", "adapnm_bf16_state", backend) for backend in cpu_backends() if backend != "auto"]
     spawn(cases)
 
 

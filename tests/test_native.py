@@ -12,6 +12,7 @@ from noisefuse import backends
 from noisefuse.backends import native, reference
 from noisefuse.backends.family import MOMENTUM_CODES, Family, Hyper
 from noisefuse.backends.step_tensors import StepTensors
+from noisefuse.random.rounding import Rounding
 
 pytestmark = pytest.mark.skipif(not native.available(torch.device("cpu")),
                                 reason=f"native extension not built: {native.load_error()}")
@@ -177,8 +178,8 @@ def test_stochastic_rounding_equals_the_reference_bit_for_bit(name, state_dtype,
     ts.offsets = [0, 1, 18, 2**33 + 5, 4115]  # one beyond 32 bits: hi32 of the counter
     expected = clone(ts)
     for _ in range(3):
-        reference.fused_step(family, hyper, expected, rounding_seed=ROUNDING_SEED)
-        native.fused_step(family, hyper, ts, rounding_seed=ROUNDING_SEED)
+        reference.fused_step(family, hyper, expected, rounding=Rounding(ROUNDING_SEED, params=True))
+        native.fused_step(family, hyper, ts, rounding=Rounding(ROUNDING_SEED, params=True))
     assert_same_bits(expected.params, ts.params)
 
 
@@ -195,6 +196,67 @@ def exact_update_family(name):
 def assert_same_bits(params_a, params_b):
     for i, (a, b) in enumerate(zip(params_a, params_b)):
         assert torch.equal(a.cpu().view(torch.int16), b.cpu().view(torch.int16)), f"param {i}"
+
+
+# bfloat16 state, as (param dtype, rounding): of float32 params, stored stochastically or to nearest;
+# of bfloat16 params, stored stochastically, the params too or to nearest.
+BF16_STATE_CASES = {
+    "f32_sr_state": (torch.float32, Rounding(ROUNDING_SEED, state=True)),
+    "f32_nearest": (torch.float32, None),
+    "bf16_sr_both": (torch.bfloat16, Rounding(ROUNDING_SEED, params=True, state=True)),
+    "bf16_sr_state": (torch.bfloat16, Rounding(ROUNDING_SEED, state=True)),
+}
+# Global offsets of six tensors: past 32 bits (hi32 of the counter) for some.
+BF16_STATE_OFFSETS = [0, 1, 18, 2**33 + 5, 4115, 2**40 + 3]
+
+
+def assert_bfloat16_stores_like_the_reference(expected, ts, exact):
+    """Every bfloat16 tensor of ``ts`` (the state, bfloat16 params) against the reference's: bit for
+    bit when ``exact`` (a kernel doing the reference's float32 operations), else equal but for rare
+    flips; float32 params at float32's tolerance, counters equal.
+
+    Where a kernel's float32 value differs from the reference's in its last bit (the AVX2 build and
+    the GPU contract multiply-adds), the same rounding bits still give the same bfloat16 unless the
+    value sits at the boundary the draw picks, about once in 2^16 elements per ulp and store; the
+    element then stays about one bfloat16 ulp apart. Wrong bits (another half-word of the draw,
+    another index) would make half of all elements differ."""
+    assert all(t.dtype == torch.bfloat16 for key in STATE_LISTS for t in getattr(ts, key))
+    for key in ("params",) + STATE_LISTS:
+        for i, (a, b) in enumerate(zip(getattr(expected, key), getattr(ts, key))):
+            a, b = a.cpu(), b.cpu()
+            if b.dtype == torch.float32:
+                torch.testing.assert_close(b, a, atol=TOLERANCES[torch.float32][0], rtol=TOLERANCES[torch.float32][1],
+                                           msg=lambda m: f"{key}[{i}]: {m}")
+                continue
+            apart = int((a.view(torch.int16) != b.view(torch.int16)).sum())
+            assert apart <= (0 if exact else max(2, 0.002 * a.numel())), f"{key}[{i}]: {apart} elements apart"
+            torch.testing.assert_close(b.float(), a.float(), atol=TOLERANCES[torch.bfloat16][0],
+                                       rtol=TOLERANCES[torch.bfloat16][1], msg=lambda m: f"{key}[{i}]: {m}")
+    for key in ("steps", "beta1_prods"):
+        assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(getattr(expected, key), getattr(ts, key))), key
+
+
+@pytest.mark.parametrize("isa", ["best", "baseline"])
+@pytest.mark.parametrize("case", sorted(BF16_STATE_CASES))
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_variant_with_bfloat16_state(name, case, isa, monkeypatch):
+    """bfloat16 state of float32 params (widened into the param's float vector) or of bfloat16
+    params, every store stochastic from its own 16 bits of the element's one rounding draw, or to
+    nearest; sizes 0, 1, odd, past one 32K-element chunk ending in a partial draw block and vector,
+    a misaligned view. The baseline build does the reference's float32 operations: its bfloat16
+    stores are the reference's bit for bit."""
+    if isa == "baseline":
+        monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
+    dtype, rounding = BF16_STATE_CASES[case]
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 32768 + 77, 40), dtype=dtype, state_dtype=torch.bfloat16)
+    misalign(ts, 5)
+    ts.offsets = list(BF16_STATE_OFFSETS)
+    expected = clone(ts)
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected, rounding=rounding)
+        native.fused_step(family, hyper, ts, rounding=rounding)
+    assert_bfloat16_stores_like_the_reference(expected, ts, exact=isa == "baseline")
 
 
 def test_unaligned_and_channels_last_tensors():
@@ -230,6 +292,16 @@ def test_opcheck_float32_state_and_stochastic_rounding(name):
     family, hyper = FAMILIES[name]
     ts = step_tensors(family, hyper, sizes=(3, 70), dtype=torch.bfloat16, state_dtype=torch.float32)
     args, kwargs = op_args(family, hyper, ts, offsets=[0, 3], seed=-5, stochastic_rounding=True)
+    torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, args, kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["pn_ams", "ema_v"])
+def test_opcheck_bfloat16_state_rounding(name, dtype):
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(3, 70), dtype=dtype, state_dtype=torch.bfloat16)
+    args, kwargs = op_args(family, hyper, ts, offsets=[0, 3], seed=-5, stochastic_rounding=dtype == torch.bfloat16,
+                           stochastic_state_rounding=True)
     torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, args, kwargs)
 
 
@@ -312,6 +384,35 @@ def test_bad_precision_arguments_rejected_before_any_write(case):
         for key in ("params", "grads", "exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
             getattr(ts, key)[1] = getattr(ts, key)[1].view(33, 31).t()
         pattern = r"stochastic_rounding=True draws per element at its row-major index, but params\[1\]"
+    before = clone(ts)
+    args, kwargs = op_args(family, hyper, ts, **kw)
+    with pytest.raises(RuntimeError, match=pattern):
+        torch.ops.noisefuse.fused_step_(*args, **kwargs)
+    assert_same(before, ts, torch.float32, exact=True)
+
+
+@pytest.mark.parametrize("case", ["ssr_float32_state", "half_params", "double_params", "ssr_offsets", "ssr_layout"])
+def test_bad_bfloat16_state_arguments_rejected_before_any_write(case):
+    """bfloat16 state only for float32 params or with bfloat16 params; its stochastic rounding only
+    of bfloat16 state, with an offset per param and row-major params."""
+    family, hyper = FAMILIES["pn_ams"]
+    dtype = {"ssr_float32_state": torch.bfloat16, "half_params": torch.float16, "double_params": torch.float64}
+    ts = step_tensors(family, hyper, dtype=dtype.get(case, torch.float32),
+                      state_dtype=torch.float32 if case == "ssr_float32_state" else torch.bfloat16)
+    kw = dict(offsets=[0, 5, 1028], seed=1, stochastic_state_rounding=True)
+    if case == "ssr_float32_state":
+        pattern = r"stochastic_state_rounding=True rounds bfloat16 state, but the state is Float"
+    elif case in ("half_params", "double_params"):
+        pattern = (rf"exp_avgs\[0\] has dtype BFloat16 but params have {'Half' if case == 'half_params' else 'Double'}"
+                   r"; the state must have the params' dtype, float32 for float16/bfloat16 params, or bfloat16 for "
+                   r"float32 params")
+    elif case == "ssr_offsets":
+        kw["offsets"] = []
+        pattern = r"offsets has 0 entries but 3"
+    else:  # param 1 transposed: [31, 33] with strides (1, 31), and every list of index 1 alike
+        for key in ("params", "grads", "exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"):
+            getattr(ts, key)[1] = getattr(ts, key)[1].view(33, 31).t()
+        pattern = r"stochastic_state_rounding=True draws per element at its row-major index, but params\[1\]"
     before = clone(ts)
     args, kwargs = op_args(family, hyper, ts, **kw)
     with pytest.raises(RuntimeError, match=pattern):

@@ -9,8 +9,10 @@ import torch
 from cases import BIG_SIZE, CONFIGS, SIZES, assert_same_state, capture_after_warm_up, compare_backends, make_params
 from noisefuse.backends import native, reference
 from noisefuse.backends.family import Family, Hyper
-from test_native import (DTYPES, FAMILIES, ROUNDING_SEED, assert_float32_state_steps_like_the_reference, assert_same,
-                         assert_same_bits, clone, exact_update_family, misalign, op_args, step_tensors)
+from noisefuse.random.rounding import Rounding
+from test_native import (BF16_STATE_CASES, BF16_STATE_OFFSETS, DTYPES, FAMILIES, ROUNDING_SEED,
+                         assert_bfloat16_stores_like_the_reference, assert_float32_state_steps_like_the_reference,
+                         assert_same, assert_same_bits, clone, exact_update_family, misalign, op_args, step_tensors)
 from test_native_noise import PAIRS, noisy_op_args, noisy_run
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and native.available(torch.device("cuda"))),
@@ -58,11 +60,30 @@ def test_stochastic_rounding_equals_the_reference_and_the_cpu_kernel(name, state
     expected, on_cpu = clone(ts), clone(ts)
     on_cpu = type(ts)(**{k: [t.cpu() if torch.is_tensor(t) else t for t in v] for k, v in vars(on_cpu).items()})
     for _ in range(3):
-        reference.fused_step(family, hyper, expected, rounding_seed=ROUNDING_SEED)
-        native.fused_step(family, hyper, ts, rounding_seed=ROUNDING_SEED)
-        native.fused_step(family, hyper, on_cpu, rounding_seed=ROUNDING_SEED)
+        reference.fused_step(family, hyper, expected, rounding=Rounding(ROUNDING_SEED, params=True))
+        native.fused_step(family, hyper, ts, rounding=Rounding(ROUNDING_SEED, params=True))
+        native.fused_step(family, hyper, on_cpu, rounding=Rounding(ROUNDING_SEED, params=True))
     assert_same_bits(expected.params, ts.params)
     assert_same_bits(on_cpu.params, ts.params)
+
+
+@pytest.mark.parametrize("case", sorted(BF16_STATE_CASES))
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_variant_with_bfloat16_state(name, case):
+    """bfloat16 state beside float32 or bfloat16 params: packs of 4 bfloat16s, the scalar path of a
+    misaligned view, draws at global offsets past 32 bits. nvcc contracts multiply-adds: the stores
+    are the reference's but for rare flips."""
+    dtype, rounding = BF16_STATE_CASES[case]
+    family, hyper = FAMILIES[name]
+    ts = step_tensors(family, hyper, sizes=(1, 17, 4097, 0, 65536 + 3, 40), dtype=dtype, device=CUDA,
+                      state_dtype=torch.bfloat16)
+    misalign(ts, 4)
+    ts.offsets = list(BF16_STATE_OFFSETS)
+    expected = clone(ts)
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected, rounding=rounding)
+        native.fused_step(family, hyper, ts, rounding=rounding)
+    assert_bfloat16_stores_like_the_reference(expected, ts, exact=False)
 
 
 @pytest.mark.parametrize("name", ["pn_ams", "heavy_ball"])
@@ -94,6 +115,15 @@ def test_opcheck(name):
     ts = step_tensors(family, hyper, sizes=(3, 70000), device=CUDA)
     args, kwargs = op_args(family, hyper, ts, grad_scale=torch.tensor(2.0, device=CUDA),
                            found_inf=torch.tensor(0.0, device=CUDA))
+    torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, args, kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_opcheck_bfloat16_state_rounding(dtype):
+    family, hyper = FAMILIES["pn_ams"]
+    ts = step_tensors(family, hyper, sizes=(3, 70000), dtype=dtype, device=CUDA, state_dtype=torch.bfloat16)
+    args, kwargs = op_args(family, hyper, ts, offsets=[0, 3], seed=-5, stochastic_rounding=dtype == torch.bfloat16,
+                           stochastic_state_rounding=True)
     torch.library.opcheck(torch.ops.noisefuse.fused_step_.default, args, kwargs)
 
 

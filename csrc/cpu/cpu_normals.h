@@ -153,24 +153,23 @@ void fill_normals(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, f
   box_muller_lanes<kLanes>(u0, u1, out);
 }
 
-// out[l] = the 16 stochastic-rounding bits of global element `index0 + l` at step `step`
-// (philox::rounding_bits: x0 & 0xFFFF under kTagRounding).
+// x0[l], x1[l] = the rounding draw of global element `index0 + l` at step `step`
+// (philox::rounding_words: the first two words under kTagRounding), whose half-words round the
+// element's stochastic stores (store_bits in noisefuse/bf16_rounding.h).
 template <int kLanes>
-void fill_rounding_bits(uint64_t seed, uint64_t step, uint64_t index0, uint32_t* out) {
+void fill_rounding_words(uint64_t seed, uint64_t step, uint64_t index0, uint32_t* x0, uint32_t* x1) {
 #if defined(NF_PHILOX_AVX2)
   static_assert(kLanes % 16 == 0, "the AVX2 Philox draws 16 lanes at a time");
-  const __m256i low16 = _mm256_set1_epi32(0xFFFF);
   for (int l = 0; l < kLanes; l += 16) {
-    __m256i x0[2], x1[2];
-    philox16_avx2(seed, step, philox::kTagRounding, index0 + static_cast<uint64_t>(l), x0, x1);
+    __m256i w0[2], w1[2];
+    philox16_avx2(seed, step, philox::kTagRounding, index0 + static_cast<uint64_t>(l), w0, w1);
     for (int g = 0; g < 2; ++g) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + l + 8 * g), _mm256_and_si256(x0[g], low16));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(x0 + l + 8 * g), w0[g]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(x1 + l + 8 * g), w1[g]);
     }
   }
 #else
-  alignas(64) uint32_t x1[kLanes];
-  philox_lanes<kLanes>(seed, step, philox::kTagRounding, index0, out, x1);
-  for (int l = 0; l < kLanes; ++l) out[l] &= 0xFFFFu;
+  philox_lanes<kLanes>(seed, step, philox::kTagRounding, index0, x0, x1);
 #endif
 }
 

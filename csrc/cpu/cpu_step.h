@@ -32,10 +32,11 @@ struct CpuStep {
   bool has_grad_scale;
   float grad_scale;
   CpuDtype dtype;        // the params' (and grads')
-  CpuDtype state_dtype;  // the state buffers': dtype, or kFloat for kHalf/kBFloat16 params
+  CpuDtype state_dtype;  // the state buffers': dtype, kFloat for kHalf/kBFloat16 params, or kBFloat16 for kFloat
+                         // params
   bool pn;
   int second_moment;  // SecondMoment
-  NoiseHyper noise;      // with the stochastic rounding flag
+  NoiseHyper noise;      // with the stochastic rounding flags (params, state)
   const float* weights;  // multiplicative noise: the step's B weights, else null
 };
 

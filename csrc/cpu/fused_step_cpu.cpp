@@ -54,11 +54,10 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const std::optional<at::Tensor>& lr_tensor,
                     const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets, int64_t noise_kind,
                     int64_t seed, double noise_std, double noise_scale, bool noise_centered,
-                    bool stochastic_rounding) {
+                    bool stochastic_rounding, bool stochastic_state_rounding) {
   const FusedStepLists l{params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods};
-  const NoiseArgs noise{grad_samples, sample_weights, offsets,       noise_kind,
-                        seed,         noise_std,      noise_scale,   noise_centered,
-                        stochastic_rounding};
+  const NoiseArgs noise{grad_samples,   sample_weights,      offsets,   noise_kind, seed, noise_std, noise_scale,
+                        noise_centered, stochastic_rounding, stochastic_state_rounding};
   NoiseHyper nh;
   StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov,
                                         maximize, demon_total_steps, demon_delay,

@@ -11,8 +11,10 @@
 //
 // Mixed precision (docs/kernel-contract.md, "Mixed precision"): the state's storage type is a
 // second template parameter (float32 state for float16/bfloat16 params is loaded as the float
-// vectors the param's vector widens to), and bfloat16 params may be rounded stochastically on store
-// with bits drawn for a block of 64 elements at a time (a runtime flag: it changes no traffic).
+// vectors the param's vector widens to, bfloat16 state of float32 params widened into the param's
+// float vector), and bfloat16 params and bfloat16 state may be rounded stochastically on store,
+// every store of an element from its own 16 bits of one Philox draw, drawn for a block of 64
+// elements at a time (runtime flags: they change no traffic).
 //
 // Gradient noise (docs/kernel-contract.md, "Noise") is formed per vector in registers: the
 // grad_sample rows of the vector's elements are loaded one row at a time and summed (the rows of
@@ -103,10 +105,12 @@ constexpr bool kReducedFloat = std::is_same_v<scalar_t, c10::Half> || std::is_sa
 
 // The state operands of one param vector: VecIO of the param's type when the state has it; for
 // float32 state of a float16/bfloat16 param, the IO::kParts float vectors that the param's
-// IO::kWidth elements widen to, loaded and stored as they are (no rounding).
+// IO::kWidth elements widen to, loaded and stored as they are (no rounding); for bfloat16 state of
+// a float32 param, the param's one float vector.
 template <typename state_t, typename scalar_t, typename Enable = void>
 struct StateIO : VecIO<scalar_t> {
-  static_assert(std::is_same_v<state_t, scalar_t>, "state of another type than the param's must be float32");
+  static_assert(std::is_same_v<state_t, scalar_t>,
+                "state of another type than the param's: float32 (float16/bfloat16 params) or bfloat16 (float32)");
 };
 
 template <typename scalar_t>
@@ -135,6 +139,26 @@ struct StateIO<float, scalar_t, std::enable_if_t<kReducedFloat<scalar_t>>> {
   }
 };
 
+// bfloat16 state of a float32 param: kWidth bfloat16s widened into one float vector, and stored
+// back to nearest (convert_from_float's lower half). A full vector reads exactly its kWidth
+// elements (load_to_float), a tail the variable-length access of a bfloat16 vector.
+template <>
+struct StateIO<c10::BFloat16, float> {
+  using Vec = Vectorized<float>;
+  using Raw = Vectorized<c10::BFloat16>;  // 2 * kWidth lanes, the first kWidth used
+  static constexpr int64_t kWidth = Vec::size();
+  static constexpr int kParts = 1;
+  static void load(const c10::BFloat16* ptr, int64_t count, Vec* out) {
+    if (count == kWidth) at::vec::load_to_float(ptr, out[0]);
+    else out[0] = std::get<0>(at::vec::convert_to_float<c10::BFloat16>(Raw::loadu(ptr, count)));
+  }
+  static void store(c10::BFloat16* ptr, int64_t count, const Vec* in) {
+    const Raw raw = at::vec::convert_from_float<c10::BFloat16>(in[0], in[0]);
+    if (count == kWidth) raw.store(ptr, kWidth);
+    else raw.store(ptr, count);
+  }
+};
+
 // What the noise and the rounding read besides each tensor's own operands: the per-call values in
 // the math type.
 template <typename Vec, typename math_t>
@@ -144,7 +168,8 @@ struct StreamInputs {
   uint64_t seed;
   int32_t batch;
   bool centered;
-  bool stochastic_rounding;  // bfloat16 params only
+  bool stochastic_rounding;        // bfloat16 params only
+  bool stochastic_state_rounding;  // bfloat16 state only
 };
 
 template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise>
@@ -154,7 +179,8 @@ struct ChunkKernel {
   using Vec = typename IO::Vec;
   using math_t = typename Vec::value_type;
   static constexpr int kParts = IO::kParts;
-  static constexpr bool kMayRound = std::is_same_v<scalar_t, c10::BFloat16>;
+  static constexpr bool kMayRoundParams = std::is_same_v<scalar_t, c10::BFloat16>;
+  static constexpr bool kMayRoundState = std::is_same_v<state_t, c10::BFloat16>;
 
   scalar_t* p;
   const scalar_t* g;  // grad, or grad_sample row 0 when kNoise reads rows
@@ -166,7 +192,7 @@ struct ChunkKernel {
   uint64_t offset;  // global index of element 0
   uint64_t step;    // the tensor's step after this update's increment
 
-  // Per-element draws (the normals of the kinds that use them, the rounding bits) are made a block
+  // Per-element draws (the normals of the kinds that use them, the rounding words) are made a block
   // of kDrawBlock elements at a time (Philox over whole vectors of lanes, cpu_normals.h), into
   // stack buffers that the block's vectors then read: 64 elements, a multiple of every IO::kWidth
   // and of 32K (chunks stay whole).
@@ -303,18 +329,40 @@ struct ChunkKernel {
     }
   }
 
-  // Stores the new params of elements [i, i + count), rounded stochastically with their bits.
-  void store_rounded(int64_t i, int64_t count, const Vec* in, const uint32_t* bits) const {
+  // The rounding draws (Philox's words x0, x1: store_bits) of a run of elements, as the stores
+  // read them: null where the store is to nearest.
+  struct RoundingWords {
+    const uint32_t* param;  // x0, when the params are rounded stochastically
+    const uint32_t* x0;     // x0 and x1, when the state is
+    const uint32_t* x1;
+  };
+
+  // Stores elements [0, count) of the vectors `in` into `dst` through `StoreIO`: to nearest, or,
+  // when `x0` is given (bfloat16 storage only), stochastically with the bits of kStore.
+  template <typename StoreIO, int kStore, typename T>
+  static void store_operand(T* dst, int64_t count, const Vec* in, const uint32_t* x0, const uint32_t* x1) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (x0 != nullptr) return store_stochastic<kStore>(dst, count, in, x0, x1);
+    }
+    StoreIO::store(dst, count, in);
+  }
+
+  // The stochastic store, element by element (x1 is read only by the stores whose bits lie in it).
+  // Out of line: inlined four times, its loop pushed the update itself out of the vector loop's
+  // inlining (a call per vector, a third slower when rounding to nearest).
+  template <int kStore>
+  C10_NOINLINE static void store_stochastic(c10::BFloat16* dst, int64_t count, const Vec* in, const uint32_t* x0,
+                                            const uint32_t* x1) {
     alignas(64) float x[IO::kWidth];
     for (int k = 0; k < kParts; ++k) in[k].store(x + k * Vec::size());
     for (int64_t l = 0; l < count; ++l) {
-      p[i + l] = c10::BFloat16(stochastic_bf16_bits(x[l], bits[l]), c10::BFloat16::from_bits());
+      const uint32_t r = store_bits(x0[l], kStore >= kSecondMomentStore ? x1[l] : 0u, kStore);
+      dst[l] = c10::BFloat16(stochastic_bf16_bits(x[l], r), c10::BFloat16::from_bits());
     }
   }
 
-  // Updates elements [i, i + count), count <= IO::kWidth, with their gradient `rg`. `bits`: their
-  // rounding bits when the params are rounded stochastically, else null.
-  void update_vector(int64_t i, int64_t count, const ElementCoefs<Vec>& c, Vec* rg, const uint32_t* bits) const {
+  // Updates elements [i, i + count), count <= IO::kWidth, with their gradient `rg`.
+  void update_vector(int64_t i, int64_t count, const ElementCoefs<Vec>& c, Vec* rg, const RoundingWords& w) const {
     Vec rp[kParts], rm[kParts], rmn[kParts], rv[kParts], rvm[kParts];
     IO::load(p + i, count, rp);
     SIO::load(m + i, count, rm);
@@ -324,49 +372,52 @@ struct ChunkKernel {
     for (int k = 0; k < kParts; ++k) {
       update_element<kPn, kSecond, VecOps>(c, rp[k], rg[k], rm[k], rmn[k], rv[k], rvm[k]);
     }
-    if constexpr (kMayRound) {
-      if (bits != nullptr) store_rounded(i, count, rp, bits);
-      else IO::store(p + i, count, rp);
-    } else {
-      IO::store(p + i, count, rp);
-    }
-    SIO::store(m + i, count, rm);
-    if (kSecond != kNoSecondMoment) SIO::store(v + i, count, rv);
-    if (kSecond == kAmsgrad) SIO::store(vmax + i, count, rvm);
+    store_operand<IO, kParamStore>(p + i, count, rp, w.param, nullptr);
+    store_operand<SIO, kMomentumStore>(m + i, count, rm, w.x0, w.x1);
+    if (kSecond != kNoSecondMoment) store_operand<SIO, kSecondMomentStore>(v + i, count, rv, w.x0, w.x1);
+    if (kSecond == kAmsgrad) store_operand<SIO, kMaxSecondMomentStore>(vmax + i, count, rvm, w.x0, w.x1);
   }
 
-  // Elements [begin, end) as whole vectors and a partial last one. `lanes`/`bits`: the normals and
-  // rounding bits of element `begin` on (or null); `sums`: the row block holding [begin, end), which
-  // starts at `block` (kinds that read rows).
+  // Elements [begin, end) as whole vectors and a partial last one. `lanes`: the normals of element
+  // `begin` on (or null); `w`: its rounding words; `sums`: the row block holding [begin, end),
+  // which starts at `block` (kinds that read rows).
   void step_vectors(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz,
-                    const float* lanes, const uint32_t* bits, const RowBlock* sums, int64_t block) const {
+                    const float* lanes, const RoundingWords& w, const RowBlock* sums, int64_t block) const {
+    const auto from = [&](const uint32_t* words, int64_t i) {
+      return words == nullptr ? nullptr : words + (i - begin);
+    };
     for (int64_t i = begin; i < end; i += IO::kWidth) {
+      const int64_t count = std::min<int64_t>(IO::kWidth, end - i);
       const float* vector_lanes = lanes == nullptr ? nullptr : lanes + (i - begin);
       Vec rg[kParts];
       if constexpr (noise_reads_rows(kNoise)) block_grad(*sums, i - block, nz, vector_lanes, rg);
-      else form_grad(i, std::min<int64_t>(IO::kWidth, end - i), c, nz, vector_lanes, rg);
-      update_vector(i, std::min<int64_t>(IO::kWidth, end - i), c, rg, bits == nullptr ? nullptr : bits + (i - begin));
+      else form_grad(i, count, c, nz, vector_lanes, rg);
+      update_vector(i, count, c, rg, RoundingWords{from(w.param, i), from(w.x0, i), from(w.x1, i)});
     }
   }
 
   // Elements [begin, end) of one row block (the whole range for kinds that read no rows), with the
-  // per-element draws made for 64 elements at a time. A partial last draw block draws a few values
-  // it does not use (their lanes lie past the tensor).
+  // per-element draws made for 64 elements at a time: one rounding draw per element serves the
+  // param and every state buffer. A partial last draw block draws a few values it does not use
+  // (their lanes lie past the tensor).
   void step_block(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz,
                   const RowBlock* sums) const {
-    const bool rounds = kMayRound && nz.stochastic_rounding;
+    const bool round_params = kMayRoundParams && nz.stochastic_rounding;
+    const bool round_state = kMayRoundState && nz.stochastic_state_rounding;
+    const bool rounds = round_params || round_state;
     if (!kDrawsNormals && !rounds) {
-      step_vectors(begin, end, c, nz, nullptr, nullptr, sums, begin);
+      step_vectors(begin, end, c, nz, nullptr, RoundingWords{}, sums, begin);
       return;
     }
     alignas(64) float lanes[kDrawBlock];
-    alignas(64) uint32_t bits[kDrawBlock];
+    alignas(64) uint32_t x0[kDrawBlock], x1[kDrawBlock];
+    const RoundingWords w{round_params ? x0 : nullptr, round_state ? x0 : nullptr, round_state ? x1 : nullptr};
     for (int64_t draws = begin; draws < end; draws += kDrawBlock) {
       const uint64_t index0 = offset + static_cast<uint64_t>(draws);
       if constexpr (kDrawsNormals) fill_normals<kDrawBlock>(nz.seed, step, kTag, index0, lanes);
-      if (rounds) fill_rounding_bits<kDrawBlock>(nz.seed, step, index0, bits);
-      step_vectors(draws, std::min<int64_t>(draws + kDrawBlock, end), c, nz, kDrawsNormals ? lanes : nullptr,
-                   rounds ? bits : nullptr, sums, begin);
+      if (rounds) fill_rounding_words<kDrawBlock>(nz.seed, step, index0, x0, x1);
+      step_vectors(draws, std::min<int64_t>(draws + kDrawBlock, end), c, nz, kDrawsNormals ? lanes : nullptr, w,
+                   sums, begin);
     }
   }
 
@@ -402,7 +453,8 @@ void run_typed(const CpuStep& s) {
   std::vector<math_t> weights(kNoise == kMultiplicativeNoise ? s.noise.batch : 0);
   for (size_t b = 0; b < weights.size(); ++b) weights[b] = static_cast<math_t>(s.weights[b]);
   const StreamInputs<Vec, math_t> nz{make_noise_coefs<Vec, math_t>(s.noise), weights.data(), s.noise.seed,
-                                     s.noise.batch, s.noise.centered, s.noise.stochastic_rounding};
+                                     s.noise.batch, s.noise.centered, s.noise.stochastic_rounding,
+                                     s.noise.stochastic_state_rounding};
   at::parallel_for(0, first_chunk[n], 1, [&](int64_t begin, int64_t end) {
     int64_t i = std::upper_bound(first_chunk.begin(), first_chunk.end(), begin) - first_chunk.begin() - 1;
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -453,7 +505,9 @@ void run_reduced(const CpuStep& s) {
 
 void run_cpu_step(const CpuStep& s) {
   switch (s.dtype) {
-    case CpuDtype::kFloat: return run_family<float, float>(s);
+    case CpuDtype::kFloat:
+      if (s.state_dtype == CpuDtype::kBFloat16) return run_family<float, c10::BFloat16>(s);
+      return run_family<float, float>(s);
     case CpuDtype::kDouble: return run_family<double, double>(s);
     case CpuDtype::kHalf: return run_reduced<c10::Half>(s);
     case CpuDtype::kBFloat16: return run_reduced<c10::BFloat16>(s);

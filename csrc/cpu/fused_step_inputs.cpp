@@ -76,7 +76,7 @@ void check_row_major(const at::Tensor& p, size_t i, const char* what) {
 
 void check_noise(const FusedStepLists& l, const NoiseArgs& a, NoiseHyper* out) {
   *out = NoiseHyper{static_cast<int32_t>(a.kind), 0, static_cast<uint64_t>(a.seed), a.std, a.scale,
-                    a.centered && a.kind == kDiagFisherNoise, a.stochastic_rounding};
+                    a.centered && a.kind == kDiagFisherNoise, a.stochastic_rounding, a.stochastic_state_rounding};
   const size_t n = l.params.size();
   const bool rows = noise_reads_rows(static_cast<int>(a.kind));
   check_length(a.grad_samples, "grad_samples", rows ? n : 0,
@@ -84,6 +84,8 @@ void check_noise(const FusedStepLists& l, const NoiseArgs& a, NoiseHyper* out) {
   if (!a.uses_offsets() || n == 0) return;
   TORCH_CHECK(!a.stochastic_rounding || l.params[0].scalar_type() == at::kBFloat16, kOp,
               "stochastic_rounding=True rounds bfloat16 params, but params are ", l.params[0].scalar_type());
+  TORCH_CHECK(!a.stochastic_state_rounding || l.exp_avgs[0].scalar_type() == at::kBFloat16, kOp,
+              "stochastic_state_rounding=True rounds bfloat16 state, but the state is ", l.exp_avgs[0].scalar_type());
   TORCH_CHECK(a.offsets.size() == n, kOp, "offsets has ", a.offsets.size(), " entries but ", n,
               " were expected (one global element offset per param with noise or stochastic rounding)");
   for (size_t i = 0; i < n; ++i) {
@@ -92,6 +94,7 @@ void check_noise(const FusedStepLists& l, const NoiseArgs& a, NoiseHyper* out) {
       check_row_major(l.params[i], i, a.kind == kIsotropicNoise ? "noise_kind=1" : "noise_kind=2");
     }
     if (a.stochastic_rounding) check_row_major(l.params[i], i, "stochastic_rounding=True");
+    if (a.stochastic_state_rounding) check_row_major(l.params[i], i, "stochastic_state_rounding=True");
   }
   if (!rows) return;
   const at::Tensor& first = a.grad_samples[0];
@@ -183,12 +186,15 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
   const at::ScalarType dtype = p0.scalar_type();
   TORCH_CHECK(supported_dtype(dtype), kOp, "params[0] has dtype ", dtype,
               "; supported: float32, float64, float16, bfloat16");
-  // The state lists share one dtype: the params', or float32 for float16/bfloat16 params.
+  // The state lists share one dtype: the params', float32 for float16/bfloat16 params, or bfloat16
+  // for float32 params.
   TORCH_CHECK(l.exp_avgs[0].defined(), kOp, "exp_avgs[0] is undefined");
   const at::ScalarType state = l.exp_avgs[0].scalar_type();
-  TORCH_CHECK(state == dtype || (state == at::kFloat && (dtype == at::kHalf || dtype == at::kBFloat16)), kOp,
-              "exp_avgs[0] has dtype ", state, " but params have ", dtype,
-              "; the state must have the params' dtype, or float32 for float16/bfloat16 params");
+  TORCH_CHECK(state == dtype || (state == at::kFloat && (dtype == at::kHalf || dtype == at::kBFloat16)) ||
+                  (state == at::kBFloat16 && dtype == at::kFloat),
+              kOp, "exp_avgs[0] has dtype ", state, " but params have ", dtype,
+              "; the state must have the params' dtype, float32 for float16/bfloat16 params, or bfloat16 for "
+              "float32 params");
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = l.params[i];
     TORCH_CHECK(p.defined(), kOp, "params[", i, "] is undefined");

@@ -19,8 +19,10 @@
 // draw normals the table carries each tensor's global offset. B, seed, std, scale are runtime
 // values and the weights are read from device memory, so a noisy step stays capturable.
 // Mixed precision: the state's storage type is a template parameter (float32 state for
-// float16/bfloat16 params), and so is stochastic rounding of bfloat16 params (kRound: the table
-// then carries the global offsets its rounding bits are indexed by).
+// float16/bfloat16 params, bfloat16 state for float32 params), and so is the set of stores rounded
+// stochastically to bfloat16 (kRound, StochasticStores: the params, the state). A launch that rounds
+// any draws once per element (philox::rounding_words), each store taking its own 16 bits of the
+// draw (store_bits), and its table carries the global offsets the draws are indexed by.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -67,23 +69,30 @@ __device__ inline void load_pack(const scalar_t* src, int i, math_t* out) {
   for (int j = 0; j < kIlp; ++j) out[j] = static_cast<math_t>(pack.v[j]);
 }
 
-template <typename scalar_t, typename math_t>
-__device__ inline void store_pack(scalar_t* dst, int i, const math_t* in) {
-  Pack<scalar_t> pack;
-#pragma unroll
-  for (int j = 0; j < kIlp; ++j) pack.v[j] = static_cast<scalar_t>(in[j]);
-  *reinterpret_cast<Pack<scalar_t>*>(dst + i) = pack;
+// One element's rounding draw: x0, x1 of philox::rounding_words, made only when some store of the
+// launch is stochastic.
+struct RoundingDraw {
+  uint32_t x0, x1;
+};
+
+template <int kRound, typename math_t>
+__device__ inline RoundingDraw rounding_draw(const BlockNoise<math_t>& nz, int position) {
+  if constexpr (kRound == kRoundNone) {
+    return RoundingDraw{0u, 0u};
+  } else {
+    const philox::Words w = philox::rounding_words(nz.seed, nz.step, nz.index0 + static_cast<uint64_t>(position));
+    return RoundingDraw{w.x[0], w.x[1]};
+  }
 }
 
-// The new param of chunk position `position`, stored to nearest or, with kRound (bfloat16 params),
-// stochastically with the element's rounding bits.
-template <bool kRound, typename scalar_t, typename math_t>
-__device__ inline scalar_t param_out(math_t x, const BlockNoise<math_t>& nz, int position) {
-  if constexpr (kRound) {
-    const uint32_t bits = philox::rounding_bits(nz.seed, nz.step, nz.index0 + static_cast<uint64_t>(position));
-    return scalar_t(stochastic_bf16_bits(static_cast<float>(x), bits), scalar_t::from_bits());
+// Value `x` of store kStore (RoundedStore) as stored in T: to nearest, or with kStochastic
+// (bfloat16 storage) rounded with that store's bits of the element's draw.
+template <bool kStochastic, int kStore, typename T, typename math_t>
+__device__ inline T store_value(math_t x, const RoundingDraw& d) {
+  if constexpr (kStochastic) {
+    return T(stochastic_bf16_bits(static_cast<float>(x), store_bits(d.x0, d.x1, kStore)), T::from_bits());
   } else {
-    return static_cast<scalar_t>(x);
+    return static_cast<T>(x);
   }
 }
 
@@ -95,9 +104,13 @@ __device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& 
   }
 }
 
+// Whether the launch's set of stochastic stores (kRound) holds the params, the state.
+constexpr bool rounds_params(int round) { return (round & kRoundParams) != 0; }
+constexpr bool rounds_state(int round) { return (round & kRoundState) != 0; }
+
 // Elements [i, i + kIlp) with one vector access per operand (and per grad_sample row); needs
 // aligned pointers.
-template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, bool kRound, typename math_t>
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, int kRound, typename math_t>
 __device__ inline void step_aligned(const ChunkPtrs<scalar_t, state_t>& x, int i, const ElementCoefs<math_t>& c,
                                     const BlockNoise<math_t>& nz) {
   Regs<math_t> r;
@@ -117,17 +130,26 @@ __device__ inline void step_aligned(const ChunkPtrs<scalar_t, state_t>& x, int i
   form_grads<kNoise, kIlp>(load_row, [&](int j) { return i + j; }, c, nz, r.g);
   if constexpr (kNoise != kNoNoise) load_state();
   update_regs<kPn, kSecond>(c, r);
+  // Element by element, so that one draw at a time is live while it rounds all of its stores.
+  constexpr bool kParams = rounds_params(kRound), kState = rounds_state(kRound);
   Pack<scalar_t> params;
+  Pack<state_t> m, v, vmax;
 #pragma unroll
-  for (int j = 0; j < kIlp; ++j) params.v[j] = param_out<kRound, scalar_t>(r.p[j], nz, i + j);
+  for (int j = 0; j < kIlp; ++j) {
+    const RoundingDraw d = rounding_draw<kRound>(nz, i + j);
+    params.v[j] = store_value<kParams, kParamStore, scalar_t>(r.p[j], d);
+    m.v[j] = store_value<kState, kMomentumStore, state_t>(r.m[j], d);
+    if (kSecond != kNoSecondMoment) v.v[j] = store_value<kState, kSecondMomentStore, state_t>(r.v[j], d);
+    if (kSecond == kAmsgrad) vmax.v[j] = store_value<kState, kMaxSecondMomentStore, state_t>(r.vm[j], d);
+  }
   *reinterpret_cast<Pack<scalar_t>*>(x.p + i) = params;
-  store_pack(x.m, i, r.m);
-  if (kSecond != kNoSecondMoment) store_pack(x.v, i, r.v);
-  if (kSecond == kAmsgrad) store_pack(x.vmax, i, r.vm);
+  *reinterpret_cast<Pack<state_t>*>(x.m + i) = m;
+  if (kSecond != kNoSecondMoment) *reinterpret_cast<Pack<state_t>*>(x.v + i) = v;
+  if (kSecond == kAmsgrad) *reinterpret_cast<Pack<state_t>*>(x.vmax + i) = vmax;
 }
 
 // Elements base + j * stride (j < kIlp) that are below n, one scalar access each; any alignment.
-template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, bool kRound, typename math_t>
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, int kRound, typename math_t>
 __device__ inline void step_strided(const ChunkPtrs<scalar_t, state_t>& x, int base, int stride, int n,
                                     const ElementCoefs<math_t>& c, const BlockNoise<math_t>& nz) {
   Regs<math_t> r{};  // lanes past n compute on zeros and are never stored
@@ -152,14 +174,16 @@ __device__ inline void step_strided(const ChunkPtrs<scalar_t, state_t>& x, int b
     }
   }
   update_regs<kPn, kSecond>(c, r);
+  constexpr bool kParams = rounds_params(kRound), kState = rounds_state(kRound);
 #pragma unroll
   for (int j = 0; j < kIlp; ++j) {
     const int i = base + j * stride;
     if (i < n) {
-      x.p[i] = param_out<kRound, scalar_t>(r.p[j], nz, i);
-      x.m[i] = static_cast<state_t>(r.m[j]);
-      if (kSecond != kNoSecondMoment) x.v[i] = static_cast<state_t>(r.v[j]);
-      if (kSecond == kAmsgrad) x.vmax[i] = static_cast<state_t>(r.vm[j]);
+      const RoundingDraw d = rounding_draw<kRound>(nz, i);
+      x.p[i] = store_value<kParams, kParamStore, scalar_t>(r.p[j], d);
+      x.m[i] = store_value<kState, kMomentumStore, state_t>(r.m[j], d);
+      if (kSecond != kNoSecondMoment) x.v[i] = store_value<kState, kSecondMomentStore, state_t>(r.v[j], d);
+      if (kSecond == kAmsgrad) x.vmax[i] = store_value<kState, kMaxSecondMomentStore, state_t>(r.vm[j], d);
     }
   }
 }
@@ -186,13 +210,15 @@ __device__ inline bool is_aligned(const void* ptr) {
   return reinterpret_cast<uintptr_t>(ptr) % (sizeof(scalar_t) * kIlp) == 0;
 }
 
-// Whether a launch indexes per-element draws (normals, rounding bits) by global offset.
-constexpr bool draws_per_element(int noise_kind, bool round) { return noise_draws_normals(noise_kind) || round; }
+// Whether a launch indexes per-element draws (normals, rounding words) by global offset.
+constexpr bool draws_per_element(int noise_kind, int round) {
+  return noise_draws_normals(noise_kind) || round != kRoundNone;
+}
 
-template <int kLists, int kNoise, bool kRound>
+template <int kLists, int kNoise, int kRound>
 using StepTable = TensorTable<kLists, draws_per_element(kNoise, kRound)>;
 
-template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kLists, int kNoise, bool kRound>
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kLists, int kNoise, int kRound>
 __global__ void __launch_bounds__(kBlockThreads)
     fused_step_kernel(const StepTable<kLists, kNoise, kRound> table, const StepHyper h, const DeviceScalars scalars,
                       const NoiseHyper noise, const float* weights) {
@@ -271,7 +297,7 @@ __global__ void advance_counters_kernel(const Table table, const StepHyper h, co
   *table.steps[ti] = static_cast<double>(t);
 }
 
-template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, bool kRound>
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, int kRound>
 void launch_fused_step(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
                        const LaunchNoise& noise, const DeviceScalars& scalars) {
   constexpr int kLists = 3 + (kPn ? 1 : 0) + kSecond;
@@ -293,7 +319,7 @@ void launch_fused_step(const std::vector<at::TensorList>& lists, const FusedStep
       });
 }
 
-template <typename scalar_t, typename state_t, bool kRound>
+template <typename scalar_t, typename state_t, int kRound>
 void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
                   const LaunchNoise& noise, const DeviceScalars& scalars) {
   using None = std::integral_constant<int, kNoNoise>;

@@ -1,5 +1,5 @@
 // The seam between the CUDA op (fused_step_cuda.cu) and its kernel variants: the variants of each
-// (param type, state type, rounding) are compiled in their own file (fused_step_variants_*.cu,
+// (param type, state type, stochastic stores) are compiled in their own file (fused_step_variants_*.cu,
 // explicit instantiations of launch_typed), so a build compiles them in parallel; the op only
 // declares them. Plain C++: no CUDA syntax, so the op's dispatch reads like the CPU one.
 #pragma once
@@ -29,10 +29,16 @@ struct DeviceScalars {
   const float* lr;  // replaces StepHyper::lr
 };
 
-// Launches every table of `lists` for one (param type, state type, stochastic rounding): the
-// family flags and the noise kind become template parameters (fused_step_kernels.cuh).
-// Instantiated in fused_step_variants_{float,half,bfloat16,bfloat16_rounding}.cu.
-template <typename scalar_t, typename state_t, bool kRound>
+// Which stores of a launch are rounded stochastically to bfloat16, a bit set (kRound): the params
+// (bfloat16 params), the state (bfloat16 state). Any set bit makes the kernel draw once per element
+// and its table carry the global offsets the draws are indexed by.
+enum StochasticStores : int { kRoundNone = 0, kRoundParams = 1, kRoundState = 2 };
+
+// Launches every table of `lists` for one (param type, state type, stochastic stores): the family
+// flags and the noise kind become template parameters (fused_step_kernels.cuh). Instantiated in
+// fused_step_variants_{float,half,bfloat16,bfloat16_rounding,float_bfloat16_state,
+// bfloat16_state_rounding}.cu.
+template <typename scalar_t, typename state_t, int kRound>
 void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
                   const LaunchNoise& noise, const DeviceScalars& scalars);
 

@@ -1,8 +1,9 @@
 // The op noisefuse::fused_step_ on the CUDA kernels: validate the call (shared with the CPU kernel),
 // lay out the rows and weights of the noise, and run the variant of the params' and state's types
-// (fused_step_launch.h); the kernels are in fused_step_kernels.cuh, and docs/backends/native.md
-// describes them. The CUDA build registers it (fused_step_cuda.cu), and so does the CUDA emulation
-// (csrc/emulation), where the same code launches the same kernels on CPU tensors.
+// and of the stores rounded stochastically (fused_step_launch.h); the kernels are in
+// fused_step_kernels.cuh, and docs/backends/native.md describes them. The CUDA build registers it
+// (fused_step_cuda.cu), and so does the CUDA emulation (csrc/emulation), where the same code
+// launches the same kernels on CPU tensors.
 #pragma once
 
 #include <optional>
@@ -16,7 +17,7 @@ namespace noisefuse {
 namespace cuda {
 
 // float16/bfloat16 params: state of their own type or float32 (validated before).
-template <typename scalar_t, bool kRound>
+template <typename scalar_t, int kRound>
 inline void launch_reduced(bool float_state, const std::vector<at::TensorList>& lists, const FusedStepLists& l,
                            const StepHyper& h, const LaunchNoise& noise, const DeviceScalars& scalars) {
   if (float_state) launch_typed<scalar_t, float, kRound>(lists, l, h, noise, scalars);
@@ -34,11 +35,10 @@ inline void fused_step_device(at::TensorList params, at::TensorList grads, at::T
                               const std::optional<at::Tensor>& lr_tensor,
                               const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets,
                               int64_t noise_kind, int64_t seed, double noise_std, double noise_scale,
-                              bool noise_centered, bool stochastic_rounding) {
+                              bool noise_centered, bool stochastic_rounding, bool stochastic_state_rounding) {
   const FusedStepLists l{params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods};
-  const NoiseArgs noise{grad_samples, sample_weights, offsets,       noise_kind,
-                        seed,         noise_std,      noise_scale,   noise_centered,
-                        stochastic_rounding};
+  const NoiseArgs noise{grad_samples,   sample_weights,      offsets,   noise_kind, seed, noise_std, noise_scale,
+                        noise_centered, stochastic_rounding, stochastic_state_rounding};
   NoiseHyper nh;
   const StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
                                               nesterov, maximize, demon_total_steps, demon_delay,
@@ -57,17 +57,28 @@ inline void fused_step_device(at::TensorList params, at::TensorList grads, at::T
   const LaunchNoise launch{nh, noise.uses_offsets() ? offsets : at::IntArrayRef(),
                            weights.defined() ? weights.const_data_ptr<float>() : nullptr};
   const std::vector<at::TensorList> lists = l.elementwise(rows.empty() ? grads : at::TensorList(rows));
-  const bool float_state = exp_avgs[0].scalar_type() != params[0].scalar_type();
+  const at::ScalarType state = exp_avgs[0].scalar_type();
+  const bool float_state = state == at::kFloat;
   switch (params[0].scalar_type()) {
-    case at::kFloat: return launch_typed<float, float, false>(lists, l, h, launch, scalars);
-    case at::kDouble: return launch_typed<double, double, false>(lists, l, h, launch, scalars);
-    case at::kHalf:
-      return launch_reduced<at::Half, false>(float_state, lists, l, h, launch, scalars);
-    case at::kBFloat16:
-      if (nh.stochastic_rounding) {
-        return launch_reduced<at::BFloat16, true>(float_state, lists, l, h, launch, scalars);
+    case at::kFloat:
+      if (state != at::kBFloat16) return launch_typed<float, float, kRoundNone>(lists, l, h, launch, scalars);
+      if (nh.stochastic_state_rounding) {
+        return launch_typed<float, at::BFloat16, kRoundState>(lists, l, h, launch, scalars);
       }
-      return launch_reduced<at::BFloat16, false>(float_state, lists, l, h, launch, scalars);
+      return launch_typed<float, at::BFloat16, kRoundNone>(lists, l, h, launch, scalars);
+    case at::kDouble: return launch_typed<double, double, kRoundNone>(lists, l, h, launch, scalars);
+    case at::kHalf: return launch_reduced<at::Half, kRoundNone>(float_state, lists, l, h, launch, scalars);
+    case at::kBFloat16:
+      if (nh.stochastic_state_rounding) {  // bfloat16 state (validated)
+        if (nh.stochastic_rounding) {
+          return launch_typed<at::BFloat16, at::BFloat16, kRoundParams | kRoundState>(lists, l, h, launch, scalars);
+        }
+        return launch_typed<at::BFloat16, at::BFloat16, kRoundState>(lists, l, h, launch, scalars);
+      }
+      if (nh.stochastic_rounding) {
+        return launch_reduced<at::BFloat16, kRoundParams>(float_state, lists, l, h, launch, scalars);
+      }
+      return launch_reduced<at::BFloat16, kRoundNone>(float_state, lists, l, h, launch, scalars);
     default: TORCH_CHECK(false, "noisefuse.fused_step_: unsupported dtype ", params[0].scalar_type());
   }
 }

@@ -1,15 +1,15 @@
 // The CUDA kernel variants for bfloat16 params rounded stochastically, with bfloat16 or float32 state.
-// One of four files that split the variants of fused_step_kernels.cuh, so that a build compiles
+// One of six files that split the variants of fused_step_kernels.cuh, so that a build compiles
 // them in parallel.
 #include "fused_step_kernels.cuh"
 
 namespace noisefuse {
 namespace cuda {
 
-template void launch_typed<at::BFloat16, at::BFloat16, true>(
+template void launch_typed<at::BFloat16, at::BFloat16, kRoundParams>(
     const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&,
     const DeviceScalars&);
-template void launch_typed<at::BFloat16, float, true>(
+template void launch_typed<at::BFloat16, float, kRoundParams>(
     const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&,
     const DeviceScalars&);
 

@@ -1,15 +1,15 @@
 // The CUDA kernel variants for float32 and float64 params (state of their own type).
-// One of four files that split the variants of fused_step_kernels.cuh, so that a build compiles
+// One of six files that split the variants of fused_step_kernels.cuh, so that a build compiles
 // them in parallel.
 #include "fused_step_kernels.cuh"
 
 namespace noisefuse {
 namespace cuda {
 
-template void launch_typed<float, float, false>(
+template void launch_typed<float, float, kRoundNone>(
     const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&,
     const DeviceScalars&);
-template void launch_typed<double, double, false>(
+template void launch_typed<double, double, kRoundNone>(
     const std::vector<at::TensorList>&, const FusedStepLists&, const StepHyper&, const LaunchNoise&,
     const DeviceScalars&);
 

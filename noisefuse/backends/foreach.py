@@ -16,7 +16,8 @@ from ..noise.step import NoiseStep
 from ..noise.transforms import fisher_stats, weighted_mean
 from ..noise.transforms import sample_weights as draw_weights  # noqa: F401  (the torch draw, with torch ops)
 from ..random.philox import TAG_DIAG_FISHER, TAG_ISOTROPIC, element_normals_multi
-from ..random.rounding import stochastic_round_bf16_multi
+from ..random.rounding import MAX_SECOND_MOMENT, MOMENTUM, PARAM, SECOND_MOMENT, Rounding, round_bf16_with, \
+    rounding_bits_multi
 from .family import Family, Hyper, tensor_scalars
 from .reference import compute_dtype
 from .step_tensors import StepTensors
@@ -43,7 +44,7 @@ supports_stochastic_rounding = True
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
-               noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
+               noise: NoiseStep | None = None, rounding: Rounding | None = None) -> None:
     hyper = hyper.on_host()
     if not ts.params:
         return
@@ -58,7 +59,7 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
             memo[key] = tensor_scalars(family, hyper, *key)
         buckets[memo[key]].append(i)
     for sc, idx in buckets.items():
-        _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise, rounding_seed)
+        _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise, rounding)
 
 
 def _host_values(counters) -> list[float]:
@@ -83,10 +84,31 @@ def _noisy(noise: NoiseStep, g, offsets, t):
     return torch._foreach_add(mean, torch._foreach_mul(coef, xi))
 
 
-def _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise=None, rounding_seed=None):
+def _stochastic_stores(family, ts, idx, rounding, t, params):
+    """part -> the draws of each tensor of the bucket, for the stores ``rounding`` makes stochastic
+    (one Philox pass for all of them); empty without."""
+    parts = []
+    if rounding is not None and rounding.params:
+        parts.append(PARAM)
+    if rounding is not None and rounding.state:
+        parts += [MOMENTUM] + [SECOND_MOMENT] * family.second_moment + [MAX_SECOND_MOMENT] * family.amsgrad
+    if not parts:
+        return {}
+    bits = rounding_bits_multi(rounding.seed, t, _take(ts.offsets, idx), [p.numel() for p in params], parts,
+                               params[0].device)
+    return dict(zip(parts, bits))
+
+
+def _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise=None, rounding=None):
     dt = compute_dtype(ts.params[0].dtype)
     params = _take(ts.params, idx)
     p = _upcast(params, dt)
+    draws = _stochastic_stores(family, ts, idx, rounding, sc.t, params)
+
+    def store(dst, xs, part):
+        if part in draws:
+            xs = [round_bf16_with(x, r.view(x.shape)) for x, r in zip(xs, draws[part])]
+        _store(dst, xs)
 
     # With noise that reads per-sample gradients, unscale/maximize apply to each grad_sample row.
     reads_rows = noise is not None and noise.consumes_grad_sample
@@ -131,8 +153,8 @@ def _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise=None, rounding_se
             vmax_store = _take(ts.max_exp_avg_sqs, idx)
             vv = _upcast(vmax_store, dt)
             torch._foreach_maximum_(vv, v)
-            _store(vmax_store, vv)
-        _store(v_store, v)
+            store(vmax_store, vv, MAX_SECOND_MOMENT)
+        store(v_store, v, SECOND_MOMENT)
         denom = torch._foreach_sqrt(vv)
         torch._foreach_mul_(denom, sc.inv_sqrt_bc2)
         torch._foreach_add_(denom, hyper.eps)
@@ -140,10 +162,8 @@ def _bucket_step(family, hyper, sc, ts, idx, grad_scale, noise=None, rounding_se
     else:
         torch._foreach_add_(p, d, alpha=-hyper.lr)
 
-    _store(pos_store, m)
-    if rounding_seed is not None and params[0].dtype == torch.bfloat16:
-        p = stochastic_round_bf16_multi(p, rounding_seed, sc.t, _take(ts.offsets, idx))
-    _store(params, p)
+    store(pos_store, m, MOMENTUM)
+    store(params, p, PARAM)
     torch._foreach_add_(_take(ts.steps, idx), 1.0)
     if sc.new_beta1_prod is not None:
         prods = _take(ts.beta1_prods, idx)

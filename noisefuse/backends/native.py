@@ -10,6 +10,7 @@ import torch
 
 from ..noise.config import MULTIPLICATIVE_KINDS, Multiplicative
 from ..noise.step import NoiseStep
+from ..random.rounding import Rounding
 from ..noise.transforms import sample_weights
 from ..random.philox import seed_as_int64
 from . import stream
@@ -39,7 +40,7 @@ except ImportError as exc:  # not built, or built against another torch (its sym
                                   f"{torch.__version__}; rebuild it (make build, or pip install "
                                   "--no-build-isolation -e .)")
 if _LOAD_ERROR is None and not (hasattr(torch.ops.noisefuse, "sample_weights") and any(
-        arg.name == "lr_tensor" for arg in torch.ops.noisefuse.fused_step_.default._schema.arguments)):
+        arg.name == "stochastic_state_rounding" for arg in torch.ops.noisefuse.fused_step_.default._schema.arguments)):
     # Built before the newest schemas (an editable install whose sources changed since): said so
     # here, and unused, rather than failing at the first step that needs what it lacks.
     _LOAD_ERROR = ImportError("noisefuse._C was built from older sources; rebuild it (make build, or "
@@ -81,11 +82,11 @@ def check_device(device: torch.device) -> None:
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
-               noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
+               noise: NoiseStep | None = None, rounding: Rounding | None = None) -> None:
     if not ts.params:
         return  # with no tensor argument the dispatcher could not choose a kernel
-    if stream.layout_needs_foreach(ts, noise, rounding_seed):
-        stream.step_with_foreach(sys.modules[__name__], family, hyper, ts, grad_scale, found_inf, noise, rounding_seed)
+    if stream.layout_needs_foreach(ts, noise, rounding):
+        stream.step_with_foreach(sys.modules[__name__], family, hyper, ts, grad_scale, found_inf, noise, rounding)
         return
     reads_rows = noise is not None and noise.consumes_grad_sample
     torch.ops.noisefuse.fused_step_(
@@ -97,7 +98,7 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
         demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf, lr_tensor=hyper.lr_tensor,
         sample_weights=noise.sample_weights if noise is not None else None,
-        **stream.stream_kwargs(ts, noise, rounding_seed))
+        **stream.stream_kwargs(ts, noise, rounding))
 
 
 def draw_weights(noise: Multiplicative, batch_size: int, seed: int, step, device) -> torch.Tensor:
@@ -129,7 +130,8 @@ if _LOAD_ERROR is None:
                          beta1_prods, grad_samples, *, momentum, lr, beta1, beta2, beta0, eps, weight_decay,
                          decoupled, nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
                          found_inf=None, lr_tensor=None, sample_weights=None, offsets=(), noise_kind=0, seed=0,
-                         noise_std=0.0, noise_scale=0.0, noise_centered=False, stochastic_rounding=False):
+                         noise_std=0.0, noise_scale=0.0, noise_centered=False, stochastic_rounding=False,
+                         stochastic_state_rounding=False):
         return None
 
     # The Philox test ops (csrc/philox_ops.cpp) return new tensors: their fakes give the shapes.

@@ -1,9 +1,9 @@
 """The reference backend: a plain loop over tensors that reads like SPEC.md. The oracle of every test.
 
 Each tensor is updated in float32 (float64 for float64 params) and rounded once when stored: state
-to its own dtype (the param's, or float32 with ``state_dtype=torch.float32``: then stored exactly),
-the param to nearest, or stochastically for bfloat16 params given a ``rounding_seed``
-(docs/kernel-contract.md, "Mixed precision").
+to its own dtype (the param's, float32 with ``state_dtype=torch.float32``: then stored exactly, or
+bfloat16), the param to its dtype; to nearest, or stochastically where the call's ``Rounding`` says
+(bfloat16 params, bfloat16 state; docs/kernel-contract.md, "Mixed precision").
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from ..noise.step import NoiseStep
 from ..noise.transforms import sample_weights as draw_weights  # noqa: F401  (the torch draw: the oracle)
-from ..random.rounding import stochastic_round_bf16
+from ..random.rounding import MAX_SECOND_MOMENT, MOMENTUM, PARAM, SECOND_MOMENT, Rounding, stochastic_round_bf16
 from .family import Family, Hyper, tensor_scalars
 from .step_tensors import StepTensors
 
@@ -26,7 +26,7 @@ supports_stochastic_rounding = True
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
-               noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
+               noise: NoiseStep | None = None, rounding: Rounding | None = None) -> None:
     hyper = hyper.on_host()
     if found_inf is not None and found_inf.item() != 0:
         return  # AMP found an inf/nan: the step is a no-op, counters included
@@ -34,6 +34,13 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         prod = ts.beta1_prods[i].item() if ts.beta1_prods else None
         sc = tensor_scalars(family, hyper, ts.steps[i].item(), prod)
         dt = compute_dtype(param.dtype)
+
+        def store(dst, x, part):
+            """``x`` into ``dst``: stochastically with the bits of ``part`` where the call says so."""
+            stochastic = rounding is not None and (rounding.params if part == PARAM else rounding.state)
+            if stochastic:
+                x = stochastic_round_bf16(x, rounding.seed, sc.t, ts.offsets[i], part)
+            dst.copy_(x)
 
         # With noise that reads per-sample gradients, steps 1-2 apply to each grad_sample row.
         reads_rows = noise is not None and noise.consumes_grad_sample
@@ -67,16 +74,14 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
             vv = v
             if family.amsgrad:
                 vv = torch.maximum(ts.max_exp_avg_sqs[i].to(dt), v)
-                ts.max_exp_avg_sqs[i].copy_(vv)
-            ts.exp_avg_sqs[i].copy_(v)
+                store(ts.max_exp_avg_sqs[i], vv, MAX_SECOND_MOMENT)
+            store(ts.exp_avg_sqs[i], v, SECOND_MOMENT)
             p = p - sc.step_size * (d / (vv.sqrt() * sc.inv_sqrt_bc2 + hyper.eps))
         else:
             p = p - hyper.lr * d
 
-        pos.copy_(m)
-        if rounding_seed is not None and param.dtype == torch.bfloat16:
-            p = stochastic_round_bf16(p, rounding_seed, sc.t, ts.offsets[i])
-        param.copy_(p)
+        store(pos, m, MOMENTUM)
+        store(param, p, PARAM)
         ts.steps[i].fill_(sc.t)
         if sc.new_beta1_prod is not None:
             ts.beta1_prods[i].fill_(sc.new_beta1_prod)

@@ -14,6 +14,7 @@ import sys
 import torch
 
 from ..noise.step import NoiseStep
+from ..random.rounding import Rounding
 from . import stream
 from .native import draw_weights  # noqa: F401  (the native op's one launch where it is built)
 from .family import MOMENTUM_CODES, Family, Hyper
@@ -66,12 +67,12 @@ def check_device(device: torch.device) -> None:
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
-               noise: NoiseStep | None = None, rounding_seed: int | None = None) -> None:
+               noise: NoiseStep | None = None, rounding: Rounding | None = None) -> None:
     if not ts.params:
         return
     check_device(ts.params[0].device)
-    if stream.layout_needs_foreach(ts, noise, rounding_seed):
-        stream.step_with_foreach(sys.modules[__name__], family, hyper, ts, grad_scale, found_inf, noise, rounding_seed)
+    if stream.layout_needs_foreach(ts, noise, rounding):
+        stream.step_with_foreach(sys.modules[__name__], family, hyper, ts, grad_scale, found_inf, noise, rounding)
         return
     reads_rows = noise is not None and noise.consumes_grad_sample
     torch.ops.noisefuse.triton_fused_step_(
@@ -81,4 +82,4 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         lr=hyper.lr, beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
-        demon_delay=hyper.demon_delay, **stream.stream_kwargs(ts, noise, rounding_seed))
+        demon_delay=hyper.demon_delay, **stream.stream_kwargs(ts, noise, rounding))

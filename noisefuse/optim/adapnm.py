@@ -31,19 +31,20 @@ class AdaPNM(FusedOptimizer):
         weight_decay: :math:`\lambda` (default 0).
         amsgrad: divide by the running maximum of :math:`v` (default True, as the official code).
         decoupled: decoupled weight decay (default) or L2 regularisation.
-        demon, backend, seed, maximize, capturable, state_dtype, stochastic_rounding, max_grad_norm: as in
-            :class:`noisefuse.PNM`.
+        demon, backend, seed, maximize, capturable, state_dtype, state_rounding, stochastic_rounding,
+            max_grad_norm: as in :class:`noisefuse.PNM`.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 1.0), eps=1e-8, weight_decay=0.0,
                  amsgrad=True, decoupled=True, *, demon=None, noise=None, backend="auto", seed=None,
                  maximize=False, capturable=False, state_dtype=None,
-                 stochastic_rounding=False, max_grad_norm=None):
+                 state_rounding=None, stochastic_rounding=False, max_grad_norm=None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         decoupled=decoupled)
         super().__init__(params, defaults, demon=demon, noise=noise, backend=backend, seed=seed,
                          maximize=maximize, capturable=capturable, state_dtype=state_dtype,
-                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
+                         state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
+                         max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         check_lr(group["lr"])

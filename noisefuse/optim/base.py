@@ -14,7 +14,8 @@ from .. import backends
 from ..backends.family import Family, Hyper
 from ..demon import Demon, as_demon
 from ..noise import StepNoise, as_noise, consumes_grad_sample
-from .precision import check_state_dtype, keep_state_dtypes
+from ..random.rounding import Rounding
+from .precision import check_state_dtype, check_state_rounding, keep_state_dtypes, rounds_state
 from .step_lists import GroupLists, Participants
 
 # The per-param lists a fused call takes, besides params/grads/steps (docs/kernel-contract.md).
@@ -26,12 +27,12 @@ BUFFER_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 CAPTURABLE = ("native", "triton")
 
 COMMON_DEFAULTS = dict(demon=None, noise=None, backend="auto", maximize=False, capturable=False,
-                       state_dtype=None, stochastic_rounding=False, max_grad_norm=None)
+                       state_dtype=None, state_rounding=None, stochastic_rounding=False, max_grad_norm=None)
 
 # What a group may ask of its backend beyond the plain update, in the order of _needs(): the backend
 # module's flag, and the argument as errors spell it (docs/kernel-contract.md, "Noise", "Mixed precision").
 FEATURES = (("supports_noise", "noise="), ("supports_mixed_state", "state_dtype="),
-            ("supports_stochastic_rounding", "stochastic_rounding=True"))
+            ("supports_stochastic_rounding", "stochastic rounding"))
 
 
 def common_hyper(group, demon: Demon | None) -> dict:
@@ -94,7 +95,8 @@ class FusedOptimizer(Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, *, demon=None, noise=None, backend="auto", seed=None,
-                 maximize=False, capturable=False, state_dtype=None, stochastic_rounding=False, max_grad_norm=None):
+                 maximize=False, capturable=False, state_dtype=None, state_rounding=None, stochastic_rounding=False,
+                 max_grad_norm=None):
         demon = as_demon(demon)
         if seed is None:
             # Drawn from torch's default generator, so torch.manual_seed makes runs reproducible.
@@ -103,7 +105,7 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"Invalid seed: {seed!r} (must be an int in [0, 2**64))")
         defaults = dict(defaults, demon=demon.as_dict() if demon else None, noise=noise,
                         backend=backend, seed=seed, maximize=maximize, capturable=capturable,
-                        state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                        state_dtype=state_dtype, state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
                         max_grad_norm=max_grad_norm)
         self._backends = {}  # (backend, device type, index, *_needs()) -> module; see _backend()
         self._step_lists = {}  # param group index -> GroupLists of its last step; see _init_group()
@@ -216,6 +218,7 @@ class FusedOptimizer(Optimizer):
         group["noise"] = None if noise is None else noise.as_dict()  # plain values: weights_only loads
         check_bool("stochastic_rounding", group["stochastic_rounding"])
         check_state_dtype(group["state_dtype"], group["params"])
+        check_state_rounding(group["state_rounding"], group["state_dtype"], group["params"])
         check_max_grad_norm(group["max_grad_norm"], self.param_groups[0]["max_grad_norm"])
         missing = [] if group["backend"] == "auto" else _missing(backends.get(group["backend"]), group)
         if missing:
@@ -240,7 +243,8 @@ class FusedOptimizer(Optimizer):
             participants = self._params_with_grad(gi, group)
             chosen = {d: self._backend(group, d) for d in set(participants.devices)}
             plans.append((group, participants, chosen))
-        rounding = any(group["stochastic_rounding"] for group in self.param_groups)
+        rounding = any(group["stochastic_rounding"] or rounds_state(group, p.dtype)
+                       for group in self.param_groups for p in group["params"])
         noise = StepNoise([(group, participants.params) for group, participants, _ in plans], self.param_groups,
                           self.state, type(self).__name__, rounding=rounding)
         divisors = grad_divisors(self.param_groups[0]["max_grad_norm"], plans, noise, grad_scale)
@@ -253,15 +257,17 @@ class FusedOptimizer(Optimizer):
             buckets = self._init_group(gi, group, participants, family, demon, hyper, chosen)
             for (device, dtype), tensors in buckets.items():
                 extra = {}
-                rounds = group["stochastic_rounding"] and dtype == torch.bfloat16  # a no-op for other dtypes
-                if noise.noisy(gi) or rounds:
+                # stochastic_rounding is a no-op for params that are not bfloat16.
+                rounding = Rounding(group["seed"], params=group["stochastic_rounding"] and dtype == torch.bfloat16,
+                                    state=rounds_state(group, dtype))
+                if noise.noisy(gi) or rounding.params or rounding.state:
                     bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)]
                     if noise.noisy(gi):
                         extra["noise"] = noise.for_call(gi, group, tensors, bucket, chosen[device].draw_weights)
                     else:
                         tensors.offsets = noise.offsets_of(bucket)
-                    if rounds:
-                        extra["rounding_seed"] = group["seed"]
+                    if rounding.params or rounding.state:
+                        extra["rounding"] = rounding
                 chosen[device].fused_step(family, _lr_on(hyper, device), tensors, grad_scale=divisors[device],
                                           found_inf=_on(found_inf, device), **extra)
         return loss
@@ -404,7 +410,9 @@ def grad_divisors(max_norm, plans, noise: StepNoise, grad_scale) -> dict:
 
 def _needs(group) -> tuple:
     """Which of FEATURES ``group`` uses, as plain booleans (part of the backend cache key)."""
-    return (group["noise"] is not None, group["state_dtype"] is not None, group["stochastic_rounding"])
+    stochastic = group["stochastic_rounding"] or group["state_rounding"] == "stochastic" or (
+        group["state_dtype"] == torch.bfloat16 and group["state_rounding"] is None)
+    return group["noise"] is not None, group["state_dtype"] is not None, stochastic
 
 
 def _missing(module, group) -> list:

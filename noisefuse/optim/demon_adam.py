@@ -32,20 +32,21 @@ class DemonAdam(FusedOptimizer):
         decoupled: AdamW's decoupled decay instead of L2 (default False, as ``torch.optim.Adam``).
         amsgrad: divide by the running maximum of :math:`v` (default False).
         delay: fraction of ``total_steps`` before the decay starts.
-        demon, backend, seed, maximize, capturable, state_dtype, stochastic_rounding, max_grad_norm: as in
-            :class:`noisefuse.PNM`.
+        demon, backend, seed, maximize, capturable, state_dtype, state_rounding, stochastic_rounding,
+            max_grad_norm: as in :class:`noisefuse.PNM`.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, total_steps=None, weight_decay=0.0,
                  decoupled=False, amsgrad=False, *, delay=0.0, demon=None, noise=None, backend="auto",
                  seed=None, maximize=False, capturable=False, state_dtype=None,
-                 stochastic_rounding=False, max_grad_norm=None):
+                 state_rounding=None, stochastic_rounding=False, max_grad_norm=None):
         demon = demon_argument("DemonAdam", total_steps, delay, demon)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
                         amsgrad=amsgrad)
         super().__init__(params, defaults, demon=demon, noise=noise, backend=backend, seed=seed,
                          maximize=maximize, capturable=capturable, state_dtype=state_dtype,
-                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
+                         state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
+                         max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         check_lr(group["lr"])

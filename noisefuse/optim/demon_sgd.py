@@ -40,14 +40,14 @@ class DemonSGD(FusedOptimizer):
         weight_decay: :math:`\lambda`; L2 (:math:`g \leftarrow g + \lambda\theta`) unless ``decoupled``.
         decoupled: decoupled weight decay :math:`\theta \leftarrow \theta(1 - \gamma\lambda)`.
         delay: fraction of ``total_steps`` before the decay starts.
-        demon, backend, seed, maximize, capturable, state_dtype, stochastic_rounding, max_grad_norm: as in
-            :class:`noisefuse.PNM`.
+        demon, backend, seed, maximize, capturable, state_dtype, state_rounding, stochastic_rounding,
+            max_grad_norm: as in :class:`noisefuse.PNM`.
     """
 
     def __init__(self, params, lr=None, momentum=0.9, total_steps=None, nesterov=False, weight_decay=0.0,
                  decoupled=False, *, delay=0.0, demon=None, noise=None, backend="auto", seed=None,
                  maximize=False, capturable=False, state_dtype=None,
-                 stochastic_rounding=False, max_grad_norm=None):
+                 state_rounding=None, stochastic_rounding=False, max_grad_norm=None):
         if lr is None:
             raise TypeError("DemonSGD() missing required argument: 'lr'")
         demon = demon_argument("DemonSGD", total_steps, delay, demon)
@@ -55,7 +55,8 @@ class DemonSGD(FusedOptimizer):
                         decoupled=decoupled)
         super().__init__(params, defaults, demon=demon, noise=noise, backend=backend, seed=seed,
                          maximize=maximize, capturable=capturable, state_dtype=state_dtype,
-                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
+                         state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
+                         max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         check_lr(group["lr"])

@@ -33,8 +33,12 @@ class PNM(FusedOptimizer):
         seed: seed of the noise stream (drawn from torch's generator when ``None``).
         maximize: maximize the objective instead of minimizing.
         capturable: keep step counters on the device so the step can be captured in a CUDA graph.
-        state_dtype: dtype of the state buffers: ``None`` (the param's) or ``torch.float32`` (exact
-            state for bfloat16/float16 params, the update still rounded once into the param).
+        state_dtype: dtype of the state buffers: ``None`` (the param's), ``torch.float32`` (exact
+            state for bfloat16/float16 params, the update still rounded once into the param) or
+            ``torch.bfloat16`` (half the state memory of float32 params; stored stochastically).
+        state_rounding: how bfloat16 state is stored: ``"stochastic"`` (unbiased, from the seed's
+            stream; the default with ``state_dtype=torch.bfloat16``) or ``"nearest"`` (the default
+            for bfloat16 params with ``state_dtype=None``, as torch.optim).
         stochastic_rounding: round bfloat16 params stochastically (unbiased; draws from the seed's
             stream) instead of to nearest; a no-op for other dtypes.
         max_grad_norm: clip the gradient to this global L2 norm inside the step (``None``: no clip):
@@ -44,13 +48,14 @@ class PNM(FusedOptimizer):
 
     def __init__(self, params, lr=None, betas=(0.9, 1.0), weight_decay=0.0, decoupled=True, *,
                  demon=None, noise=None, backend="auto", seed=None, maximize=False, capturable=False, state_dtype=None,
-                 stochastic_rounding=False, max_grad_norm=None):
+                 state_rounding=None, stochastic_rounding=False, max_grad_norm=None):
         if lr is None:
             raise TypeError("PNM() missing required argument: 'lr'")
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decoupled=decoupled)
         super().__init__(params, defaults, demon=demon, noise=noise, backend=backend, seed=seed,
                          maximize=maximize, capturable=capturable, state_dtype=state_dtype,
-                         stochastic_rounding=stochastic_rounding, max_grad_norm=max_grad_norm)
+                         state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
+                         max_grad_norm=max_grad_norm)
 
     def _check_group(self, group):
         check_lr(group["lr"])

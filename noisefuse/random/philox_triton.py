@@ -89,17 +89,18 @@ def element_normal(seed_lo, seed_hi, step, tag, index):
 
 
 @triton.jit
-def rounding_bits(seed_lo, seed_hi, step, tag, index):
-    """The 16-bit stochastic-rounding draws (uint32 in ``[0, 2^16)``) of the int64 global element
-    indices ``index``: the low half of word ``x0`` at counter ``(lo32(index), hi32(index),
-    lo32(step), tag)`` (``tag``: TAG_ROUNDING), as ``noisefuse.random.rounding``."""
+def rounding_words(seed_lo, seed_hi, step, tag, index):
+    """The words ``(x0, x1)`` (uint32) that stochastic rounding draws its 16-bit halves from, for the
+    int64 global element indices ``index``: Philox at counter ``(lo32(index), hi32(index),
+    lo32(step), tag)`` (``tag``: TAG_ROUNDING). The param takes ``x0 & 0xFFFF``, the momentum buffer
+    ``x0 >> 16``, v ``x1 & 0xFFFF``, vmax ``x1 >> 16``, as ``noisefuse.random.rounding``."""
     c0 = (index & 0xFFFFFFFF).to(tl.uint32)
     c1 = ((index >> 32) & 0xFFFFFFFF).to(tl.uint32)
     zero = tl.full(index.shape, 0, tl.uint32)
     c2 = zero + step.to(tl.uint32)
     c3 = zero + tag.to(tl.uint32)
-    x0, _, _, _ = philox4x32_10(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
-    return x0 & 0xFFFF
+    x0, x1, _, _ = philox4x32_10(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
+    return x0, x1
 
 
 @triton.jit

@@ -25,8 +25,20 @@ truncates to infinity, and ``0x7FFFFFFF + r`` carries into the sign), hence the 
 optimizer plus its row-major position, as for the noise) and ``t`` the tensor's step after the
 increment, so the bits are a pure function of (seed, step, element): the same whatever the chunking,
 grouping or backend.
+
+Each stochastic store of an element takes its own 16 bits of that one Philox output, so a step that
+rounds the param and its bfloat16 state (``state_dtype=torch.bfloat16``) draws once per element:
+
+.. code-block:: text
+
+    PARAM             x0 & 0xFFFF     the param (bfloat16 params, stochastic_rounding=True)
+    MOMENTUM          x0 >> 16        the momentum buffer the step writes (PN: the "positive" one)
+    SECOND_MOMENT     x1 & 0xFFFF     exp_avg_sq
+    MAX_SECOND_MOMENT x1 >> 16        max_exp_avg_sq (amsgrad)
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -36,16 +48,33 @@ _NAN_BF16 = 0x7FC0
 _EXPONENT = 0x7F800000
 
 
-def rounding_bits_at(seed: int, step: int, index: torch.Tensor) -> torch.Tensor:
-    """The 16-bit draws ``r`` (int64 in ``[0, 2^16)``) of the global element indices ``index``
-    (int64, any shape) at ``step``."""
+# Which half-word of (x0, x1) rounds which store (module docstring).
+PARAM, MOMENTUM, SECOND_MOMENT, MAX_SECOND_MOMENT = range(4)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """The stochastic stores of one ``fused_step`` call (docs/kernel-contract.md, "Mixed precision"):
+    the params (bfloat16 params only) and/or the state buffers (bfloat16 state only), their bits
+    drawn from the stream of ``seed`` at the elements' global indices (``StepTensors.offsets``)."""
+
+    seed: int
+    params: bool = False
+    state: bool = False
+
+
+def rounding_bits_at(seed: int, step: int, index: torch.Tensor, parts=(PARAM,)) -> list[torch.Tensor]:
+    """The 16-bit draws ``r`` (int64 in ``[0, 2^16)``, the shape of ``index``) of the global element
+    indices ``index`` (int64) at ``step``, one tensor per entry of ``parts`` (PARAM, MOMENTUM, ...),
+    from one Philox pass."""
     k0, k1 = split_seed(seed)
     flat = index.reshape(-1)
-    out = torch.empty(flat.shape, dtype=torch.int64, device=index.device)
+    out = [torch.empty(flat.shape, dtype=torch.int64, device=index.device) for _ in parts]
     for start in range(0, flat.numel(), CHUNK):
-        x0, _, _, _ = philox4x32(*element_counters(flat[start:start + CHUNK], step, TAG_ROUNDING), k0, k1)
-        out[start:start + CHUNK] = x0 & 0xFFFF
-    return out.view(index.shape)
+        words = philox4x32(*element_counters(flat[start:start + CHUNK], step, TAG_ROUNDING), k0, k1)
+        for o, part in zip(out, parts):
+            o[start:start + CHUNK] = (words[part // 2] >> (16 * (part % 2))) & 0xFFFF
+    return [o.view(index.shape) for o in out]
 
 
 def round_bf16_with(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -63,20 +92,26 @@ def round_bf16_with(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return rounded.to(torch.int16).view(torch.bfloat16)
 
 
-def stochastic_round_bf16(x: torch.Tensor, seed: int, step: int, offset: int) -> torch.Tensor:
-    """``x`` (float32), the new value of a param whose first element has global index ``offset``,
-    rounded stochastically to bfloat16 at ``step`` (the reference backend's call)."""
+def stochastic_round_bf16(x: torch.Tensor, seed: int, step: int, offset: int, part: int = PARAM) -> torch.Tensor:
+    """``x`` (float32), the new value of a tensor whose first element has global index ``offset``,
+    rounded stochastically to bfloat16 at ``step`` with the bits of ``part`` (the reference's call)."""
     index = torch.arange(offset, offset + x.numel(), dtype=torch.int64, device=x.device).view(x.shape)
-    return round_bf16_with(x, rounding_bits_at(seed, step, index))
+    return round_bf16_with(x, rounding_bits_at(seed, step, index, (part,))[0])
 
 
-def stochastic_round_bf16_multi(xs, seed: int, step: int, offsets) -> list[torch.Tensor]:
-    """``stochastic_round_bf16`` of several tensors at one step, their draws made in one vectorised
-    pass (the foreach backend's call)."""
+def rounding_bits_multi(seed: int, step: int, offsets, numels, parts, device) -> list[list[torch.Tensor]]:
+    """The draws of several tensors at one step (``numels`` elements from global index ``offsets``),
+    made in one vectorised pass: for each entry of ``parts``, one flat int64 tensor per tensor (the
+    foreach backend's call)."""
+    if not numels:
+        return [[] for _ in parts]
+    index = torch.cat([torch.arange(o, o + n, dtype=torch.int64, device=device) for o, n in zip(offsets, numels)])
+    return [list(r.split(list(numels))) for r in rounding_bits_at(seed, step, index, parts)]
+
+
+def stochastic_round_bf16_multi(xs, seed: int, step: int, offsets, part: int = PARAM) -> list[torch.Tensor]:
+    """``stochastic_round_bf16`` of several tensors at one step, their draws made in one pass."""
     if not xs:
         return []
-    device = xs[0].device
-    index = torch.cat([torch.arange(o, o + x.numel(), dtype=torch.int64, device=device)
-                       for o, x in zip(offsets, xs)])
-    r = rounding_bits_at(seed, step, index).split([x.numel() for x in xs])
-    return [round_bf16_with(x, ri.view(x.shape)) for x, ri in zip(xs, r)]
+    (bits,) = rounding_bits_multi(seed, step, offsets, [x.numel() for x in xs], (part,), xs[0].device)
+    return [round_bf16_with(x, r.view(x.shape)) for x, r in zip(xs, bits)]

@@ -36,7 +36,8 @@ struct ScalarTensors {
 };
 
 // The op's random-stream arguments (docs/kernel-contract.md, "Native op schema"): the noise, and
-// stochastic rounding, which draws from the same stream at the same global offsets.
+// stochastic rounding of the params and of the state, which draw from the same stream at the same
+// global offsets.
 struct NoiseArgs {
   at::TensorList grad_samples;
   const std::optional<at::Tensor>& sample_weights;
@@ -47,9 +48,10 @@ struct NoiseArgs {
   double scale;
   bool centered;
   bool stochastic_rounding;
+  bool stochastic_state_rounding;
 
   // Whether the kernels index draws by global element offset (and so need `offsets`).
-  bool uses_offsets() const { return kind != 0 || stochastic_rounding; }
+  bool uses_offsets() const { return kind != 0 || stochastic_rounding || stochastic_state_rounding; }
 };
 
 // Validates every list, tensor and scalar (noise and rounding included) and returns the call's StepHyper and

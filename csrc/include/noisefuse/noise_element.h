@@ -21,16 +21,18 @@ namespace noisefuse {
 // Codes of the op's noise_kind (noisefuse.noise.NOISE_CODES).
 enum NoiseKind : int { kNoNoise = 0, kIsotropicNoise = 1, kDiagFisherNoise = 2, kMultiplicativeNoise = 3 };
 
-// The call's values of the random stream: its noise, and whether bfloat16 params are rounded
-// stochastically from it (bf16_rounding.h). Plain data, taken by value by both kernels.
+// The call's values of the random stream: its noise, and whether bfloat16 params and bfloat16
+// state are rounded stochastically from it (bf16_rounding.h). Plain data, taken by value by both
+// kernels.
 struct NoiseHyper {
-  int32_t kind;              // NoiseKind
-  int32_t batch;             // B, the rows of every grad_sample (row-reading kinds), else 0
-  uint64_t seed;             // key (lo32, hi32)
-  double std;                // isotropic
-  double scale;              // diag_fisher's s
-  bool centered;             // diag_fisher
-  bool stochastic_rounding;  // bfloat16 params only
+  int32_t kind;                    // NoiseKind
+  int32_t batch;                   // B, the rows of every grad_sample (row-reading kinds), else 0
+  uint64_t seed;                   // key (lo32, hi32)
+  double std;                      // isotropic
+  double scale;                    // diag_fisher's s
+  bool centered;                   // diag_fisher
+  bool stochastic_rounding;        // bfloat16 params only
+  bool stochastic_state_rounding;  // bfloat16 state only
 };
 
 // Whether a kind reads grad_sample rows instead of grad, and whether it draws per-element normals.

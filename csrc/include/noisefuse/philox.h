@@ -99,13 +99,12 @@ C10_HOST_DEVICE inline float element_normal(uint64_t seed, uint64_t step, uint32
   return box_muller(w.x[0], w.x[1]);
 }
 
-// The 16 random bits that round element `index` of a bfloat16 param at step `step` (x0 & 0xFFFF of
-// counter (lo32(index), hi32(index), lo32(step), kTagRounding); bf16_rounding.h uses them).
-C10_HOST_DEVICE inline uint32_t rounding_bits(uint64_t seed, uint64_t step, uint64_t index) {
-  const Words w = philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
-                                static_cast<uint32_t>(step), kTagRounding, static_cast<uint32_t>(seed),
-                                static_cast<uint32_t>(seed >> 32));
-  return w.x[0] & 0xFFFFu;
+// The rounding draw of element `index` at step `step`: the words of counter (lo32(index),
+// hi32(index), lo32(step), kTagRounding), whose x0 and x1 hold the 16 bits of each of the element's
+// stochastic stores (bf16_rounding.h, store_bits).
+C10_HOST_DEVICE inline Words rounding_words(uint64_t seed, uint64_t step, uint64_t index) {
+  return philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), static_cast<uint32_t>(step),
+                       kTagRounding, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 // The two words of sample `sample`'s weight counter (sample, 0, lo32(step), kTagWeights).

@@ -13,8 +13,10 @@ the coefficients of the *old* counter from the table: launches on one stream are
 can see a half-advanced counter (the race a single launch would have, where the block that advances
 a counter cannot know when the other blocks of its tensor have read it).
 
-Storage dtypes (the params' ``DTYPE`` and the state's ``STATE_DTYPE``: the same, or float32 state
-for bfloat16/float16 params), stochastic rounding and algorithm flags are ``tl.constexpr``; every
+Storage dtypes (the params' ``DTYPE`` and the state's ``STATE_DTYPE``: the same, float32 state
+for bfloat16/float16 params, or bfloat16 state for float32 params), stochastic rounding (of the
+params, ``ROUND_PARAMS``, and of bfloat16 state, ``ROUND_STATE``) and algorithm flags are
+``tl.constexpr``; every
 value that changes during training (lr, betas, the Demon schedule, the counters, the AMP scale, the
 seed) is a runtime scalar or is read from a device tensor, so changing it never compiles a kernel. Python floats reach a Triton kernel as float32,
 so each double-precision hyperparameter travels as a pair ``(hi, lo)`` of float32 numbers with
@@ -29,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ...random.philox import TAG_ROUNDING
-from ...random.philox_triton import rounding_bits
+from ...random.philox_triton import rounding_words
 from .grad import form_grad
 
 # Table layouts and flag codes, shared with the host code (which reads ``.value``). Globals a
@@ -101,6 +103,16 @@ def _to_bf16_stochastic(x, r):
     special = (bits & 0x7F800000) == 0x7F800000
     rounded = tl.where(special, tl.where(x != x, 0x7FC0, bits >> 16), rounded)
     return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _state_out(x, r, STATE_DTYPE: tl.constexpr, ROUND_STATE: tl.constexpr):
+    """A state value as stored: stochastically with its bits ``r`` (bfloat16 state, ``ROUND_STATE``),
+    else to nearest."""
+    if ROUND_STATE:
+        return _to_bf16_stochastic(x, r)
+    else:
+        return _to_storage(x, STATE_DTYPE)
 
 
 @triton.jit(do_not_specialize=["n_tensors"])
@@ -221,7 +233,7 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
                  SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
                  MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                  ALIGNED: tl.constexpr, NOISE: tl.constexpr, CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr,
-                 STOCHASTIC_ROUNDING: tl.constexpr, STATIC_BATCH: tl.constexpr):
+                 ROUND_PARAMS: tl.constexpr, ROUND_STATE: tl.constexpr, STATIC_BATCH: tl.constexpr):
     """One tile of one tensor; ``mask`` is None for a full tile (unmasked, vectorizable accesses)."""
     p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr, gs_ptr = _pointers(row, sc, DTYPE, STATE_DTYPE, MOMENTUM,
                                                                         ALIGNED)
@@ -233,6 +245,11 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
     b = tl.load(sc + SC_B).to(COMPUTE)
     step_size = tl.load(sc + SC_STEP_SIZE).to(COMPUTE)
 
+    if ROUND_PARAMS or ROUND_STATE:
+        # One Philox output per element; each stochastic store takes its own 16 bits of it.
+        x0, x1 = rounding_words(seed_lo, seed_hi, t, tl.full(index.shape, TAG_ROUNDING_C, tl.uint32), index)
+    else:
+        x0, x1 = 0, 0  # unused
     p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
     g = form_grad(g_ptr, gs_ptr, numel, offs, mask, p, index, t, grad_scale_ptr, weights_ptr, batch,
                   seed_lo, seed_hi, std, scale, weight_decay, COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE,
@@ -252,8 +269,8 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
         vv = v
         if AMSGRAD:
             vv = tl.maximum(tl.load(vmax_ptr + offs, mask=mask).to(COMPUTE), v)
-            tl.store(vmax_ptr + offs, _to_storage(vv, STATE_DTYPE), mask=mask)
-        tl.store(v_ptr + offs, _to_storage(v, STATE_DTYPE), mask=mask)
+            tl.store(vmax_ptr + offs, _state_out(vv, x1 >> 16, STATE_DTYPE, ROUND_STATE), mask=mask)
+        tl.store(v_ptr + offs, _state_out(v, x1 & 0xFFFF, STATE_DTYPE, ROUND_STATE), mask=mask)
         inv_sqrt_bc2 = tl.load(sc + SC_INV_SQRT_BC2).to(COMPUTE)
         # IEEE sqrt and division, as torch (Triton's float32 defaults are approximations).
         if COMPUTE == tl.float32:
@@ -263,10 +280,9 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
     else:
         p = p - step_size * d
 
-    tl.store(pos_ptr + offs, _to_storage(m, STATE_DTYPE), mask=mask)
-    if STOCHASTIC_ROUNDING:  # bfloat16 params only (the host checks)
-        r = rounding_bits(seed_lo, seed_hi, t, tl.full(index.shape, TAG_ROUNDING_C, tl.uint32), index)
-        tl.store(p_ptr + offs, _to_bf16_stochastic(p, r), mask=mask)
+    tl.store(pos_ptr + offs, _state_out(m, x0 >> 16, STATE_DTYPE, ROUND_STATE), mask=mask)
+    if ROUND_PARAMS:  # bfloat16 params only (the host checks)
+        tl.store(p_ptr + offs, _to_bf16_stochastic(p, x0 & 0xFFFF), mask=mask)
     else:
         tl.store(p_ptr + offs, _to_storage(p, DTYPE), mask=mask)
 
@@ -281,10 +297,11 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
                   NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
                   HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr,
                   NOISE: tl.constexpr, CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr,
-                  STOCHASTIC_ROUNDING: tl.constexpr, STATIC_BATCH: tl.constexpr, BLOCK: tl.constexpr):
+                  ROUND_PARAMS: tl.constexpr, ROUND_STATE: tl.constexpr, STATIC_BATCH: tl.constexpr,
+                  BLOCK: tl.constexpr):
     r"""The per-element update of block ``program_id`` (docs/kernel-contract.md), in ``COMPUTE``
     precision with one rounding on store: state to ``STATE_DTYPE``, the param to ``DTYPE`` (to
-    nearest, or stochastically with ``STOCHASTIC_ROUNDING``, from the stream at ``TAG_ROUNDING``):
+    nearest, or stochastically with ``ROUND_PARAMS``/``ROUND_STATE``, from the stream at ``TAG_ROUNDING``):
 
     .. math::
         m \leftarrow a\,m + b\,g,\quad
@@ -324,10 +341,11 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
             _update_tile(row, sc, offs, None, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std,
                          scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE, STATE_DTYPE,
                          COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE,
-                         ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING, STATIC_BATCH)
+                         ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, ROUND_PARAMS, ROUND_STATE,
+                         STATIC_BATCH)
         else:
             _update_tile(row, sc, offs, offs < numel, numel, grad_scale_ptr, weights_ptr, batch, seed_lo,
                          seed_hi, std, scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
                          DTYPE, STATE_DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE,
-                         DECOUPLED, HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, STOCHASTIC_ROUNDING,
+                         DECOUPLED, HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, ROUND_PARAMS, ROUND_STATE,
                          STATIC_BATCH)

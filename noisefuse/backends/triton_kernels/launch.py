@@ -119,16 +119,24 @@ def _check_layout(lists, state_dtype) -> None:
                     f"{lst[i].dtype} and strides {lst[i].stride()}; expected {dtype} and its param's {p.stride()}")
 
 
-def _state_dtype(dtype, exp_avgs, stochastic_rounding, offsets, n):
+def _state_dtype(dtype, exp_avgs, stochastic_rounding, stochastic_state_rounding, offsets, n):
     """The state dtype of the group (its first buffer's), checked with the stochastic rounding
     arguments before any launch (docs/kernel-contract.md, "Mixed precision")."""
     state_dtype = exp_avgs[0].dtype if exp_avgs else dtype
-    if state_dtype != dtype and not (state_dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16)):
+    mixed_ok = ((state_dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16))
+                or (state_dtype == torch.bfloat16 and dtype == torch.float32))
+    if state_dtype != dtype and not mixed_ok:
         raise RuntimeError(f"backend='triton': {state_dtype} state for {dtype} params; the state must have "
-                           "the params' dtype, or be float32 for float16/bfloat16 params")
-    if stochastic_rounding and (dtype != torch.bfloat16 or len(offsets) != n):
-        raise RuntimeError(f"backend='triton': stochastic rounding takes bfloat16 params (got {dtype}) and one "
-                           f"global offset per param ({len(offsets)} for {n})")
+                           "the params' dtype, be float32 for float16/bfloat16 params, or bfloat16 for float32 "
+                           "params")
+    if stochastic_rounding and dtype != torch.bfloat16:
+        raise RuntimeError(f"backend='triton': stochastic_rounding=True rounds bfloat16 params, got {dtype}")
+    if stochastic_state_rounding and state_dtype != torch.bfloat16:
+        raise RuntimeError(f"backend='triton': stochastic_state_rounding=True rounds bfloat16 state, got "
+                           f"{state_dtype}")
+    if (stochastic_rounding or stochastic_state_rounding) and len(offsets) != n:
+        raise RuntimeError(f"backend='triton': stochastic rounding needs one global offset per param "
+                           f"({len(offsets)} for {n})")
     return state_dtype
 
 
@@ -187,15 +195,16 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
                grad_samples=(), *, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov,
                maximize, demon_total_steps, demon_delay, grad_scale=None, found_inf=None, lr_tensor=None,
                sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0, noise_scale=0.0, noise_centered=False,
-               stochastic_rounding=False) -> None:
+               stochastic_rounding=False, stochastic_state_rounding=False) -> None:
     """One fused step of a (device, dtype) group: at most two launches, no host synchronisation.
 
     Noise (docs/kernel-contract.md, "Noise"): ``noise_kind`` a value of ``NOISE_CODES``, ``seed`` the
     stream's seed as a signed int64 (``seed_as_int64``), ``offsets`` each param's global element
     offset; diag_fisher and multiplicative read ``grad_samples`` (``[B, *param.shape]``) instead of
     ``grads``, and multiplicative the float32 ``[B]`` ``sample_weights``.
-    Mixed precision ("Mixed precision"): the state lists may be float32 for float16/bfloat16 params;
-    ``stochastic_rounding`` rounds bfloat16 params with draws from ``seed`` at ``offsets``.
+    Mixed precision ("Mixed precision"): the state lists may be float32 for float16/bfloat16 params,
+    or bfloat16 for float32 params; ``stochastic_rounding`` rounds bfloat16 params, and
+    ``stochastic_state_rounding`` bfloat16 state, with draws from ``seed`` at ``offsets``.
     ``lr_tensor``, a one-element float32 tensor on the params' device, replaces ``lr`` when given: the
     kernel reads it, so a captured step follows an LR schedule that writes it in place."""
     if not params:
@@ -205,12 +214,13 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
         raise RuntimeError(f"backend='triton' supports float32/float16/bfloat16/float64 params, not {dtype}")
     batch = _check_noise(params, grads, grad_samples, offsets, noise_kind, sample_weights)
     _check_lr_tensor(lr_tensor, device)
-    state_dtype = _state_dtype(dtype, exp_avgs, stochastic_rounding, offsets, len(params))
+    state_dtype = _state_dtype(dtype, exp_avgs, stochastic_rounding, stochastic_state_rounding, offsets, len(params))
     grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
     grad_samples = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
     lists = [params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods, grad_samples]
     block, num_warps = tables.launch_shape(device)
-    table = tables.get(lists, offsets if noise_kind or stochastic_rounding else (), block)
+    draws = noise_kind or stochastic_rounding or stochastic_state_rounding  # per-element: global offsets
+    table = tables.get(lists, offsets if draws else (), block)
     if not table.layout_checked:  # once per table: layouts change only with new pointers
         _check_layout(lists, state_dtype)
         table.layout_checked = True
@@ -248,6 +258,6 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
         HAS_FOUND_INF=found_inf is not None, ALIGNED=table.aligned, NOISE=noise_kind,
         CENTERED=bool(noise_centered) and noise_kind == NOISE_CODES["diag_fisher"],
         ROWS_ALIGNED=table.rows_aligned and noise_kind in _ROW_NOISES,
-        STOCHASTIC_ROUNDING=bool(stochastic_rounding),
+        ROUND_PARAMS=bool(stochastic_rounding), ROUND_STATE=bool(stochastic_state_rounding),
         # B as a constant under the interpreter (which then runs CPU tensors): see grad.form_grad.
         STATIC_BATCH=batch if device.type == "cpu" else 0, BLOCK=block, num_warps=num_warps)

@@ -4,8 +4,8 @@ that ``grad_scale``, ``found_inf``, ``lr_tensor`` and ``sample_weights`` are pos
 cannot take keyword-only tensors). The noise arguments ("Noise"): the positional ``grad_samples`` and
 ``sample_weights`` (read only) and the keyword-only ``offsets``, ``noise_kind``, ``seed`` (signed
 int64), ``noise_std``, ``noise_scale``, ``noise_centered``, which default to no noise, and
-``stochastic_rounding`` (docs/kernel-contract.md, "Mixed precision"), which defaults to rounding to
-nearest.
+``stochastic_rounding`` and ``stochastic_state_rounding`` (docs/kernel-contract.md, "Mixed
+precision"), which default to rounding to nearest.
 
 Registered with ``torch.library.custom_op`` (an opaque op with a fake kernel), on every torch
 version, rather than ``torch.library.triton_op``. ``triton_op`` lets ``torch.compile`` trace *into*
@@ -36,12 +36,13 @@ def triton_fused_step_(
     beta0: float, eps: float, weight_decay: float, decoupled: bool, nesterov: bool, maximize: bool,
     demon_total_steps: int, demon_delay: float, offsets: List[int], noise_kind: int = 0, seed: int = 0,
     noise_std: float = 0.0, noise_scale: float = 0.0, noise_centered: bool = False,
-    stochastic_rounding: bool = False,
+    stochastic_rounding: bool = False, stochastic_state_rounding: bool = False,
 ) -> None:
     """The update of docs/kernel-contract.md for one (device, dtype) group, in two Triton launches,
     with the gradient noise of ``noise_kind`` (``noisefuse.noise.NOISE_CODES``; 0: none), state
-    lists of the params' dtype or float32, and bfloat16 params rounded stochastically from the
-    ``seed``'s stream when ``stochastic_rounding`` ("Mixed precision")."""
+    lists of the params' dtype, float32 or bfloat16, and bfloat16 params (state) rounded
+    stochastically from the ``seed``'s stream when ``stochastic_rounding``
+    (``stochastic_state_rounding``) ("Mixed precision")."""
     launch.fused_step(
         params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods, grad_samples,
         momentum=momentum, lr=lr, beta1=beta1, beta2=beta2, beta0=beta0, eps=eps,
@@ -49,7 +50,7 @@ def triton_fused_step_(
         demon_total_steps=demon_total_steps, demon_delay=demon_delay, grad_scale=grad_scale,
         found_inf=found_inf, lr_tensor=lr_tensor, sample_weights=sample_weights, offsets=offsets, noise_kind=noise_kind, seed=seed,
         noise_std=noise_std, noise_scale=noise_scale, noise_centered=noise_centered,
-        stochastic_rounding=stochastic_rounding)
+        stochastic_rounding=stochastic_rounding, stochastic_state_rounding=stochastic_state_rounding)
 
 
 @triton_fused_step_.register_fake
