@@ -4,6 +4,7 @@ and step time and save a PNG of the learning curves.
 
     python examples/train_digits.py                 # all configurations, 30 epochs
     python examples/train_digits.py --epochs 5 --configs PNM AdaPNM
+    python examples/train_digits.py --state-dtype bfloat16   # noisefuse's state in bfloat16
 """
 from __future__ import annotations
 
@@ -41,22 +42,24 @@ def make_model():
     )
 
 
-def configurations(total_steps):
-    """name -> (batch size, optimizer factory). Learning rates are each optimizer's usual ones."""
+def configurations(total_steps, state_dtype=None):
+    """name -> (batch size, optimizer factory). Learning rates are each optimizer's usual ones;
+    ``state_dtype`` is given to the noisefuse optimizers (None: their params' dtype)."""
     fisher = nf.noise.DiagFisher(small_batch=NOISE_AS_BATCH)
+    state = {} if state_dtype is None else {"state_dtype": state_dtype}
     return {
         "SGD+momentum": (BATCH, lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
         "AdamW": (BATCH, lambda ps: torch.optim.AdamW(ps, lr=2e-3, weight_decay=0.01)),
         # PNM averages gradients with weights (1 - beta^2): its step is about 1/(1 - beta) = 10x
         # smaller than that of torch's SGD (no dampening) at the same lr, hence the larger lr.
-        "PNM": (BATCH, lambda ps: nf.PNM(ps, lr=0.5, betas=(0.9, 1.0))),
-        "AdaPNM": (BATCH, lambda ps: nf.AdaPNM(ps, lr=2e-3, weight_decay=0.01)),
-        "DemonSGD": (BATCH, lambda ps: nf.DemonSGD(ps, lr=0.05, momentum=0.9, total_steps=total_steps)),
+        "PNM": (BATCH, lambda ps: nf.PNM(ps, lr=0.5, betas=(0.9, 1.0), **state)),
+        "AdaPNM": (BATCH, lambda ps: nf.AdaPNM(ps, lr=2e-3, weight_decay=0.01, **state)),
+        "DemonSGD": (BATCH, lambda ps: nf.DemonSGD(ps, lr=0.05, momentum=0.9, total_steps=total_steps, **state)),
         "DemonAdam": (BATCH, lambda ps: nf.DemonAdam(ps, lr=2e-3, total_steps=total_steps, decoupled=True,
-                                                      weight_decay=0.01)),
-        f"AdaPNM B={LARGE_BATCH}": (LARGE_BATCH, lambda ps: nf.AdaPNM(ps, lr=4e-3, weight_decay=0.01)),
+                                                      weight_decay=0.01, **state)),
+        f"AdaPNM B={LARGE_BATCH}": (LARGE_BATCH, lambda ps: nf.AdaPNM(ps, lr=4e-3, weight_decay=0.01, **state)),
         f"AdaPNM B={LARGE_BATCH}+Fisher": (LARGE_BATCH, lambda ps: nf.AdaPNM(ps, lr=4e-3, weight_decay=0.01,
-                                                                            noise=fisher)),
+                                                                            noise=fisher, **state)),
     }
 
 
@@ -124,13 +127,16 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="*", help="names of the configurations to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("digits-out"), help="folder for the PNG")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="noisefuse optimizers' state dtype (bfloat16: stochastically rounded)")
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
 
     data = load_data(args.seed)
     steps_per_epoch = len(data[0]) // BATCH
-    configs = configurations(total_steps=args.epochs * steps_per_epoch)
+    state_dtype = None if args.state_dtype == "float32" else getattr(torch, args.state_dtype)
+    configs = configurations(total_steps=args.epochs * steps_per_epoch, state_dtype=state_dtype)
     names = args.configs or list(configs)
     unknown = sorted(set(names) - set(configs))
     if unknown:

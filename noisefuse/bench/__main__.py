@@ -19,7 +19,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 import torch  # noqa: E402
 
-from . import baselines, noise, noise_report, plots, presets, report, runner  # noqa: E402
+from . import baselines, noise, noise_report, plots, presets, report, runner, state  # noqa: E402
 
 QUICK_PRESETS = {"cpu": ("resnet50",), "cuda": ("gpt2-small", "many-small")}
 
@@ -56,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--noise-params", type=int, default=None,
                    help="parameters of the noise section (default: 4M on CPU, 134M on GPU, small with --quick)")
     p.add_argument("--noise-tensors", type=int, default=None, help="... split into this many tensors")
+    p.add_argument("--state", choices=("on", "off", "only"), default="on",
+                   help="the state-precision section (float32 and bfloat16 state against torch's fused AdamW): "
+                        "after the noise section (on, default), skipped (off), or alone (only)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the main table and sweeps: what has not started when they are spent is "
                         "skipped and named in the notes (default: no limit)")
@@ -150,6 +153,20 @@ class Progress:
             self.bar.close()
 
 
+def _state_config(args, cfg) -> state.StateConfig | None:
+    """The state section's configuration: its preset for the device (resnet50 on the CPU,
+    gpt2-small on a GPU), the chosen optimizers it covers; None when it does not run."""
+    if args.state == "off" or args.noise == "only":
+        return None
+    chosen = tuple(o for o in cfg.optimizers if o in state.STATE_OPTIMIZERS)
+    if not chosen:
+        cfg.notes.append("state section skipped: none of PNM, AdaPNM, DemonAdam among --optimizers")
+        return None
+    name = state.PRESETS["cuda" if cfg.device.type == "cuda" else "cpu"]
+    preset = presets.synthetic(1 << 20, 16) if args.quick else presets.get(name)
+    return state.StateConfig(device=cfg.device, preset=preset, optimizers=chosen, quick=args.quick)
+
+
 def _noise_config(args, cfg) -> noise.NoiseConfig | None:
     """The noise section's configuration: PNM and AdaPNM among the chosen optimizers (else the
     chosen noisefuse ones), in the first dtype; None when it does not run."""
@@ -206,13 +223,17 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     progress = Progress(enabled=not args.no_progress)
     try:
-        if args.noise == "only":
+        if "only" in (args.noise, args.state):
             results = {"cases": [], "rows": [], "sweeps": [], "notes": list(cfg.notes)}
         else:
             results = runner.run(cfg, progress)
-        if noise_cfg is not None:
+        if noise_cfg is not None and args.state != "only":
             noise_cfg.budget = runner.Budget(args.noise_budget)  # counted from here
-        results["noise"] = noise.run(noise_cfg, progress) if noise_cfg is not None else None
+            results["noise"] = noise.run(noise_cfg, progress)
+        else:
+            results["noise"] = None
+        state_cfg = _state_config(args, cfg)
+        results["state"] = state.run(state_cfg, progress) if state_cfg is not None else None
     finally:
         progress.close()
     elapsed = time.perf_counter() - start
@@ -222,7 +243,7 @@ def main(argv=None) -> int:
         results["notes"].append(busy)
     config = {"device": str(device), "presets": [p.name for p in cfg.presets], "dtypes": list(dtypes),
               "optimizers": list(cfg.optimizers), "backends": list(cfg.backends), "baselines": cfg.baselines,
-              "sweeps": cfg.sweeps, "quick": cfg.quick, "noise": args.noise,
+              "sweeps": cfg.sweeps, "quick": cfg.quick, "noise": args.noise, "state": args.state,
               "noise_batch": args.noise_batch, "noise_backends": args.noise_backends,
               "budget_s": args.budget, "noise_budget_s": args.noise_budget,
               "argv": sys.argv[1:] if argv is None else list(argv)}

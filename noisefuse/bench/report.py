@@ -13,7 +13,7 @@ import torch
 
 import noisefuse
 
-from . import noise_report
+from . import noise_report, state
 
 SCHEMA_VERSION = 1
 LIBRARY_ORDER = {"noisefuse": 0, "torch": 1, "pytorch_optimizer": 2}
@@ -208,5 +208,7 @@ def format_report(machine: dict, results: dict, optimizer_order, elapsed_s: floa
         parts.append("notes:\n" + "\n".join(f"  - {n}" for n in results["notes"]))
     if results.get("noise"):
         parts.append(noise_report.format_noise(results["noise"]))
+    if results.get("state"):
+        parts.append(state.format_state(results["state"]))
     parts.append(f"finished in {elapsed_s:.0f} s")
     return "\n\n".join(parts)
