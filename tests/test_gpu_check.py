@@ -45,7 +45,7 @@ def test_dry_run_packs_three_files_and_reports_every_step(tmp_path):
         assert found[name]["status"] == "skipped"
     for name in ("environment", "extension", "tests-collect", "memcheck-collect", "bench"):
         assert found[name]["status"] == "passed", summary
-    assert re.search(r"\d+ tests collected", summary) and "11/" in summary  # the sanitizers' chosen tests
+    assert re.search(r"\d+ tests collected", summary) and "13/" in summary  # the sanitizers' chosen tests
     assert "the benchmark's report" in summary and "AdaPNM" in summary
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc["rows"] and doc["config"]["budget_s"] == 20

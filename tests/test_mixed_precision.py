@@ -277,7 +277,7 @@ def test_transposed_params_round_by_row_major_index(interpreter, monkeypatch):
         ps = [base.view(20, 12).t().clone().requires_grad_()]  # [12, 20] with strides (1, 12)
         assert not ps[0].is_contiguous()
         if backend != "reference":
-            with pytest.warns(RuntimeWarning, match="stochastic_rounding"):
+            with pytest.warns(RuntimeWarning, match="stochastic rounding"):
                 exact_sgd(ps, backend, steps=3, **SR)
         else:
             exact_sgd(ps, backend, steps=3, **SR)

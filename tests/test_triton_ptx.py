@@ -36,22 +36,25 @@ def compile_ptx(fn, constants, num_warps):
 
 
 @pytest.mark.parametrize(
-    "dtype, state_dtype, compute, momentum, noise, centered, stochastic_rounding",
+    "dtype, state_dtype, compute, momentum, noise, centered, round_params, round_state",
     [
-        ("float32", "float32", "float32", 2, 0, False, False),  # AdaPNM, no noise
-        ("float32", "float32", "float32", 1, 2, True, False),  # DemonAdam with centered diagonal-Fisher noise
-        ("bfloat16", "bfloat16", "float32", 2, 3, False, False),  # multiplicative noise on bf16 storage
-        ("float64", "float64", "float64", 0, 1, False, False),  # DemonSGD with isotropic noise in float64
-        ("bfloat16", "float32", "float32", 2, 1, False, True),  # bf16 params, float32 state, stochastic rounding
-        ("float16", "float32", "float32", 1, 0, False, False),  # fp16 params, float32 state
+        ("float32", "float32", "float32", 2, 0, False, False, False),  # AdaPNM, no noise
+        ("float32", "float32", "float32", 1, 2, True, False, False),  # DemonAdam with centered diagonal-Fisher noise
+        ("bfloat16", "bfloat16", "float32", 2, 3, False, False, False),  # multiplicative noise on bf16 storage
+        ("float64", "float64", "float64", 0, 1, False, False, False),  # DemonSGD with isotropic noise in float64
+        ("bfloat16", "float32", "float32", 2, 1, False, True, False),  # bf16 params, float32 state, stochastic rounding
+        ("float16", "float32", "float32", 1, 0, False, False, False),  # fp16 params, float32 state
+        ("float32", "bfloat16", "float32", 2, 0, False, False, True),  # float32 params, bf16 state rounded
+        ("bfloat16", "bfloat16", "float32", 1, 0, False, True, True),  # bf16 params and state, both rounded
     ],
 )
-def test_update_kernel_compiles_for_hopper(dtype, state_dtype, compute, momentum, noise, centered,
-                                           stochastic_rounding):
+def test_update_kernel_compiles_for_hopper(dtype, state_dtype, compute, momentum, noise, centered, round_params,
+                                           round_state):
     constants = dict(DTYPE=getattr(tl, dtype), STATE_DTYPE=getattr(tl, state_dtype), COMPUTE=getattr(tl, compute),
                      MOMENTUM=momentum, SECOND_MOMENT=True, AMSGRAD=True, NESTEROV=False, MAXIMIZE=True,
                      DECOUPLED=False, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, ALIGNED=True, NOISE=noise,
-                     CENTERED=centered, ROWS_ALIGNED=True, STOCHASTIC_ROUNDING=stochastic_rounding, STATIC_BATCH=0,
+                     CENTERED=centered, ROWS_ALIGNED=True, ROUND_PARAMS=round_params, ROUND_STATE=round_state,
+                     STATIC_BATCH=0,
                      BLOCK=4096)
     ptx = compile_ptx(kernels.update_kernel, constants, num_warps=8)
     assert ".target sm_90" in ptx
