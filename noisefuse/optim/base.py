@@ -15,7 +15,7 @@ from ..backends.family import Family, Hyper
 from ..demon import Demon, as_demon
 from ..noise import StepNoise, as_noise, consumes_grad_sample
 from ..random.rounding import Rounding
-from .precision import check_state_dtype, check_state_rounding, keep_state_dtypes, rounds_state
+from .precision import check_state_dtype, check_state_rounding, keep_state_dtypes, may_round_state, rounds_state
 from .step_lists import GroupLists, Participants
 
 # The per-param lists a fused call takes, besides params/grads/steps (docs/kernel-contract.md).
@@ -243,8 +243,7 @@ class FusedOptimizer(Optimizer):
             participants = self._params_with_grad(gi, group)
             chosen = {d: self._backend(group, d) for d in set(participants.devices)}
             plans.append((group, participants, chosen))
-        rounding = any(group["stochastic_rounding"] or rounds_state(group, p.dtype)
-                       for group in self.param_groups for p in group["params"])
+        rounding = any(group["stochastic_rounding"] or may_round_state(group) for group in self.param_groups)
         noise = StepNoise([(group, participants.params) for group, participants, _ in plans], self.param_groups,
                           self.state, type(self).__name__, rounding=rounding)
         divisors = grad_divisors(self.param_groups[0]["max_grad_norm"], plans, noise, grad_scale)
@@ -410,8 +409,7 @@ def grad_divisors(max_norm, plans, noise: StepNoise, grad_scale) -> dict:
 
 def _needs(group) -> tuple:
     """Which of FEATURES ``group`` uses, as plain booleans (part of the backend cache key)."""
-    stochastic = group["stochastic_rounding"] or group["state_rounding"] == "stochastic" or (
-        group["state_dtype"] == torch.bfloat16 and group["state_rounding"] is None)
+    stochastic = group["stochastic_rounding"] or may_round_state(group)
     return group["noise"] is not None, group["state_dtype"] is not None, stochastic
 
 

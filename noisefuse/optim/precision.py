@@ -54,6 +54,13 @@ def check_state_rounding(state_rounding, state_dtype, params) -> None:
                              "(use state_dtype=torch.bfloat16)")
 
 
+def may_round_state(group) -> bool:
+    """Whether the group stores any state stochastically, read from its settings alone (no pass
+    over its params): ``check_state_rounding`` has made "stochastic" imply bfloat16 state."""
+    rounding = group["state_rounding"]
+    return rounding == "stochastic" or (rounding is None and group["state_dtype"] == torch.bfloat16)
+
+
 def rounds_state(group, param_dtype) -> bool:
     """Whether the group's state of ``param_dtype`` params is stored stochastically (module docstring)."""
     state_dtype = group["state_dtype"] or param_dtype
