@@ -121,3 +121,14 @@ def on_cpu(backend, monkeypatch):
     if backend in FUSED and not backends.get(backend).available(torch.device("cpu")):
         pytest.skip(f"{backend} cannot run CPU tensors here")
     return backend
+
+
+def saved_and_loaded(opt):
+    """``opt.state_dict()`` through ``torch.save`` and ``torch.load(weights_only=True)``, as a
+    checkpoint file would carry it."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)

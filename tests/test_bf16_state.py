@@ -4,13 +4,11 @@ reference, the stagnation that rounding to nearest suffers and stochastic roundi
 argument checks, checkpoints across state precisions, and AMP skips."""
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 import noisefuse as nf
-from cases import BIG_SIZE, CONFIGS, SIZES, make_grads, make_params, on_cpu, run
+from cases import BIG_SIZE, CONFIGS, SIZES, make_grads, make_params, on_cpu, run, saved_and_loaded
 from noisefuse.optim.precision import COUNTERS
 
 BACKENDS = ["foreach", "native", "triton"]
@@ -136,13 +134,6 @@ def _trained(factory, params, steps=5):
     return opt
 
 
-def _saved(opt):
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
 @pytest.mark.parametrize("backend", ["reference", "native"])
 def test_checkpoint_resumes_bit_for_bit(backend, monkeypatch):
     """Saved bfloat16 state (plain tensors a weights_only load reads) resumes exactly: the same
@@ -153,7 +144,7 @@ def test_checkpoint_resumes_bit_for_bit(backend, monkeypatch):
     opt = _trained(factory, params)
     resumed_params = [p.detach().clone().requires_grad_() for p in params]
     resumed = factory(resumed_params)
-    resumed.load_state_dict(_saved(opt))
+    resumed.load_state_dict(saved_and_loaded(opt))
     for ps, o in ((params, opt), (resumed_params, resumed)):
         for p, g in zip(ps, make_grads(ps, 9)):
             p.grad = g
@@ -170,7 +161,7 @@ def test_checkpoints_convert_between_state_precisions():
     params = make_params((5, 300))
     bf16 = _trained(lambda ps: nf.PNM(ps, lr=0.05, state_dtype=torch.bfloat16), params)
     into_f32 = nf.PNM([p.detach().clone().requires_grad_() for p in params], lr=0.05)
-    into_f32.load_state_dict(_saved(bf16))
+    into_f32.load_state_dict(saved_and_loaded(bf16))
     f32_params = into_f32.param_groups[0]["params"]
     for p, q in zip(params, f32_params):
         for key in ("pos_momentum", "neg_momentum"):

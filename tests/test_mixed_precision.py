@@ -2,14 +2,13 @@
 stochastic rounding of bfloat16 params from the Philox stream (docs/kernel-contract.md, "Mixed
 precision"), on the reference, foreach, native (CPU kernel, both instruction-set builds) and Triton
 (interpreter) backends. The CUDA kernel's versions are in tests/test_native_cuda.py."""
-import io
 import math
 
 import pytest
 import torch
 
 import noisefuse as nf
-from cases import BIG_SIZE, CONFIGS, SIZES, TOLERANCES, make_grads, make_params, run
+from cases import BIG_SIZE, CONFIGS, SIZES, TOLERANCES, make_grads, make_params, run, saved_and_loaded
 from noisefuse.random import round_bf16_with, stochastic_round_bf16, stochastic_round_bf16_multi
 from noisefuse.optim.precision import COUNTERS
 
@@ -294,13 +293,6 @@ def test_unit_offsets_for_the_foreach_draw_match_the_reference():
 
 
 # ----- checkpoints ----------------------------------------------------------------------------
-def _save_load(opt):
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.mark.parametrize("config", ["adapnm", "demon_sgd_nesterov"])
 def test_state_dict_round_trip_continues_bit_for_bit(config):
     params = make_params((1, 300, 17), torch.bfloat16)
@@ -311,7 +303,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(config):
         for p, g in zip(ps, make_grads(ps, step)):
             p.grad = g
         first.step()
-    saved = _save_load(first)
+    saved = saved_and_loaded(first)
     assert saved["param_groups"][0]["state_dtype"] == torch.float32
     assert all(v.dtype == (torch.float64 if k in COUNTERS else torch.float32)
                for s in saved["state"].values() for k, v in s.items())
@@ -328,7 +320,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(config):
 def test_bf16_state_checkpoint_loads_into_float32_state():
     params = make_params((7, 300), torch.bfloat16)
     ps, low = run("adapnm", "foreach", params, steps=3)
-    saved = _save_load(low)
+    saved = saved_and_loaded(low)
     for group in saved["param_groups"]:  # as written before the option existed
         del group["state_dtype"], group["stochastic_rounding"]
     mixed = CONFIGS["adapnm"](ps, backend="foreach", **MIXED)
