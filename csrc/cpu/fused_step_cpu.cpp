@@ -54,16 +54,19 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const std::optional<at::Tensor>& lr_tensor,
                     const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets, int64_t noise_kind,
                     int64_t seed, double noise_std, double noise_scale, bool noise_centered,
-                    bool stochastic_rounding, bool stochastic_state_rounding) {
+                    bool stochastic_rounding, bool stochastic_state_rounding, at::TensorList state_scales,
+                    const std::optional<at::Tensor>& code_books, int64_t block_size) {
   const FusedStepLists l{params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods};
   const NoiseArgs noise{grad_samples,   sample_weights,      offsets,   noise_kind, seed, noise_std, noise_scale,
                         noise_centered, stochastic_rounding, stochastic_state_rounding};
+  const BlockwiseArgs blockwise{state_scales, code_books, block_size};
   NoiseHyper nh;
   StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov,
                                         maximize, demon_total_steps, demon_delay,
-                                        ScalarTensors{grad_scale, found_inf, lr_tensor}, noise, c10::DeviceType::CPU,
-                                        &nh);
+                                        ScalarTensors{grad_scale, found_inf, lr_tensor}, noise, blockwise,
+                                        c10::DeviceType::CPU, &nh);
   if (params.empty()) return;
+  TORCH_CHECK(!blockwise.enabled(), "noisefuse.fused_step_: this build has no 8-bit state kernels yet");
   // Host memory: reading the AMP scalars and the counters costs no synchronisation.
   if (found_inf.has_value() && *found_inf->const_data_ptr<float>() != 0.f) return;
   if (lr_tensor.has_value()) h.lr = *lr_tensor->const_data_ptr<float>();

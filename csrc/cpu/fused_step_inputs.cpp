@@ -114,6 +114,54 @@ void check_noise(const FusedStepLists& l, const NoiseArgs& a, NoiseHyper* out) {
   }
 }
 
+void check_blockwise(const FusedStepLists& l, const BlockwiseArgs& b, const NoiseArgs& noise) {
+  const size_t n = l.params.size();
+  if (!b.enabled()) {
+    TORCH_CHECK(b.block_size == 0, kOp, "block_size must be 0 (no 8-bit state) or a power of two in [16, 2048], got ",
+                b.block_size);
+    check_length(b.scales, "state_scales", 0, "none without 8-bit state (block_size=0)");
+    TORCH_CHECK(!b.code_books.has_value(), kOp, "code_books is for 8-bit state only (block_size > 0)");
+    return;
+  }
+  const int64_t bs = b.block_size;
+  TORCH_CHECK(bs >= 16 && bs <= 2048 && (bs & (bs - 1)) == 0, kOp,
+              "block_size must be 0 (no 8-bit state) or a power of two in [16, 2048], got ", bs);
+  TORCH_CHECK(!noise.stochastic_state_rounding, kOp,
+              "stochastic_state_rounding=True rounds bfloat16 state; 8-bit state is rounded to its codes");
+  const size_t lists = l.state_lists();
+  check_length(b.scales, "state_scales", lists * n, "one per tensor and state list with 8-bit state");
+  if (n == 0) return;
+  const at::Tensor& p0 = l.params[0];
+  TORCH_CHECK(p0.scalar_type() == at::kFloat || p0.scalar_type() == at::kBFloat16, kOp,
+              "8-bit state is for float32 and bfloat16 params, but params are ", p0.scalar_type());
+  const at::Tensor* books = b.code_books.has_value() ? &*b.code_books : nullptr;
+  TORCH_CHECK(books != nullptr && books->defined(), kOp, "8-bit state (block_size > 0) needs code_books");
+  TORCH_CHECK(books->scalar_type() == at::kFloat && books->dim() == 2 && books->size(0) == 4 &&
+                  books->size(1) == 256 && books->is_contiguous() && books->device() == p0.device(),
+              kOp, "code_books must be a contiguous float32 [4, 256] tensor on ", p0.device(), " but is ",
+              books->scalar_type(), " ", books->sizes(), " on ", books->device());
+  const at::TensorList state[] = {l.exp_avgs, l.neg_exp_avgs, l.exp_avg_sqs, l.max_exp_avg_sqs};
+  for (size_t i = 0; i < n; ++i) {
+    // Blocks follow the row-major index, which the kernels walk as memory order.
+    check_row_major(l.params[i], i, "8-bit state");
+    const int64_t blocks = (l.params[i].numel() + bs - 1) / bs;
+    size_t list = 0;
+    for (const at::TensorList& codes : state) {
+      if (codes.empty()) continue;
+      const at::Tensor& s = b.scales_of(list, i, n);
+      const std::string name = "state_scales[" + std::to_string(list * n + i) + "]";
+      TORCH_CHECK(s.defined(), kOp, name, " is undefined");
+      TORCH_CHECK(s.scalar_type() == at::kFloat && s.dim() == 1 && s.is_contiguous() && s.device() == p0.device(),
+                  kOp, name, " must be a contiguous 1-D float32 tensor on ", p0.device(), " but is ", s.scalar_type(),
+                  " ", s.sizes(), " on ", s.device());
+      TORCH_CHECK(s.numel() == blocks, kOp, name, " has ", s.numel(), " scales but params[", i, "] has ",
+                  l.params[i].numel(), " elements: ", blocks, " blocks of ", bs);
+      TORCH_CHECK(codes[i].is_contiguous(), kOp, "8-bit codes of params[", i, "] must be contiguous");
+      ++list;
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<at::Tensor> rows_like_params(const FusedStepLists& l, const NoiseArgs& a) {
@@ -146,7 +194,8 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
                                   double beta0, double eps, double weight_decay, bool decoupled, bool nesterov,
                                   bool maximize, int64_t demon_total_steps, double demon_delay,
                                   const ScalarTensors& scalars, const NoiseArgs& noise,
-                                  c10::DeviceType device_type, NoiseHyper* noise_out) {
+                                  const BlockwiseArgs& blockwise, c10::DeviceType device_type,
+                                  NoiseHyper* noise_out) {
   TORCH_CHECK(noise.kind >= kNoNoise && noise.kind <= kMultiplicativeNoise, kOp,
               "noise_kind must be 0 (none), 1 (isotropic), 2 (diag_fisher) or 3 (multiplicative), got ", noise.kind);
   TORCH_CHECK(momentum == kHeavyBall || momentum == kEma || momentum == kPn, kOp,
@@ -175,6 +224,7 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
               static_cast<int32_t>(momentum), decoupled, nesterov, maximize, second,  track_prod};
   if (n == 0) {
     check_noise(l, noise, noise_out);
+    check_blockwise(l, blockwise, noise);
     return h;
   }
 
@@ -186,11 +236,13 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
   const at::ScalarType dtype = p0.scalar_type();
   TORCH_CHECK(supported_dtype(dtype), kOp, "params[0] has dtype ", dtype,
               "; supported: float32, float64, float16, bfloat16");
-  // The state lists share one dtype: the params', float32 for float16/bfloat16 params, or bfloat16
-  // for float32 params.
+  // The state lists share one dtype: the params', float32 for float16/bfloat16 params, bfloat16
+  // for float32 params, or uint8 codes with 8-bit state.
   TORCH_CHECK(l.exp_avgs[0].defined(), kOp, "exp_avgs[0] is undefined");
   const at::ScalarType state = l.exp_avgs[0].scalar_type();
-  TORCH_CHECK(state == dtype || (state == at::kFloat && (dtype == at::kHalf || dtype == at::kBFloat16)) ||
+  TORCH_CHECK(blockwise.enabled() == (state == at::kByte), kOp, "exp_avgs[0] has dtype ", state, " but block_size is ",
+              blockwise.block_size, ": uint8 state is 8-bit codes, which need block_size > 0, and only they do");
+  TORCH_CHECK(state == at::kByte || state == dtype || (state == at::kFloat && (dtype == at::kHalf || dtype == at::kBFloat16)) ||
                   (state == at::kBFloat16 && dtype == at::kFloat),
               kOp, "exp_avgs[0] has dtype ", state, " but params have ", dtype,
               "; the state must have the params' dtype, float32 for float16/bfloat16 params, or bfloat16 for "
@@ -216,6 +268,7 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
   if (scalars.found_inf.has_value()) check_scalar(*scalars.found_inf, "found_inf", device, at::kFloat);
   if (scalars.lr.has_value()) check_scalar(*scalars.lr, "lr_tensor", device, at::kFloat);
   check_noise(l, noise, noise_out);
+  check_blockwise(l, blockwise, noise);
   return h;
 }
 

@@ -21,6 +21,7 @@ from ..random.rounding import MAX_SECOND_MOMENT, MOMENTUM, PARAM, SECOND_MOMENT,
 from .family import Family, Hyper, tensor_scalars
 from .reference import compute_dtype
 from .step_tensors import StepTensors
+from ..state.host_step import quantized_step
 
 
 def _upcast(tensors, dt):
@@ -41,11 +42,14 @@ def _take(tensors, idx):
 supports_noise = True
 supports_mixed_state = True
 supports_stochastic_rounding = True
+supports_blockwise_8bit = True  # noisefuse.state.host_step
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
                noise: NoiseStep | None = None, rounding: Rounding | None = None) -> None:
     hyper = hyper.on_host()
+    if ts.quantization is not None:
+        return quantized_step(fused_step, family, hyper, ts, grad_scale, found_inf, noise=noise, rounding=rounding)
     if not ts.params:
         return
     if found_inf is not None and found_inf.item() != 0:

@@ -40,7 +40,7 @@ except ImportError as exc:  # not built, or built against another torch (its sym
                                   f"{torch.__version__}; rebuild it (make build, or pip install "
                                   "--no-build-isolation -e .)")
 if _LOAD_ERROR is None and not (hasattr(torch.ops.noisefuse, "sample_weights") and any(
-        arg.name == "stochastic_state_rounding" for arg in torch.ops.noisefuse.fused_step_.default._schema.arguments)):
+        arg.name == "block_size" for arg in torch.ops.noisefuse.fused_step_.default._schema.arguments)):
     # Built before the newest schemas (an editable install whose sources changed since): said so
     # here, and unused, rather than failing at the first step that needs what it lacks.
     _LOAD_ERROR = ImportError("noisefuse._C was built from older sources; rebuild it (make build, or "
@@ -53,6 +53,7 @@ if _LOAD_ERROR is None and not (hasattr(torch.ops.noisefuse, "sample_weights") a
 supports_noise = True
 supports_mixed_state = True
 supports_stochastic_rounding = True
+supports_blockwise_8bit = False  # the kernels' 8-bit state: not yet
 _warned_layout = False  # set by stream.step_with_foreach: one layout warning per backend
 
 
@@ -98,7 +99,7 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
         demon_delay=hyper.demon_delay, grad_scale=grad_scale, found_inf=found_inf, lr_tensor=hyper.lr_tensor,
         sample_weights=noise.sample_weights if noise is not None else None,
-        **stream.stream_kwargs(ts, noise, rounding))
+        **stream.stream_kwargs(ts, noise, rounding), **stream.blockwise_kwargs(ts))
 
 
 def draw_weights(noise: Multiplicative, batch_size: int, seed: int, step, device) -> torch.Tensor:
@@ -131,7 +132,7 @@ if _LOAD_ERROR is None:
                          decoupled, nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
                          found_inf=None, lr_tensor=None, sample_weights=None, offsets=(), noise_kind=0, seed=0,
                          noise_std=0.0, noise_scale=0.0, noise_centered=False, stochastic_rounding=False,
-                         stochastic_state_rounding=False):
+                         stochastic_state_rounding=False, state_scales=(), code_books=None, block_size=0):
         return None
 
     # The Philox test ops (csrc/philox_ops.cpp) return new tensors: their fakes give the shapes.

@@ -14,6 +14,7 @@ from ..noise.transforms import sample_weights as draw_weights  # noqa: F401  (th
 from ..random.rounding import MAX_SECOND_MOMENT, MOMENTUM, PARAM, SECOND_MOMENT, Rounding, stochastic_round_bf16
 from .family import Family, Hyper, tensor_scalars
 from .step_tensors import StepTensors
+from ..state.host_step import quantized_step
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -23,11 +24,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 supports_noise = True
 supports_mixed_state = True
 supports_stochastic_rounding = True
+supports_blockwise_8bit = True  # noisefuse.state.host_step
 
 
 def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, found_inf=None,
                noise: NoiseStep | None = None, rounding: Rounding | None = None) -> None:
     hyper = hyper.on_host()
+    if ts.quantization is not None:
+        return quantized_step(fused_step, family, hyper, ts, grad_scale, found_inf, noise=noise, rounding=rounding)
     if found_inf is not None and found_inf.item() != 0:
         return  # AMP found an inf/nan: the step is a no-op, counters included
     for i, param in enumerate(ts.params):

@@ -9,7 +9,8 @@ import torch
 @dataclass
 class StepTensors:
     """Per-param lists of one (device, dtype) bucket; optional lists are empty when unused. The
-    state lists share one dtype: the params' or, with ``state_dtype=torch.float32``, float32."""
+    state lists share one dtype: the params', float32 or bfloat16 (``state_dtype``), or uint8 codes
+    with ``quantization``."""
 
     params: list[torch.Tensor] = field(default_factory=list)
     grads: list[torch.Tensor] = field(default_factory=list)
@@ -24,6 +25,10 @@ class StepTensors:
     # element offset.
     grad_samples: list[torch.Tensor] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    # 8-bit state (noisefuse.state.Blockwise8bit): the buffer lists hold uint8 codes, and
+    # ``scales[field]`` each buffer's float32 scales, one per block of its flat index.
+    quantization: object = None
+    scales: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.params)

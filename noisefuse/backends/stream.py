@@ -14,6 +14,7 @@ import warnings
 from ..noise.step import NoiseStep
 from ..random.philox import seed_as_int64
 from ..random.rounding import Rounding
+from ..state import maps
 from .step_tensors import StepTensors
 
 
@@ -23,9 +24,26 @@ def rounds(rounding: Rounding | None) -> bool:
 
 
 def layout_needs_foreach(ts: StepTensors, noise: NoiseStep | None, rounding: Rounding | None) -> bool:
-    """Whether the call draws per element and has a param that is not row-major contiguous."""
+    """Whether the call draws per element, or keeps 8-bit state (blocks of the row-major index), and
+    has a param that is not row-major contiguous."""
     per_element = rounds(rounding) or (noise is not None and noise.kind in ("isotropic", "diag_fisher"))
+    per_element = per_element or ts.quantization is not None
     return per_element and not all(p.is_contiguous() for p in ts.params)
+
+
+# The state lists in the kernels' order, as ``state_scales`` concatenates their scales.
+STATE_FIELDS = ("exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+
+
+def blockwise_kwargs(ts: StepTensors) -> dict:
+    """The op's 8-bit state arguments (docs/kernel-contract.md, "8-bit blockwise state"); none
+    without 8-bit state."""
+    spec = ts.quantization
+    if spec is None:
+        return {}
+    scales = [s for field in STATE_FIELDS if getattr(ts, field) for s in ts.scales[field]]
+    return dict(state_scales=scales, code_books=maps.tables(spec.code_book, ts.params[0].device),
+                block_size=spec.block_size)
 
 
 def stream_kwargs(ts: StepTensors, noise: NoiseStep | None, rounding: Rounding | None) -> dict:
@@ -51,7 +69,8 @@ def step_with_foreach(backend, family, hyper, ts, grad_scale, found_inf, noise, 
     if not backend._warned_layout:
         backend._warned_layout = True
         name = backend.__name__.rsplit(".", 1)[-1]
-        what = f"noise={noise.kind!r}" if noise is not None else "stochastic rounding"
+        what = f"noise={noise.kind!r}" if noise is not None else "stochastic rounding" if rounds(rounding) \
+            else "8-bit state"
         warnings.warn(f"backend={name!r}: params that are not contiguous (e.g. channels_last) with "
                       f"{what} are stepped by the foreach backend", RuntimeWarning, stacklevel=4)
     from . import foreach

@@ -15,7 +15,9 @@ from ..backends.family import Family, Hyper
 from ..demon import Demon, as_demon
 from ..noise import StepNoise, as_noise, consumes_grad_sample
 from ..random.rounding import Rounding
-from .precision import check_state_dtype, check_state_rounding, keep_state_dtypes, may_round_state, rounds_state
+from ..state.blockwise import SCALES_SUFFIX, as_blockwise
+from .precision import (check_saved_8bit_state, check_state_dtype, check_state_rounding, ensure_8bit_state,
+                        ensure_float_state, keep_state_dtypes, may_round_state, rounds_state)
 from .step_lists import GroupLists, Participants
 
 # The per-param lists a fused call takes, besides params/grads/steps (docs/kernel-contract.md).
@@ -32,7 +34,7 @@ COMMON_DEFAULTS = dict(demon=None, noise=None, backend="auto", maximize=False, c
 # What a group may ask of its backend beyond the plain update, in the order of _needs(): the backend
 # module's flag, and the argument as errors spell it (docs/kernel-contract.md, "Noise", "Mixed precision").
 FEATURES = (("supports_noise", "noise="), ("supports_mixed_state", "state_dtype="),
-            ("supports_stochastic_rounding", "stochastic rounding"))
+            ("supports_stochastic_rounding", "stochastic rounding"), ("supports_blockwise_8bit", "8-bit state"))
 
 
 def common_hyper(group, demon: Demon | None) -> dict:
@@ -192,17 +194,21 @@ class FusedOptimizer(Optimizer):
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"the state dict has {len(saved_groups)} param groups, this optimizer "
                              f"{len(self.param_groups)}")
-        params = {}
+        params, saved_dtypes = {}, {}
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(f"param group {gi} has {len(saved['params'])} params in the state dict, "
                                  f"{len(group['params'])} here")
             params.update(zip(saved["params"], group["params"]))
+            saved_dtypes.update(dict.fromkeys(saved["params"], saved.get("state_dtype")))
         for index, state in state_dict["state"].items():
             if index not in params:
                 raise ValueError(f"the state dict has state for param {index!r}, which no param group lists")
             param = params[index]
+            check_saved_8bit_state(state, saved_dtypes[index], f" of param {index}")
             for key, value in state.items():
+                if key.endswith(SCALES_SUFFIX):
+                    continue  # one per block of its codes: checked with them
                 if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
                     raise ValueError(f"state {key!r} of param {index} has shape {tuple(value.shape)}, "
                                      f"but the param has shape {tuple(param.shape)}")
@@ -217,6 +223,9 @@ class FusedOptimizer(Optimizer):
         noise = as_noise(group["noise"])
         group["noise"] = None if noise is None else noise.as_dict()  # plain values: weights_only loads
         check_bool("stochastic_rounding", group["stochastic_rounding"])
+        spec = as_blockwise(group["state_dtype"])
+        if spec is not None:
+            group["state_dtype"] = spec.as_dict()  # plain values: weights_only loads
         check_state_dtype(group["state_dtype"], group["params"])
         check_state_rounding(group["state_rounding"], group["state_dtype"], group["params"])
         check_max_grad_norm(group["max_grad_norm"], self.param_groups[0]["max_grad_norm"])
@@ -254,7 +263,7 @@ class FusedOptimizer(Optimizer):
             family, demon = self._family(group), as_demon(group["demon"])
             hyper = self._hyper(group, demon)
             buckets = self._init_group(gi, group, participants, family, demon, hyper, chosen)
-            for (device, dtype), tensors in buckets.items():
+            for (device, dtype, _), tensors in buckets.items():
                 extra = {}
                 # stochastic_rounding is a no-op for params that are not bfloat16.
                 rounding = Rounding(group["seed"], params=group["stochastic_rounding"] and dtype == torch.bfloat16,
@@ -333,7 +342,9 @@ class FusedOptimizer(Optimizer):
         if lists is None or not lists.fits(settings, participants, states):
             self._init_state(participants.params, states, buffers, group["state_dtype"], track_prod, host_devices,
                              demon, hyper)
-            lists = GroupLists(settings, participants, states, fields, _loaded_dtensor_class())
+            spec = as_blockwise(group["state_dtype"])
+            scale_fields = {f: key + SCALES_SUFFIX for f, key in buffers.items()} if spec is not None else None
+            lists = GroupLists(settings, participants, states, fields, _loaded_dtensor_class(), spec, scale_fields)
             if not compiling:
                 self._step_lists[group_index] = lists
         return lists.calls(participants.grads)
@@ -342,6 +353,7 @@ class FusedOptimizer(Optimizer):
         """Creates the state entries the step reads, and moves or converts those that are not
         where or what the kernels expect."""
         cpu = torch.device("cpu")
+        spec = as_blockwise(state_dtype)
         for p, state in zip(params, states):
             step_device = cpu if p.device in host_devices else p.device
             step = state.get("step")
@@ -353,16 +365,14 @@ class FusedOptimizer(Optimizer):
                 # The official code stores a Python int; a checkpoint may come from another device, or
                 # from before the counters were float64 (float32: converted exactly).
                 state["step"] = torch.as_tensor(step, dtype=torch.float64).to(step_device)
-            buffer_dtype = p.dtype if state_dtype is None else state_dtype
-            for key in buffers.values():
-                buf = state.get(key)
-                if buf is None:
-                    # zeros_like keeps a DTensor param's placement whatever the dtype (FSDP2).
-                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format, dtype=buffer_dtype)
-                elif buf.dtype != buffer_dtype:
-                    # State of another dtype (e.g. bfloat16 state, float32 now asked for): converted
-                    # once; the fused kernels read one state dtype per call.
-                    state[key] = buf.to(buffer_dtype)
+            if spec is not None and spec.quantizes(p):
+                for field, key in buffers.items():
+                    ensure_8bit_state(state, field, key, p, spec)
+            else:
+                # 8-bit groups keep the state of their small params in float32 (Blockwise8bit.min_numel).
+                dtype = p.dtype if state_dtype is None else torch.float32 if spec is not None else state_dtype
+                for key in buffers.values():
+                    ensure_float_state(state, key, p, dtype)
             if track_prod:
                 self._beta1_prod(state, fresh, step_device, demon, hyper)
 
@@ -410,7 +420,8 @@ def grad_divisors(max_norm, plans, noise: StepNoise, grad_scale) -> dict:
 def _needs(group) -> tuple:
     """Which of FEATURES ``group`` uses, as plain booleans (part of the backend cache key)."""
     stochastic = group["stochastic_rounding"] or may_round_state(group)
-    return group["noise"] is not None, group["state_dtype"] is not None, stochastic
+    blockwise = as_blockwise(group["state_dtype"]) is not None
+    return group["noise"] is not None, group["state_dtype"] is not None, stochastic, blockwise
 
 
 def _missing(module, group) -> list:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from ..state.blockwise import SCALES_SUFFIX, Blockwise8bit, as_blockwise, decode, encode, zero_code
+from ..state.blockwise import SIGNED_FIELDS
+
 # The 0-d counters are float64 whatever the params (exact step counts and Demon products); every
 # other floating state tensor is a buffer.
 COUNTERS = ("step", "beta1_prod")
@@ -30,6 +33,12 @@ def check_state_dtype(state_dtype, params) -> None:
     if state_dtype is None:
         return
     params = list(params)
+    if as_blockwise(state_dtype) is not None:
+        refused = sorted({str(p.dtype) for p in params} - {"torch.float32", "torch.bfloat16"})
+        if refused:
+            raise ValueError(f"Invalid state_dtype: 8-bit blockwise state is for float32 and bfloat16 params, this "
+                             f"group has {', '.join(refused)} params")
+        return
     bfloat16_ok = state_dtype == torch.bfloat16 and all(p.dtype in (torch.float32, torch.bfloat16) for p in params)
     if not isinstance(state_dtype, torch.dtype) or not (
             state_dtype == torch.float32 or bfloat16_ok or all(p.dtype == state_dtype for p in params)):
@@ -46,6 +55,9 @@ def check_state_rounding(state_rounding, state_dtype, params) -> None:
         return
     if state_rounding not in STATE_ROUNDINGS:
         raise ValueError(f"Invalid state_rounding: {state_rounding!r} (must be None, 'stochastic' or 'nearest')")
+    if state_rounding == "stochastic" and as_blockwise(state_dtype) is not None:
+        raise ValueError("Invalid state_rounding: 'stochastic' rounds bfloat16 state; 8-bit blockwise state is "
+                         "rounded to the nearest code (an amsgrad maximum up): use None or 'nearest'")
     if state_rounding == "stochastic":
         dtypes = {p.dtype if state_dtype is None else state_dtype for p in params}
         if dtypes - {torch.bfloat16}:
@@ -75,15 +87,111 @@ def rounds_state(group, param_dtype) -> bool:
 def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
     """After ``torch.optim.Optimizer.load_state_dict``: give each group back its ``state_dtypes``
     entry (this optimizer's), take the saved counters straight from ``state_dict`` as float64, and
-    the saved buffers of the groups that set a ``state_dtype``, converted once. torch's loader casts
-    every state tensor but ``step`` to its param's dtype, which would round a Demon product or
-    float32 state through bfloat16; a bfloat16-state checkpoint is upcast exactly."""
-    for group, saved_group, state_dtype in zip(optimizer.param_groups, state_dict["param_groups"], state_dtypes):
+    the saved buffers of the groups that set a ``state_dtype`` or saved 8-bit state, converted once.
+    torch's loader casts every state tensor but ``step`` to its param's dtype, which would round a
+    Demon product or float32 state through bfloat16, and turn 8-bit codes into floats; a
+    bfloat16-state checkpoint is upcast exactly; 8-bit state is decoded with the checkpoint's
+    block size and code book, and quantized for a group that keeps 8-bit state (float32 state
+    then rounds to the nearest code, once)."""
+    for gi, (group, saved_group, state_dtype) in enumerate(
+            zip(optimizer.param_groups, state_dict["param_groups"], state_dtypes)):
         group["state_dtype"] = state_dtype
+        spec, saved_spec = as_blockwise(state_dtype), as_blockwise(saved_group.get("state_dtype"))
+        fields = {key: field for field, key in optimizer._state_keys(group).items()}
         for index, p in zip(saved_group["params"], group["params"]):
-            for key, value in state_dict["state"].get(index, {}).items():
+            saved, state = state_dict["state"].get(index, {}), optimizer.state[p]
+            quantized = spec is not None and spec.quantizes(p)
+            for key, value in saved.items():
                 if key in COUNTERS:
                     # On the CPU here; the step moves it where its backend reads it (_init_state).
-                    optimizer.state[p][key] = torch.as_tensor(value).to(dtype=torch.float64)
-                elif state_dtype is not None and torch.is_tensor(value) and value.is_floating_point():
-                    optimizer.state[p][key] = value.to(device=p.device, dtype=state_dtype)
+                    state[key] = torch.as_tensor(value).to(dtype=torch.float64)
+                    continue
+                if key.endswith(SCALES_SUFFIX):
+                    state.pop(key, None)  # restored (or dropped) with its codes
+                    continue
+                if not torch.is_tensor(value):
+                    continue
+                field = fields.get(key)
+                if value.dtype == torch.uint8:
+                    scales = saved[key + SCALES_SUFFIX]
+                    if quantized and same_codes(spec, saved_spec):
+                        state[key] = value.to(p.device)
+                        state[key + SCALES_SUFFIX] = scales.to(p.device)
+                        continue
+                    value = decode(value.to(p.device), scales.to(p.device), saved_spec, field)
+                elif state_dtype is None:
+                    continue  # torch's loader has cast it to the param's dtype, as before
+                if quantized:
+                    state.pop(key, None)  # ensure_8bit_state quantizes it
+                    state[key] = value.to(p.device)
+                    ensure_8bit_state(state, field, key, p, spec)
+                else:
+                    dtype = torch.float32 if spec is not None else state_dtype or p.dtype
+                    state[key] = value.to(device=p.device, dtype=dtype)
+                    state.pop(key + SCALES_SUFFIX, None)
+
+def ensure_float_state(state, key, p, dtype) -> None:
+    """``state[key]``: zeros like ``p`` of ``dtype`` when missing, converted once when of another dtype."""
+    buf = state.get(key)
+    if buf is None:
+        # zeros_like keeps a DTensor param's placement whatever the dtype (FSDP2).
+        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format, dtype=dtype)
+    elif buf.dtype == torch.uint8:
+        raise RuntimeError(f"state {key!r} holds 8-bit codes, but this group keeps {dtype} state for this param: "
+                           "8-bit state is converted by load_state_dict, which knows its block size and code book")
+    elif buf.dtype != dtype:
+        # State of another dtype (e.g. bfloat16 state, float32 now asked for): converted
+        # once; the fused kernels read one state dtype per call.
+        state[key] = buf.to(dtype)
+
+
+def _local(t):
+    """A DTensor's local shard (the blocks of 8-bit state are each shard's own), else ``t``."""
+    return getattr(t, "_local_tensor", t)
+
+
+def ensure_8bit_state(state, field, key, p, spec: Blockwise8bit) -> None:
+    """``state[key]`` (uint8 codes like ``p``) and ``state[key + "_scales"]`` (float32, one per block
+    of the local tensor): zeros when missing; float state quantized once."""
+    buf, scales_key = state.get(key), key + SCALES_SUFFIX
+    if buf is None:
+        code = zero_code(spec, signed=field in SIGNED_FIELDS)
+        state[key] = torch.full_like(p, code, memory_format=torch.contiguous_format, dtype=torch.uint8)
+        state[scales_key] = torch.zeros(spec.num_blocks(_local(p).numel()), dtype=torch.float32, device=p.device)
+    elif buf.dtype != torch.uint8:
+        local = _local(buf)
+        codes, scales = encode(local.float(), spec, field)
+        if local is not buf:  # a DTensor: the codes are placed like it
+            codes = type(buf).from_local(codes, buf.device_mesh, buf.placements, run_check=False,
+                                         shape=buf.shape, stride=codes.stride())
+        state[key], state[scales_key] = codes, scales
+    else:
+        check_8bit_buffer(key, buf, state.get(scales_key), spec)
+
+
+def same_codes(a: Blockwise8bit | None, b: Blockwise8bit | None) -> bool:
+    """Whether codes of format ``a`` mean what they mean in ``b`` (``min_numel`` aside)."""
+    return a is not None and b is not None and (a.block_size, a.code_book) == (b.block_size, b.code_book)
+
+
+def check_8bit_buffer(key, codes, scales, spec: Blockwise8bit, where="") -> None:
+    """Codes of ``key`` with scales that fit them: float32, one per block of ``spec``."""
+    need = spec.num_blocks(_local(codes).numel())
+    if scales is None or not torch.is_tensor(scales) or scales.dtype != torch.float32 or scales.dim() != 1 \
+            or scales.numel() != need:
+        got = "none" if scales is None else f"{tuple(scales.shape)} {scales.dtype}" if torch.is_tensor(scales) else \
+            repr(scales)
+        raise ValueError(f"state {key!r}{where} holds {_local(codes).numel()} 8-bit codes, which in blocks of "
+                         f"{spec.block_size} need {need} float32 scales in {key + SCALES_SUFFIX!r}: it has {got}")
+
+
+def check_saved_8bit_state(state, saved_state_dtype, where) -> None:
+    """The 8-bit buffers of one param's saved ``state``: each with the scales its group's format needs."""
+    spec = as_blockwise(saved_state_dtype)
+    for key, value in state.items():
+        if key.endswith(SCALES_SUFFIX) or not (torch.is_tensor(value) and value.dtype == torch.uint8):
+            continue
+        if spec is None:
+            raise ValueError(f"state {key!r}{where} holds 8-bit codes, but its param group's state_dtype "
+                             f"({saved_state_dtype!r}) says nothing of their blocks")
+        check_8bit_buffer(key, value, state.get(key + SCALES_SUFFIX), spec, where)

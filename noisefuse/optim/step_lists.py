@@ -83,13 +83,19 @@ class GroupLists:
     decided what the entries had to be (state keys, ``state_dtype``, Demon product, where the
     counters live)."""
 
-    def __init__(self, settings, participants: Participants, states, fields: dict, dtensor_cls):
+    def __init__(self, settings, participants: Participants, states, fields: dict, dtensor_cls,
+                 quantization=None, scale_fields: dict | None = None):
         self.settings = settings
         self.params, self.devices, self.dtypes = participants.params, participants.devices, participants.dtypes
-        self.values = {key: [state[key] for state in states] for key in fields.values()}
+        scale_fields = scale_fields or {}
+        self.values = {key: [state.get(key) for state in states] for key in (*fields.values(), *scale_fields.values())}
         shards = [dtensor_cls is not None and isinstance(p, dtensor_cls) for p in self.params]
+        # 8-bit state: a param whose buffers have scales is quantized; the others of the group
+        # (below Blockwise8bit.min_numel) keep float32 state, in calls of their own.
+        first_scales = next(iter(scale_fields.values()), None)
+        quantized = [first_scales is not None and state.get(first_scales) is not None for state in states]
         positions = defaultdict(list)
-        for i, key in enumerate(zip(self.devices, self.dtypes)):
+        for i, key in enumerate(zip(self.devices, self.dtypes, quantized)):
             positions[key].append(i)
         self.buckets = {}
         for key, indices in positions.items():
@@ -97,8 +103,11 @@ class GroupLists:
                 indices = None  # one call takes the whole lists: nothing to split at each step
             lists = {field: _take(self.values[state_key], indices) for field, state_key in fields.items()}
             bucket_shards = _take(shards, indices)
-            self.buckets[key] = _Bucket(StepTensors(params=_take(self.params, indices), **lists), indices,
-                                        bucket_shards if any(bucket_shards) else None)
+            tensors = StepTensors(params=_take(self.params, indices), **lists)
+            if key[2]:
+                tensors.quantization = quantization
+                tensors.scales = {field: _take(self.values[k], indices) for field, k in scale_fields.items()}
+            self.buckets[key] = _Bucket(tensors, indices, bucket_shards if any(bucket_shards) else None)
 
     def fits(self, settings, participants: Participants, states) -> bool:
         """Whether building the lists from ``states`` now would give these again: the same settings,
@@ -111,7 +120,7 @@ class GroupLists:
                         for key, values in self.values.items()))
 
     def calls(self, grads) -> dict:
-        """(device, dtype) -> the ``StepTensors`` of that call, with this step's ``grads``: a new
+        """(device, dtype, quantized) -> the ``StepTensors`` of that call, with this step's ``grads``: a new
         object at each step (the noise sets fields of it), sharing the kept lists, which no
         backend modifies."""
         calls = {}
@@ -123,7 +132,7 @@ class GroupLists:
                 # shards, taken at each step (FSDP2 may give a param a new local tensor).
                 for name in _SHARDED_FIELDS:
                     lists[name] = [local_tensor(t) if shard else t for t, shard in zip(lists[name], bucket.shards)]
-            calls[key] = StepTensors(**lists)
+            calls[key] = StepTensors(**lists, quantization=bucket.tensors.quantization, scales=bucket.tensors.scales)
         return calls
 
 

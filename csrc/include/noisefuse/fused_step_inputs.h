@@ -19,6 +19,8 @@ struct FusedStepLists {
   bool pn() const { return !neg_exp_avgs.empty(); }
   bool second_moment() const { return !exp_avg_sqs.empty(); }
   bool amsgrad() const { return !max_exp_avg_sqs.empty(); }
+  // How many state lists the call updates (exp_avgs and those used of the three others).
+  size_t state_lists() const { return 1 + pn() + second_moment() + amsgrad(); }
 
   // The element-wise lists in the kernels' pointer order: params, `grad_source` (grads, or the
   // grad_sample rows when the noise reads them), exp_avgs, then neg_exp_avgs / exp_avg_sqs /
@@ -54,14 +56,29 @@ struct NoiseArgs {
   bool uses_offsets() const { return kind != 0 || stochastic_rounding || stochastic_state_rounding; }
 };
 
-// Validates every list, tensor and scalar (noise and rounding included) and returns the call's StepHyper and
+// The op's 8-bit blockwise state arguments (docs/kernel-contract.md, "8-bit blockwise state"): with
+// block_size > 0 the state lists hold uint8 codes and `scales` one float32 scale per block of each,
+// list by list in the kernels' pointer order (every tensor's exp_avgs scales, then neg_exp_avgs,
+// exp_avg_sqs, max_exp_avg_sqs where used); `code_books` is the float32 [4, 256] table.
+struct BlockwiseArgs {
+  at::TensorList scales;
+  const std::optional<at::Tensor>& code_books;
+  int64_t block_size;
+
+  bool enabled() const { return block_size > 0; }
+  // Scales of state list `list` (0: exp_avgs, in the order above) of tensor `i` among `n`.
+  const at::Tensor& scales_of(size_t list, size_t i, size_t n) const { return scales[list * n + i]; }
+};
+
+// Validates every list, tensor and scalar (noise, rounding and 8-bit state included) and returns the call's StepHyper and
 // NoiseHyper; throws (naming the list and index) on the first problem. `device_type` is the
 // kernel's: all tensors must be on one device of that type.
 StepHyper check_fused_step_inputs(const FusedStepLists& lists, int64_t momentum, double lr, double beta1,
                                   double beta2, double beta0, double eps, double weight_decay, bool decoupled,
                                   bool nesterov, bool maximize, int64_t demon_total_steps, double demon_delay,
                                   const ScalarTensors& scalars, const NoiseArgs& noise,
-                                  c10::DeviceType device_type, NoiseHyper* noise_out);
+                                  const BlockwiseArgs& blockwise, c10::DeviceType device_type,
+                                  NoiseHyper* noise_out);
 
 // The grad_sample rows as the kernels read them: row b of tensor i at data_ptr + b * numel, laid out
 // like params[i]. Rows already in that layout are returned as they are, others copied (the user's
