@@ -132,7 +132,7 @@ if _LOAD_ERROR is None:
                          decoupled, nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
                          found_inf=None, lr_tensor=None, sample_weights=None, offsets=(), noise_kind=0, seed=0,
                          noise_std=0.0, noise_scale=0.0, noise_centered=False, stochastic_rounding=False,
-                         stochastic_state_rounding=False, state_scales=(), code_books=None, block_size=0):
+                         stochastic_state_rounding=False, state_scales=None, code_books=None, block_size=0):
         return None
 
     # The Philox test ops (csrc/philox_ops.cpp) return new tensors: their fakes give the shapes.
