@@ -107,8 +107,7 @@ def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
                     state[key] = torch.as_tensor(value).to(dtype=torch.float64)
                     continue
                 if key.endswith(SCALES_SUFFIX):
-                    state.pop(key, None)  # restored (or dropped) with its codes
-                    continue
+                    continue  # restored (or dropped) with its codes
                 if not torch.is_tensor(value):
                     continue
                 field = fields.get(key)
@@ -128,7 +127,10 @@ def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
                 else:
                     dtype = torch.float32 if spec is not None else state_dtype or p.dtype
                     state[key] = value.to(device=p.device, dtype=dtype)
-                    state.pop(key + SCALES_SUFFIX, None)
+            for key in [k for k in state if k.endswith(SCALES_SUFFIX)]:
+                codes = state.get(key[:-len(SCALES_SUFFIX)])
+                if codes is None or codes.dtype != torch.uint8:
+                    del state[key]  # torch's loader copied the scales of codes decoded above
 
 def ensure_float_state(state, key, p, dtype) -> None:
     """``state[key]``: zeros like ``p`` of ``dtype`` when missing, converted once when of another dtype."""
