@@ -383,7 +383,12 @@ def _update_tile(row, sc, scale_row, books_ptr, start, offs, mask, numel, grad_s
         v = beta2 * _load_state(v_ptr, v_s, books_ptr, offs, mask, True, COMPUTE, QUANT_BLOCK) + one_minus_beta2 * g * g
         vv = v
         if AMSGRAD:
-            vv = tl.maximum(_load_state(vmax_ptr, vmax_s, books_ptr, offs, mask, True, COMPUTE, QUANT_BLOCK), v)
+            vmax = _load_state(vmax_ptr, vmax_s, books_ptr, offs, mask, True, COMPUTE, QUANT_BLOCK)
+            if QUANT_BLOCK > 0:
+                # A NaN maximum, as torch.maximum gives it (and the 8-bit reference quantizes to 0).
+                vv = tl.maximum(vmax, v, propagate_nan=tl.PropagateNan.ALL)
+            else:
+                vv = tl.maximum(vmax, v)
             # 8-bit: rounded up (decided against the values), so the stored maximum never decreases.
             _store_state(vmax_ptr, vmax_s, books_ptr, vv, x1 >> 16, offs, mask, start, numel, BOOK_UNSIGNED_VALUES,
                          True, STATE_DTYPE, ROUND_STATE, QUANT_BLOCK, BLOCK)
