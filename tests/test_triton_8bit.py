@@ -17,19 +17,21 @@ import torch
 
 pytest.importorskip("triton")
 
-import noisefuse as nf  # noqa: E402
+from blockwise_cases import (assert_8bit_close, assert_8bit_equal, encode_with_correctly_rounded_sqrt,  # noqa: E402
+                             spec)
 from cases import CONFIGS, SIZES, make_grads, make_params, on_cpu, run  # noqa: E402
 from noise_cases import noisy_run  # noqa: E402
+# Imported before any test switches the interpreter on, so that these are the compiled kernels the
+# PTX tests need (the interpreted copies the other tests run are loaded apart: launch.kernels_for).
+from noisefuse.backends.triton_kernels import kernels, launch  # noqa: E402
 from noisefuse.state import host_step, maps  # noqa: E402
-from noisefuse.state.blockwise import SCALES_SUFFIX, SIGNED_FIELDS, decode, quantize, zero_code  # noqa: E402
+from noisefuse.state.blockwise import SCALES_SUFFIX, SIGNED_FIELDS, decode, zero_code  # noqa: E402
 
-# min_numel=1: every param but the empty one keeps 8-bit state (the empty one keeps float32 state,
-# stepped by the float kernel in a call of its own). SIZES then gives a one-element tensor (one short
-# block), 1023 (a short last block for every block size) and 4097 (one element past a launch block).
-MIN_NUMEL = 1
-# Sizes without an empty param, for the runs whose group must not split into an 8-bit and a float32
-# call: noise and stochastic rounding index their draws by each call's global offsets, which this
-# branch's optimizer computes for the whole group (fixed on main, 79b4d3e).
+# SIZES with blockwise_cases.MIN_NUMEL: an empty param (float32 state), a one-element tensor (one
+# short block), 1023 (a short last block for every block size) and 4097 (one element past a launch
+# block). ALL_8BIT has no empty param, for the runs whose group must not split into an 8-bit and a
+# float32 call: noise and stochastic rounding index their draws by each call's global offsets, which
+# this branch's optimizer computes for the whole group (fixed on main, 79b4d3e).
 ALL_8BIT = (1, 1023, 4097)
 
 
@@ -37,52 +39,6 @@ ALL_8BIT = (1, 1023, 4097)
 def interpreter(monkeypatch):
     on_cpu("triton", monkeypatch)
     monkeypatch.delenv("NOISEFUSE_TRITON_BLOCK", raising=False)
-
-
-def spec(block_size=256, code_book="dynamic"):
-    return nf.state.Blockwise8bit(block_size=block_size, code_book=code_book, min_numel=MIN_NUMEL)
-
-
-def assert_8bit_close(opt_a, opt_b, params_a, params_b, dtype, flips=0.002):
-    """Params to tolerance; 8-bit codes equal but for a ``flips`` fraction; scales close; float
-    state (the params below min_numel) to float32 tolerance."""
-    atol, rtol = (1e-5, 1e-4) if dtype == torch.float32 else (8e-3, 1.6e-2)
-    for i, (pa, pb) in enumerate(zip(params_a, params_b)):
-        # A flipped code moves its element's momentum by a code step, and its param by lr times that.
-        apart = int((~torch.isclose(pa.detach(), pb.detach(), atol=atol, rtol=rtol, equal_nan=True)).sum())
-        assert apart <= max(2, flips * pa.numel()), f"param {i}: {apart} elements apart"
-        torch.testing.assert_close(pa.detach(), pb.detach(), atol=1e-3, rtol=1e-2, equal_nan=True,
-                                   msg=lambda m: f"param {i}: {m}")
-        sa, sb = opt_a.state[pa], opt_b.state[pb]
-        assert sa.keys() == sb.keys(), f"param {i}: {sorted(sa)} vs {sorted(sb)}"
-        for key, va in sa.items():
-            vb = sb[key]
-            assert va.dtype == vb.dtype and va.shape == vb.shape, (i, key)
-            if key in ("step", "beta1_prod"):
-                torch.testing.assert_close(va, vb, atol=0, rtol=1e-14, msg=lambda m: f"param {i} {key}: {m}")
-            elif va.dtype == torch.uint8:
-                apart = int((va != vb).sum())
-                assert apart <= max(2, flips * va.numel()), f"param {i} {key}: {apart} codes apart"
-            elif key.endswith(SCALES_SUFFIX):
-                # A scale is the largest magnitude of its block: an ulp apart, or a code step where
-                # the largest element's code flipped earlier.
-                apart = int((~torch.isclose(va, vb, atol=0, rtol=1e-5)).sum())
-                assert apart <= max(1, 0.02 * va.numel()), f"param {i} {key}: {apart} scales apart"
-                torch.testing.assert_close(va, vb, atol=0, rtol=0.1, msg=lambda m: f"param {i} {key}: {m}")
-            else:
-                torch.testing.assert_close(va, vb, atol=1e-6, rtol=1e-5, msg=lambda m: f"param {i} {key}: {m}")
-
-
-def assert_8bit_equal(opt_a, opt_b, params_a, params_b):
-    """Codes and scales bit for bit."""
-    compared = 0
-    for pa, pb in zip(params_a, params_b):
-        for key, va in opt_a.state[pa].items():
-            if va.dtype == torch.uint8 or key.endswith(SCALES_SUFFIX):
-                vb = opt_b.state[pb][key]
-                assert torch.equal(va, vb), f"{key}: {int((va != vb).sum())} of {va.numel()} differ"
-                compared += 1
-    assert compared > 0
 
 
 def _compare(config, state_dtype, dtype=torch.float32, sizes=SIZES, steps=20, **kwargs):
@@ -107,7 +63,7 @@ BLOCKS = [(16, "dynamic", "adapnm"), (16, "linear", "demon_sgd_nesterov"), (64, 
 
 @pytest.mark.parametrize("block_size,code_book,config", BLOCKS)
 def test_block_sizes_and_code_books(block_size, code_book, config):
-    _compare(config, spec(block_size, code_book), steps=12)
+    _compare(config, spec(block_size, code_book), steps=10)
 
 
 @pytest.mark.parametrize("launch_block,block_size", [("64", 256), ("512", 16)])
@@ -125,16 +81,6 @@ def test_bfloat16_params(config, stochastic_rounding):
              stochastic_rounding=stochastic_rounding)
 
 
-def _encode_with_correctly_rounded_sqrt(x, spec, field):
-    """``blockwise.encode`` with the contract's ``sqrt_rn``. torch's float32 ``sqrt`` on the CPU is
-    not correctly rounded here (torch 2.14: about 0.7% of uniform inputs come out an ulp off), so the
-    reference's second-moment scales can be an ulp from any correctly rounded backend's; a float64
-    square root rounded to float32 is correctly rounded (53 >= 2 * 24 + 2 bits)."""
-    if field in SIGNED_FIELDS:
-        return quantize(x, spec, signed=True)
-    return quantize(x.double().sqrt().float(), spec, signed=False, round_up=field == "max_exp_avg_sqs")
-
-
 @pytest.mark.parametrize("config,code_book", [("adapnm", "dynamic"), ("demon_adamw_ams", "linear"),
                                               ("pnm", "dynamic"), ("demon_sgd_nesterov", "linear")])
 def test_zero_gradients_give_bit_identical_codes_and_scales(config, code_book, monkeypatch):
@@ -143,8 +89,8 @@ def test_zero_gradients_give_bit_identical_codes_and_scales(config, code_book, m
     every backend; dequantization, the square root and quantization are correctly rounded products
     and comparisons. The Triton optimizer starts from copies of the reference's state (the same
     starting codes, scales and counters); PN's buffers swap roles between the zero-gradient steps.
-    The reference quantizes with a correctly rounded square root (_encode_with_correctly_rounded_sqrt)."""
-    monkeypatch.setattr(host_step, "encode", _encode_with_correctly_rounded_sqrt)
+    The reference quantizes with a correctly rounded square root (encode_with_correctly_rounded_sqrt)."""
+    monkeypatch.setattr(host_step, "encode", encode_with_correctly_rounded_sqrt)
     state_dtype = spec(64, code_book)
     params = make_params(SIZES)
     pa, oa = run(config, "reference", params, steps=5, state_dtype=state_dtype)
@@ -271,8 +217,6 @@ def test_codes_decode_to_the_reference_values():
 
 
 def test_bad_8bit_arguments_are_refused_before_any_launch():
-    from noisefuse.backends.triton_kernels import launch
-
     ps = make_params((40,))
     codes = [torch.full((40,), 127, dtype=torch.uint8)]
     steps = [torch.zeros((), dtype=torch.float64)]
@@ -289,3 +233,68 @@ def test_bad_8bit_arguments_are_refused_before_any_launch():
     with pytest.raises(RuntimeError, match="uint8"):
         launch.fused_step(ps, make_grads(ps, 0), [torch.zeros(40)], [], [], [], steps, [], **kwargs, **good)
     assert steps[0].item() == 0 and torch.equal(codes[0], torch.full((40,), 127, dtype=torch.uint8))
+
+
+# ----- compiled for Hopper, without a GPU (as tests/test_triton_ptx.py compiles the other variants) ---------
+_POINTER_TYPES = {"ptrs": "*i64", "numels": "*i64", "block_tensor": "*i64", "block_chunk": "*i64",
+                  "scale_ptrs": "*i64", "scalars": "*fp64", "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32",
+                  "weights_ptr": "*fp32", "books_ptr": "*fp32"}
+_INTEGERS = {"batch", "seed_lo", "seed_hi"}
+
+
+def _hopper_ptx(constants, num_warps):
+    """PTX of ``update_8bit_kernel`` for sm_90 through Triton's real compiler (no GPU needed)."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip("this Triton cannot compile for a target without a GPU")
+    if launch._is_interpreted(kernels):
+        pytest.skip("noisefuse was imported with TRITON_INTERPRET=1: its kernels are interpreted")
+    fn = kernels.update_8bit_kernel
+    signature, constexprs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constants:
+            signature[name], constexprs[(i,)] = "constexpr", constants[name]
+        else:
+            signature[name] = _POINTER_TYPES.get(name, "i32" if name in _INTEGERS else "fp32")
+    try:
+        source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    except TypeError as exc:  # the ahead-of-time API differs between Triton releases
+        pytest.skip(f"ASTSource of this Triton takes other arguments: {exc}")
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
+
+
+def _compared_products(ptx):
+    """For every float32 ``<`` of the PTX, the instructions that define its two operands."""
+    import re
+
+    defined_by = {m.group(2): m.group(1) for m in re.finditer(r"^\s*([a-z][\w.]*)\s+(%r\d+),", ptx, re.M)}
+    compares = re.findall(r"setp\.lt\.f32\s+%p\d+,\s*(%r\d+),\s*(%r\d+);", ptx)
+    return [(defined_by.get(a), defined_by.get(b)) for a, b in compares]
+
+
+@pytest.mark.parametrize("dtype,noise,round_params", [("float32", 0, False), ("bfloat16", 1, True)])
+def test_8bit_kernel_compiles_for_hopper(dtype, noise, round_params):
+    """AdaPNM with amsgrad (three buffers written, two momentum buffers read): float32 params, and
+    bfloat16 params with isotropic noise and stochastic rounding. Without noise (whose normals use
+    approximate log/cos by contract) no approximate square root, division or reciprocal is left; and
+    every float32 ``<`` (the binary search's ``T[k] * s < x``: 8 levels for each written buffer) takes
+    a plain product, rounded on its own: a compare cannot absorb a multiply into an FMA."""
+    import triton.language as tl
+
+    constants = dict(DTYPE=getattr(tl, dtype), MOMENTUM=2, SECOND_MOMENT=True, AMSGRAD=True, NESTEROV=False,
+                     MAXIMIZE=False, DECOUPLED=True, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, ALIGNED=True,
+                     NOISE=noise, CENTERED=False, ROWS_ALIGNED=False, ROUND_PARAMS=round_params, STATIC_BATCH=0,
+                     QUANT_BLOCK=256, BLOCK=4096)
+    ptx = _hopper_ptx(constants, num_warps=8)
+    assert ".target sm_90" in ptx
+    assert "sqrt.rn.f32" in ptx
+    if not noise:
+        for approximate in ("sqrt.approx", "div.approx", "div.full", "rcp.approx"):
+            assert approximate not in ptx, approximate
+    compares = _compared_products(ptx)
+    assert compares and len(compares) % (8 * 3) == 0, len(compares)
+    assert all("mul.f32" in (a, b) or "mul.rn.f32" in (a, b) for a, b in compares), set(compares)
+    assert not any(op is not None and op.startswith("fma") for pair in compares for op in pair), set(compares)
