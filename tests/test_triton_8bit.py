@@ -298,3 +298,19 @@ def test_8bit_kernel_compiles_for_hopper(dtype, noise, round_params):
     assert compares and len(compares) % (8 * 3) == 0, len(compares)
     assert all("mul.f32" in (a, b) or "mul.rn.f32" in (a, b) for a, b in compares), set(compares)
     assert not any(op is not None and op.startswith("fma") for pair in compares for op in pair), set(compares)
+
+
+def test_opcheck():
+    # The op's schema declares the scales it writes (Tensor(h!)[]?): checked by running it on copies.
+    ps = make_params((3, 40))
+    books = maps.tables("linear")
+    codes = [torch.full(p.shape, 127, dtype=torch.uint8) for p in ps]
+    roots = [torch.zeros(p.shape, dtype=torch.uint8) for p in ps]
+    scales = [torch.zeros(-(-p.numel() // 16)) for _ in ("exp_avgs", "exp_avg_sqs") for p in ps]
+    args = ([p.detach().clone() for p in ps], make_grads(ps, 0), codes, [], roots, [],
+            [torch.zeros((), dtype=torch.float64) for _ in ps], [], [], None, None, None, None, scales, books)
+    kwargs = dict(momentum=1, lr=0.01, beta1=0.9, beta2=0.999, beta0=0.0, eps=1e-8, weight_decay=0.01,
+                  decoupled=True, nesterov=False, maximize=False, demon_total_steps=0, demon_delay=0.0,
+                  offsets=[], block_size=16)
+    torch.library.opcheck(torch.ops.noisefuse.triton_fused_step_.default, args, kwargs,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))

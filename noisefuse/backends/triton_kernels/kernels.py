@@ -194,7 +194,7 @@ def _store_state(ptr, scales_ptr, books_ptr, x, r, offs, mask, start, numel, ROW
     against code-book row ``ROW``. ``start`` is the tile's first element (a whole number of blocks)."""
     if QUANT_BLOCK > 0:
         if ROOT:
-            x = tl.sqrt_rn(x)  # correctly rounded, as torch.sqrt: the codes depend on its bits
+            x = tl.sqrt_rn(x)  # correctly rounded (the contract's sqrt_rn): the codes depend on its bits
         codes, scales = _quantize(x, mask, books_ptr, ROW, QUANT_BLOCK, BLOCK)
         tl.store(ptr + offs, codes, mask=mask)
         blocks = start // QUANT_BLOCK + tl.arange(0, BLOCK // QUANT_BLOCK)
