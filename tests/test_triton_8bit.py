@@ -54,8 +54,8 @@ def test_every_config_matches_reference(config):
     _compare(config, spec())
 
 
-# (block_size, code_book, config): each block size with a PN config (two momentum buffers whose roles
-# alternate) and a second-moment one; the linear book with the amsgrad configs.
+# (block_size, code_book, config): the other block sizes, each with a PN config (two momentum buffers
+# whose roles alternate) and a second-moment one, and the linear book (256 with every config above).
 BLOCKS = [(16, "dynamic", "adapnm"), (16, "linear", "demon_sgd_nesterov"), (64, "dynamic", "demon_adamw_ams"),
           (64, "linear", "pnm_l2_demon"), (256, "linear", "adapnm"), (2048, "dynamic", "pnm"),
           (2048, "linear", "demon_adamw_ams")]
