@@ -61,7 +61,15 @@ def step_tensors(family, hyper, sizes=(5, 1023, 0), dtype=torch.float32, device=
 
 
 def clone(ts):
-    return StepTensors(**{k: [t.clone() if torch.is_tensor(t) else t for t in v] for k, v in vars(ts).items()})
+    """``ts`` with every tensor of its lists (and of its 8-bit scales) cloned."""
+    def copied(v):
+        if isinstance(v, list):
+            return [t.clone() if torch.is_tensor(t) else t for t in v]
+        if isinstance(v, dict):
+            return {k: copied(x) for k, x in v.items()}
+        return v  # the 8-bit format
+
+    return StepTensors(**{k: copied(v) for k, v in vars(ts).items()})
 
 
 def misalign(ts, index):
