@@ -115,7 +115,9 @@ __global__ void __launch_bounds__(kBlockThreads)
   constexpr int kWritten = 1 + (kSecond != kNoSecondMoment ? 1 : 0) + (kSecond == kAmsgrad ? 1 : 0);
   __shared__ float books[kCodeBookRows][kCodes];
   __shared__ float block_max[kWritten][kBlockThreads];
-  for (int k = threadIdx.x; k < kCodeBookRows * kCodes; k += blockDim.x) books[k / kCodes][k % kCodes] = q.code_books[k];
+  for (int k = threadIdx.x; k < kCodeBookRows * kCodes; k += blockDim.x) {
+    books[k / kCodes][k % kCodes] = q.code_books[k];
+  }
   const BlockStart<float> block = block_start<float>(table, h, scalars);  // its barrier publishes `books`
   const int ti = block.tensor;
   const ElementCoefs<float> c = block.coefs;

@@ -1,7 +1,8 @@
 // The seam between the CUDA op (fused_step_cuda.cu) and its kernel variants: the variants of each
 // (param type, state type, stochastic stores) are compiled in their own file (fused_step_variants_*.cu,
 // explicit instantiations of launch_typed, and of launch_blockwise for 8-bit state), so a build
-// compiles them in parallel; the op only declares them. Plain C++: no CUDA syntax, so the op's dispatch reads like the CPU one.
+// compiles them in parallel; the op only declares them. Plain C++: no CUDA syntax, so the op's
+// dispatch reads like the CPU one.
 #pragma once
 
 #include <vector>
