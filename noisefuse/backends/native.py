@@ -1,6 +1,7 @@
 """The native backend: ``torch.ops.noisefuse.fused_step_``, one op with a CPU and a CUDA kernel
 (csrc/), chosen by PyTorch's dispatcher. Gradient noise is drawn inside the kernels, float32 state
-of float16/bfloat16 params and stochastic rounding of bfloat16 params are handled there too.
+of float16/bfloat16 params, stochastic rounding of bfloat16 params and 8-bit blockwise state are
+handled there too.
 See docs/backends/native.md."""
 from __future__ import annotations
 
@@ -48,12 +49,14 @@ if _LOAD_ERROR is None and not (hasattr(torch.ops.noisefuse, "sample_weights") a
 
 
 # Every noise kind is drawn inside the kernels (csrc/include/noisefuse/noise_element.h); the state
-# may be float32 for float16/bfloat16 params (a template parameter of the kernels), and bfloat16
-# params are rounded stochastically on store (csrc/include/noisefuse/bf16_rounding.h).
+# may be float32 for float16/bfloat16 params (a template parameter of the kernels), bfloat16
+# params are rounded stochastically on store (csrc/include/noisefuse/bf16_rounding.h), and 8-bit
+# blockwise state is dequantized, stepped and quantized block by block inside the kernels
+# (csrc/cpu/cpu_blockwise.h on CPU).
 supports_noise = True
 supports_mixed_state = True
 supports_stochastic_rounding = True
-supports_blockwise_8bit = False  # the kernels' 8-bit state: not yet
+supports_blockwise_8bit = True
 _warned_layout = False  # set by stream.step_with_foreach: one layout warning per backend
 
 
@@ -132,7 +135,7 @@ if _LOAD_ERROR is None:
                          decoupled, nesterov, maximize, demon_total_steps, demon_delay, grad_scale=None,
                          found_inf=None, lr_tensor=None, sample_weights=None, offsets=(), noise_kind=0, seed=0,
                          noise_std=0.0, noise_scale=0.0, noise_centered=False, stochastic_rounding=False,
-                         stochastic_state_rounding=False, state_scales=(), code_books=None, block_size=0):
+                         stochastic_state_rounding=False, state_scales=None, code_books=None, block_size=0):
         return None
 
     # The Philox test ops (csrc/philox_ops.cpp) return new tensors: their fakes give the shapes.
