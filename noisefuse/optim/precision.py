@@ -101,14 +101,18 @@ def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
         for index, p in zip(saved_group["params"], group["params"]):
             saved, state = state_dict["state"].get(index, {}), optimizer.state[p]
             quantized = spec is not None and spec.quantizes(p)
+            for key in saved:
+                if key.endswith(SCALES_SUFFIX):
+                    # torch's loader's copy, dropped before any codes are restored with their scales
+                    # below (a scales key may follow its codes in the saved dict).
+                    state.pop(key, None)
             for key, value in saved.items():
                 if key in COUNTERS:
                     # On the CPU here; the step moves it where its backend reads it (_init_state).
                     state[key] = torch.as_tensor(value).to(dtype=torch.float64)
                     continue
                 if key.endswith(SCALES_SUFFIX):
-                    state.pop(key, None)  # restored (or dropped) with its codes
-                    continue
+                    continue  # restored (or dropped) with its codes
                 if not torch.is_tensor(value):
                     continue
                 field = fields.get(key)
