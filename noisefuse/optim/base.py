@@ -263,13 +263,16 @@ class FusedOptimizer(Optimizer):
             family, demon = self._family(group), as_demon(group["demon"])
             hyper = self._hyper(group, demon)
             buckets = self._init_group(gi, group, participants, family, demon, hyper, chosen)
-            for (device, dtype, _), tensors in buckets.items():
+            spec = as_blockwise(group["state_dtype"])
+            for (device, dtype, quantized), tensors in buckets.items():
                 extra = {}
                 # stochastic_rounding is a no-op for params that are not bfloat16.
                 rounding = Rounding(group["seed"], params=group["stochastic_rounding"] and dtype == torch.bfloat16,
                                     state=rounds_state(group, dtype))
                 if noise.noisy(gi) or rounding.params or rounding.state:
-                    bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)]
+                    # The call's params: 8-bit groups step their small params (float32 state) apart.
+                    bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)
+                              and (spec is not None and spec.quantizes(p)) == quantized]
                     if noise.noisy(gi):
                         extra["noise"] = noise.for_call(gi, group, tensors, bucket, chosen[device].draw_weights)
                     else:
