@@ -6,7 +6,7 @@
 // c' is the branchless binary search `c = 0; for w = 128 ... 1: c += T[c + w - 1] * s' < x ? w : 0`
 // over the block's products T[k] * s' (sorted as T is, since s' >= 0), formed once per block. Only
 // products and comparisons: the codes are the same bits in every build and on every backend, given
-// the same float32 x. The AVX2 build runs the lookups and the search on 8 lanes with gathers; the
+// the same float32 x. The AVX2 build runs the lookups and the search on 8 lanes (quantize_block); the
 // baseline build, and the AVX2 build's last few elements of a tensor, run the same steps per element.
 // Included by fused_step_cpu_kernel.h inside its per-ISA namespace.
 #pragma once
@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #if defined(__AVX2__) && defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -29,7 +30,7 @@ namespace {
 // Rows of the code_books table (noisefuse/state/maps.py): values and nearest decision points of the
 // signed book, then of the unsigned one.
 enum CodeBookRow : int { kSignedValues = 0, kSignedPoints = 1, kUnsignedValues = 2, kUnsignedPoints = 3 };
-constexpr int kNumCodes = 256;
+constexpr int kNumCodes = 256;  // a uint8 code
 
 // The search of one element against the block's 255 products (entry 255 is never read).
 inline uint8_t code_of(const float* thresholds, float x) {
@@ -97,19 +98,50 @@ inline void quantize_block(const float* x, int64_t n, const float* points, float
   for (int k = 0; k < kNumCodes - 1; ++k) thresholds[k] = points[k] * s;
   int64_t j = 0;
 #if defined(NF_BLOCKWISE_AVX2)
-  for (; j + 8 <= n; j += 8) {
-    __m256 v = _mm256_loadu_ps(x + j);
-    v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));  // NaN -> +0
-    __m256i c = _mm256_setzero_si256();
-    for (int w = 128; w >= 1; w >>= 1) {
-      const __m256 t = _mm256_i32gather_ps(thresholds + (w - 1), c, 4);
-      const __m256i below = _mm256_castps_si256(_mm256_cmp_ps(t, v, _CMP_LT_OQ));
-      c = _mm256_add_epi32(c, _mm256_and_si256(below, _mm256_set1_epi32(w)));
+  // The search's first kBroadcastSteps steps (w = 128, 64, ...) only ever read the products
+  // T[kStride * q - 1], q = 1 ... kTops, and leave c = kStride * #{q : T[kStride * q - 1] * s' < x}
+  // (the predicate is monotone in the index): that count comes from compares against those
+  // products broadcast, with no gather and no chain of dependent loads. The last steps gather, each
+  // lane at its own index, for kChains vectors at a time: each gather waits for the one before it
+  // in its vector, so independent vectors side by side keep the gather unit busy.
+  constexpr int kBroadcastSteps = 4;
+  constexpr int kTops = (1 << kBroadcastSteps) - 1;
+  constexpr int kStrideBits = 8 - kBroadcastSteps;  // 256 codes: 8 steps in all
+  constexpr int kStride = 1 << kStrideBits;
+  constexpr int kChains = 4;
+  alignas(32) float tops[kTops][8];
+  for (int q = 0; q < kTops; ++q) _mm256_store_ps(tops[q], _mm256_set1_ps(thresholds[kStride * (q + 1) - 1]));
+  const auto search = [&](int64_t at, auto vectors) {  // `vectors`: how many, a compile-time constant
+    constexpr int chains = decltype(vectors)::value;
+    __m256 v[chains];
+    __m256i c[chains];
+    for (int k = 0; k < chains; ++k) {
+      v[k] = _mm256_loadu_ps(x + at + 8 * k);
+      v[k] = _mm256_and_ps(v[k], _mm256_cmp_ps(v[k], v[k], _CMP_ORD_Q));  // NaN -> +0
+      c[k] = _mm256_setzero_si256();
     }
-    // 8 codes < 256: int32 -> uint16 -> uint8 lanes, saturating packs that saturate nothing.
-    const __m128i half = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), _mm_packus_epi16(half, half));
-  }
+    for (int q = 0; q < kTops; ++q) {  // vectors side by side here too: their sums are independent
+      const __m256 top = _mm256_load_ps(tops[q]);
+      for (int k = 0; k < chains; ++k) {  // a true compare is all ones: -1
+        c[k] = _mm256_sub_epi32(c[k], _mm256_castps_si256(_mm256_cmp_ps(top, v[k], _CMP_LT_OQ)));
+      }
+    }
+    for (int k = 0; k < chains; ++k) c[k] = _mm256_slli_epi32(c[k], kStrideBits);
+    for (int w = kStride / 2; w >= 1; w >>= 1) {
+      for (int k = 0; k < chains; ++k) {
+        const __m256 t = _mm256_i32gather_ps(thresholds + (w - 1), c[k], 4);
+        const __m256i below = _mm256_castps_si256(_mm256_cmp_ps(t, v[k], _CMP_LT_OQ));
+        c[k] = _mm256_add_epi32(c[k], _mm256_and_si256(below, _mm256_set1_epi32(w)));
+      }
+    }
+    // 8 codes < 256 a vector: int32 -> uint16 -> uint8 lanes, saturating packs that saturate nothing.
+    for (int k = 0; k < chains; ++k) {
+      const __m128i half = _mm_packus_epi32(_mm256_castsi256_si128(c[k]), _mm256_extracti128_si256(c[k], 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + at + 8 * k), _mm_packus_epi16(half, half));
+    }
+  };
+  for (; j + 8 * kChains <= n; j += 8 * kChains) search(j, std::integral_constant<int, kChains>{});
+  for (; j + 8 <= n; j += 8) search(j, std::integral_constant<int, 1>{});
 #endif
   for (; j < n; ++j) codes[j] = code_of(thresholds, std::isnan(x[j]) ? 0.f : x[j]);
 }
