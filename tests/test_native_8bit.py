@@ -18,10 +18,9 @@ import noisefuse as nf
 from cases import BIG_SIZE, CONFIGS, SIZES, TOLERANCES, make_grads, make_params, run, saved_and_loaded
 from noise_cases import PAIRS, noisy_run
 from noisefuse.backends import native, reference, stream
-from noisefuse.backends.step_tensors import StepTensors
 from noisefuse.optim.precision import COUNTERS
 from noisefuse.state.blockwise import SCALES_SUFFIX, Blockwise8bit, encode, zero_code
-from test_native import FAMILIES, op_args, step_tensors
+from test_native import FAMILIES, clone, op_args, step_tensors
 
 pytestmark = pytest.mark.skipif(not native.available(torch.device("cpu")),
                                 reason=f"native extension not built: {native.load_error()}")
@@ -235,12 +234,6 @@ def quantized_step_tensors(family, hyper, fmt=None, sizes=(5, 1023, 0), dtype=to
     return ts
 
 
-def clone_8bit(ts):
-    lists = {k: [t.clone() if torch.is_tensor(t) else t for t in v] for k, v in vars(ts).items() if isinstance(v, list)}
-    return StepTensors(**lists, quantization=ts.quantization,
-                       scales={field: [s.clone() for s in scales] for field, scales in ts.scales.items()})
-
-
 def assert_unchanged(before, ts):
     for key, lists in vars(before).items():
         if key in ("offsets", "quantization"):
@@ -261,7 +254,7 @@ def test_each_variant_with_grad_scale_and_lr_tensor(name, isa, monkeypatch):
     use_isa(isa, monkeypatch)
     family, hyper = FAMILIES[name]
     ts = quantized_step_tensors(family, hyper, spec(16), sizes=(1, 17, 4097, 0, 32768 + 77, 40))
-    expected = clone_8bit(ts)
+    expected = clone(ts)
     lr = torch.tensor(hyper.lr * 0.5)
     grad_scale = torch.tensor(4.0)
     for t in (expected, ts):
@@ -338,7 +331,7 @@ def test_bad_8bit_arguments_rejected_before_any_write(case):
     family, hyper = FAMILIES["pn_ams"]
     ts = quantized_step_tensors(family, hyper)
     overrides, pattern = _bad(case, ts)
-    before = clone_8bit(ts)
+    before = clone(ts)
     args, kwargs = op_args(family, hyper, ts, **{**stream.blockwise_kwargs(ts), **overrides})
     with pytest.raises(RuntimeError, match=pattern):
         torch.ops.noisefuse.fused_step_(*args, **kwargs)
