@@ -36,12 +36,13 @@ inline void fused_step_device(at::TensorList params, at::TensorList grads, at::T
                               const std::optional<at::Tensor>& sample_weights, at::IntArrayRef offsets,
                               int64_t noise_kind, int64_t seed, double noise_std, double noise_scale,
                               bool noise_centered, bool stochastic_rounding, bool stochastic_state_rounding,
-                              at::TensorList state_scales, const std::optional<at::Tensor>& code_books,
+                              const std::optional<at::TensorList> state_scales,
+                              const std::optional<at::Tensor>& code_books,
                               int64_t block_size) {
   const FusedStepLists l{params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods};
   const NoiseArgs noise{grad_samples,   sample_weights,      offsets,   noise_kind, seed, noise_std, noise_scale,
                         noise_centered, stochastic_rounding, stochastic_state_rounding};
-  const BlockwiseArgs blockwise{state_scales, code_books, block_size};
+  const BlockwiseArgs blockwise{state_scales.value_or(at::TensorList()), code_books, block_size};
   NoiseHyper nh;
   const StepHyper h = check_fused_step_inputs(l, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled,
                                               nesterov, maximize, demon_total_steps, demon_delay,

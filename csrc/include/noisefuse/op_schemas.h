@@ -13,7 +13,7 @@ constexpr const char* kFusedStepSchema =
     "bool nesterov, bool maximize, int demon_total_steps, float demon_delay, Tensor? grad_scale=None, "
     "Tensor? found_inf=None, Tensor? lr_tensor=None, Tensor? sample_weights=None, int[] offsets=[], "
     "int noise_kind=0, int seed=0, float noise_std=0., float noise_scale=0., bool noise_centered=False, "
-    "bool stochastic_rounding=False, bool stochastic_state_rounding=False, Tensor(h!)[] state_scales=[], "
+    "bool stochastic_rounding=False, bool stochastic_state_rounding=False, Tensor(h!)[]? state_scales=None, "
     "Tensor? code_books=None, int block_size=0) -> ()";
 
 // Multiplicative noise's weight vector of one step: float32 [batch_size] on `step`'s device.
