@@ -5,6 +5,7 @@ and step time and save a PNG of the learning curves.
     python examples/train_digits.py                 # all configurations, 30 epochs
     python examples/train_digits.py --epochs 5 --configs PNM AdaPNM
     python examples/train_digits.py --state-dtype bfloat16   # noisefuse's state in bfloat16
+    python examples/train_digits.py --state-dtype 8bit       # 8-bit blockwise state
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def make_model():
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
     )
+
+
+STATE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "8bit": nf.state.Blockwise8bit(),
+                "8bit-linear": nf.state.Blockwise8bit(code_book="linear")}
 
 
 def configurations(total_steps, state_dtype=None):
@@ -127,15 +132,16 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="*", help="names of the configurations to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("digits-out"), help="folder for the PNG")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--state-dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="noisefuse optimizers' state dtype (bfloat16: stochastically rounded)")
+    parser.add_argument("--state-dtype", choices=tuple(STATE_DTYPES), default="float32",
+                        help="noisefuse optimizers' state (bfloat16: stochastically rounded; 8bit: blockwise, "
+                             "dynamic or linear code book)")
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
 
     data = load_data(args.seed)
     steps_per_epoch = len(data[0]) // BATCH
-    state_dtype = None if args.state_dtype == "float32" else getattr(torch, args.state_dtype)
+    state_dtype = STATE_DTYPES[args.state_dtype]
     configs = configurations(total_steps=args.epochs * steps_per_epoch, state_dtype=state_dtype)
     names = args.configs or list(configs)
     unknown = sorted(set(names) - set(configs))

@@ -1,6 +1,7 @@
 """Train a two-layer GPT-2 (transformers' GPT2LMHeadModel built from a config, random weights) as a
 byte-level language model on text that ships with Python (the sources of a few standard-library
-modules: no download), with PNM, AdaPNM and DemonAdam and float32 or bfloat16 optimizer state; print
+modules: no download), with PNM, AdaPNM and DemonAdam and float32, bfloat16 or 8-bit blockwise
+optimizer state (dynamic or linear code book); print
 the final training and held-out loss of each and save the loss curves.
 
     python examples/train_tiny_lm.py                             # every optimizer x state dtype
@@ -23,7 +24,8 @@ CORPUS_MODULES = ("argparse", "textwrap", "json.decoder", "json.encoder", "fract
 CONTEXT = 64
 BATCH = 16
 HELD_OUT = 16384  # bytes of the held-out tail the test loss is measured on
-STATES = {"float32": None, "bfloat16": torch.bfloat16}
+STATES = {"float32": None, "bfloat16": torch.bfloat16, "8bit": nf.state.Blockwise8bit(),
+          "8bit-linear": nf.state.Blockwise8bit(code_book="linear")}
 
 
 def corpus() -> torch.Tensor:
@@ -67,9 +69,9 @@ def held_out_loss(model, data: torch.Tensor) -> float:
     return sum(losses) / len(losses)
 
 
-def train(name, make_opt, state_dtype, train_data, test_data, steps, seed):
+def train(name, make_opt, state, train_data, test_data, steps, seed):
     model = make_model(seed)
-    opt = make_opt(model.parameters(), state_dtype)
+    opt = make_opt(model.parameters(), STATES[state])
     curve = []
     for step, x in enumerate(batches(train_data, steps, seed), 1):
         opt.zero_grad()
@@ -78,7 +80,7 @@ def train(name, make_opt, state_dtype, train_data, test_data, steps, seed):
         opt.step()
         curve.append(loss.item())
     tail = curve[-max(1, steps // 10):]  # the last tenth: a smoothed final training loss
-    return {"optimizer": name, "state": str(state_dtype or torch.float32).removeprefix("torch."),
+    return {"optimizer": name, "state": state,
             "train_loss": sum(tail) / len(tail), "test_loss": held_out_loss(model, test_data), "curve": curve}
 
 
@@ -120,13 +122,13 @@ def main(argv=None):
     unknown = sorted(set(names) - set(factories))
     if unknown:
         parser.error(f"unknown optimizer(s) {unknown}; choose from {list(factories)}")
-    results = [train(name, factories[name], STATES[state], train_data, test_data, args.steps, args.seed)
+    results = [train(name, factories[name], state, train_data, test_data, args.steps, args.seed)
                for name in names for state in args.states]
 
     print(f"\n{len(data) / 1e3:.0f} KB of text, {args.steps} steps; uniform guess: {math.log(256):.3f} nats/byte")
-    print(f"{'optimizer':<10} {'state':<9} {'train loss':>10} {'test loss':>10}")
+    print(f"{'optimizer':<10} {'state':<11} {'train loss':>10} {'test loss':>10}")
     for r in results:
-        print(f"{r['optimizer']:<10} {r['state']:<9} {r['train_loss']:>10.4f} {r['test_loss']:>10.4f}")
+        print(f"{r['optimizer']:<10} {r['state']:<11} {r['train_loss']:>10.4f} {r['test_loss']:>10.4f}")
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "tiny_lm_curves.png")
     (args.out / "tiny_lm.json").write_text(json.dumps(

@@ -11,20 +11,25 @@ def test_state_bytes_model():
     assert state.step_bytes("adapnm", n, torch.float32, torch.float32) == n * 10 * 4
     assert state.step_bytes("adapnm", n, torch.float32, torch.bfloat16) == n * (3 * 4 + 7 * 2)
     assert state.step_bytes("adam", n, torch.float32, torch.float32) == n * 28
+    assert state.step_bytes("adapnm", n, torch.float32, state.Blockwise8bit(256)) == n * (3 * 4 + 7 * (1 + 1 / 64))
 
 
 def test_section_runs_and_reports_side_by_side():
-    cfg = state.StateConfig(device=torch.device("cpu"), preset=presets.synthetic(4096, 4),
+    cfg = state.StateConfig(device=torch.device("cpu"), preset=presets.synthetic(16384, 4),
                             optimizers=("AdaPNM", "PNM"), quick=True)
     section = state.run(cfg)
     rows = {r["label"]: r for r in section["rows"]}
     backend = section["config"]["backend"]
     assert set(rows) == {"AdamW torch/fused", "AdamW amsgrad torch/fused"} | {
-        f"{o} {s} state, noisefuse/{backend}" for o in ("AdaPNM", "PNM") for s in ("fp32", "bf16", "bf16 nearest")}
-    counters = 8 * 4 / 4096  # one float64 step per tensor
+        f"{o} {s} state, noisefuse/{backend}" for o in ("AdaPNM", "PNM")
+        for s in ("fp32", "bf16", "bf16 nearest", "8bit b256", "8bit b128", "8bit b64")}
+    counters = 8 * 4 / 16384  # one float64 step per tensor
     adapnm_bf16 = rows[f"AdaPNM bf16 state, noisefuse/{backend}"]
     assert adapnm_bf16["state_bytes_per_param"] == 8 + counters
     assert rows[f"AdaPNM fp32 state, noisefuse/{backend}"]["state_bytes_per_param"] == 16 + counters
+    # 8-bit: a code per element and buffer, and a float32 scale per block of 64 (tensors of 4096,
+    # the smallest that Blockwise8bit's default min_numel quantizes).
+    assert rows[f"AdaPNM 8bit b64 state, noisefuse/{backend}"]["state_bytes_per_param"] == 4 * (1 + 4 / 64) + counters
     assert rows["AdamW torch/fused"]["time_vs_fused_adamw"] == 1.0
     assert all(r["time"]["median_ms"] > 0 for r in rows.values())
     text = state.format_state(section)

@@ -4,6 +4,8 @@ scheduled tensor lr and with gradient noise too."""
 import pytest
 import torch
 
+import noisefuse as nf
+
 from cases import CONFIGS, FUSED, assert_same_state, make_grads, make_params, on_cpu
 from noise_cases import NOISES, PAIRS, SEED, noisy_run
 
@@ -58,6 +60,30 @@ def test_compiled_bf16_state_step_equals_eager_bit_for_bit(fused_backend):
                 p.grad = g
         opt_eager.step()
         step()
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+        for key, value in opt_eager.state[a].items():
+            assert torch.equal(value, opt_compiled.state[b][key]), key
+
+
+def test_compiled_8bit_state_step_equals_eager_bit_for_bit(fused_backend):
+    """8-bit state: the compiled step passes the codes, their scales and the code books to the op
+    as the eager one does (the float32-state params of the group in a call of their own)."""
+    torch._dynamo.reset()
+    params = make_params((5, 130, 1500))
+    eager = [p.detach().clone().requires_grad_() for p in params]
+    compiled = [p.detach().clone().requires_grad_() for p in params]
+    spec = nf.state.Blockwise8bit(block_size=64, min_numel=100)
+    opt_eager = CONFIGS["demon_adamw_ams"](eager, backend=fused_backend, state_dtype=spec)
+    opt_compiled = CONFIGS["demon_adamw_ams"](compiled, backend=fused_backend, state_dtype=spec)
+    step = torch.compile(opt_compiled.step, backend="eager", fullgraph=True)
+    for i in range(4):
+        for ps in (eager, compiled):
+            for p, g in zip(ps, make_grads(ps, i)):
+                p.grad = g
+        opt_eager.step()
+        step()
+    assert opt_compiled.state[compiled[2]]["exp_avg"].dtype == torch.uint8
     for a, b in zip(eager, compiled):
         assert torch.equal(a, b)
         for key, value in opt_eager.state[a].items():

@@ -17,7 +17,7 @@ WORLD = 2
 STEPS = 4
 # ZeroRedundancyOptimizer builds the optimizer itself from a class and keyword arguments.
 ZERO_CLASSES = {"adapnm": nf.AdaPNM, "pnm": nf.PNM, "demon_sgd": nf.DemonSGD, "demon_sgd_clip": nf.DemonSGD,
-                "adapnm_bf16_state": nf.AdaPNM}
+                "adapnm_bf16_state": nf.AdaPNM, "adapnm_8bit": nf.AdaPNM}
 # demon_sgd_clip: max_grad_norm small enough to clip every step (an SGD-style step, linear in the
 # clipped gradient: Adam's would hide a wrong coefficient). Under FSDP2 the norm is taken over the
 # shards and reduced over the mesh: the sharded run must clip exactly as the unsharded one.
@@ -25,7 +25,12 @@ ZERO_KWARGS = {"adapnm": dict(lr=0.01, weight_decay=0.01, demon=20), "pnm": dict
                "demon_sgd": dict(lr=0.05, total_steps=6, nesterov=True), "demon_sgd_clip": dict(lr=0.05, total_steps=6, max_grad_norm=0.05),
                # bfloat16 state rounded stochastically: the bits are indexed by global element
                # index (a shard's start added), so a sharded run draws what the unsharded one does.
-               "adapnm_bf16_state": dict(lr=0.01, weight_decay=0.01, state_dtype=torch.bfloat16)}
+               "adapnm_bf16_state": dict(lr=0.01, weight_decay=0.01, state_dtype=torch.bfloat16),
+               # 8-bit state: blocks of each local tensor (min_numel=0: these params are tiny).
+               "adapnm_8bit": dict(lr=0.01, weight_decay=0.01, state_dtype=nf.state.Blockwise8bit(16, min_numel=0))}
+# Under FSDP2 the blocks of 8-bit state are each shard's own: the sharded run is the unsharded one
+# with every param cut into its shards, each stepped as a param of its own.
+BLOCKWISE = ("adapnm_8bit",)
 OPTIMIZERS = {name: (lambda ps, backend, name=name: ZERO_CLASSES[name](ps, **ZERO_KWARGS[name], backend=backend, seed=3))
               for name in ZERO_CLASSES}
 
@@ -54,6 +59,25 @@ def single_process_run(opt_name, backend):
         opt.zero_grad()
         loss_of(model, x, y).backward()
         opt.step()
+    return [p.detach() for p in model.parameters()]
+
+
+def shard_wise_single_process_run(opt_name, backend):
+    """The single-process run of an optimizer that holds each param as WORLD separate pieces, the
+    shards of FSDP2's Shard(0) (torch.chunk along dim 0)."""
+    model = make_model()
+    pieces = [[c.detach().clone().requires_grad_() for c in p.chunk(WORLD)] for p in model.parameters()]
+    opt = OPTIMIZERS[opt_name]([c for cs in pieces for c in cs], backend)
+    for x, y in batches():
+        model.zero_grad()
+        loss_of(model, x, y).backward()
+        for p, cs in zip(model.parameters(), pieces):
+            for c, g in zip(cs, p.grad.chunk(WORLD)):
+                c.grad = g.clone()
+        opt.step()
+        with torch.no_grad():
+            for p, cs in zip(model.parameters(), pieces):
+                p.copy_(torch.cat(cs))
     return [p.detach() for p in model.parameters()]
 
 
@@ -96,7 +120,10 @@ def run_fsdp2(rank, opt_name, backend):
 def worker(rank, init_file, cases):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     for mode, opt_name, backend in cases:
-        expected = single_process_run(opt_name, backend)
+        if mode == "fsdp2" and opt_name in BLOCKWISE:
+            expected = shard_wise_single_process_run(opt_name, backend)
+        else:
+            expected = single_process_run(opt_name, backend)
         if mode == "fsdp2":
             got = run_fsdp2(rank, opt_name, backend)
         else:
@@ -123,7 +150,8 @@ def spawn(cases):
 
 def test_ddp_matches_single_process():
     spawn([("ddp", "adapnm", backend) for backend in cpu_backends()] + [("ddp", "demon_sgd_clip", "auto"),
-                                                                        ("ddp", "adapnm_bf16_state", "auto")])
+                                                                        ("ddp", "adapnm_bf16_state", "auto"),
+                                                                        ("ddp", "adapnm_8bit", "auto")])
 
 
 def test_fsdp2_matches_unsharded():
@@ -131,6 +159,7 @@ def test_fsdp2_matches_unsharded():
     cases = [("fsdp2", name, "auto") for name in sorted(OPTIMIZERS)]
     cases += [("fsdp2", "adapnm", backend) for backend in cpu_backends() if backend != "auto"]
     cases += [("fsdp2", "adapnm_bf16_state", backend) for backend in cpu_backends() if backend != "auto"]
+    cases += [("fsdp2", "adapnm_8bit", backend) for backend in cpu_backends() if backend != "auto"]
     spawn(cases)
 
 

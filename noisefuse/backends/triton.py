@@ -30,10 +30,12 @@ except ImportError as exc:  # triton is not installed
     _IMPORT_ERROR = exc
 
 # Gradient noise is drawn inside the element kernel (``triton_kernels/grad.py``); the state may be
-# float32 for float16/bfloat16 params, and bfloat16 params are rounded stochastically on store.
+# float32 for float16/bfloat16 params, and bfloat16 params are rounded stochastically on store;
+# 8-bit blockwise state is dequantized and quantized in the kernel (``update_8bit_kernel``).
 supports_noise = True
 supports_mixed_state = True
 supports_stochastic_rounding = True
+supports_blockwise_8bit = True
 _warned_layout = False  # set by stream.step_with_foreach: one layout warning per backend
 
 
@@ -82,4 +84,4 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         lr=hyper.lr, beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
-        demon_delay=hyper.demon_delay, **stream.stream_kwargs(ts, noise, rounding))
+        demon_delay=hyper.demon_delay, **stream.stream_kwargs(ts, noise, rounding), **stream.blockwise_kwargs(ts))

@@ -1,5 +1,5 @@
 """The state-precision section of ``make bench``: what each optimizer keeps per parameter and what its
-step costs with float32 and bfloat16 state, side by side with torch's fused AdamW (with and without
+step costs with float32, bfloat16 and 8-bit blockwise state (block sizes 256, 128, 64), side by side with torch's fused AdamW (with and without
 amsgrad) on the same params, timed in interleaved rounds so that the ratios compare like with like.
 
 Per row: the optimizer state's bytes per parameter as allocated (every state tensor of every param,
@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..state import Blockwise8bit
 from . import baselines, bytes_model, presets, profiling, timing
 
 STATE_OPTIMIZERS = ("PNM", "AdaPNM", "DemonAdam")
 # state label -> the optimizer arguments that choose it.
 STATES = {"fp32": {}, "bf16": {"state_dtype": torch.bfloat16},
-          "bf16 nearest": {"state_dtype": torch.bfloat16, "state_rounding": "nearest"}}
+          "bf16 nearest": {"state_dtype": torch.bfloat16, "state_rounding": "nearest"},
+          **{f"8bit b{b}": {"state_dtype": Blockwise8bit(block_size=b)} for b in (256, 128, 64)}}
 # The backends in the order the section prefers them (fused first); it times the first that runs.
 PREFERRED = ("native", "triton", "foreach")
 # Torch's references: what the section's ratios are relative to (the goals of issue #15 are
@@ -41,13 +43,17 @@ def state_bytes(opt) -> int:
     return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
 
 
-def step_bytes(algorithm: str, n_params: int, param_dtype: torch.dtype, state_dtype: torch.dtype) -> int:
-    """Bytes one step moves: params and grads at the params' size, state at its own."""
+def step_bytes(algorithm: str, n_params: int, param_dtype: torch.dtype, state_dtype) -> float:
+    """Bytes one step moves: params and grads at the params' size, state at its own (8-bit state:
+    a code and 4 / block_size bytes of scale per value; every param counted as 8-bit)."""
     traffic = bytes_model.ALGORITHMS[algorithm]
     param_values = sum(1 for name in traffic.reads + traffic.writes if name in ("p", "g"))
     state_values = traffic.per_element - param_values
-    return n_params * (param_values * bytes_model.dtype_size(param_dtype)
-                       + state_values * bytes_model.dtype_size(state_dtype))
+    if isinstance(state_dtype, Blockwise8bit):
+        state_size = 1 + 4 / state_dtype.block_size
+    else:
+        state_size = bytes_model.dtype_size(state_dtype)
+    return n_params * (param_values * bytes_model.dtype_size(param_dtype) + state_values * state_size)
 
 
 def preferred_backend(device: torch.device) -> str | None:
@@ -80,6 +86,12 @@ def _params(preset: presets.Preset, device: torch.device) -> list:
     return params
 
 
+def _state_name(state_dtype) -> str:
+    if isinstance(state_dtype, Blockwise8bit):
+        return f"blockwise8bit/{state_dtype.block_size}"
+    return str(state_dtype).removeprefix("torch.")
+
+
 def run(cfg: StateConfig, progress=None) -> dict:
     """{"config", "rows", "notes"}: one row per target (module docstring)."""
     notes = []
@@ -102,7 +114,7 @@ def run(cfg: StateConfig, progress=None) -> dict:
         prof = profiling.profile_step(opt.step, cfg.device)
         opts[label] = opt
         rows[label] = {
-            "label": label, "algorithm": algorithm, "state_dtype": str(state_dtype).removeprefix("torch."),
+            "label": label, "algorithm": algorithm, "state_dtype": _state_name(state_dtype),
             "state_bytes_per_param": state_bytes(opt) / n,
             "step_bytes_per_param": step_bytes(algorithm, n, torch.float32, state_dtype) / n,
             "peak_bytes": prof["peak_bytes"], "peak_method": prof["peak_method"],
@@ -133,7 +145,7 @@ def format_state(section: dict) -> str:
     head = (f"optimizer state precision | {cfg['preset']}: {cfg['n_params'] / 1e6:.2f}M float32 params in "
             f"{cfg['n_tensors']} tensors | noisefuse backend {cfg['backend']} | ratios to torch's fused AdamW "
             "in the same interleaved run")
-    columns = (("target", 50), ("state B/param", 13), ("x AdamW", 8), ("x AdamW ams", 11), ("step B/param", 12),
+    columns = (("target", 52), ("state B/param", 13), ("x AdamW", 8), ("x AdamW ams", 11), ("step B/param", 12),
                ("ms", 9), ("±%", 5), ("x fused AdamW", 13), ("+peak MB", 9))
     lines = [head, " ".join(f"{name:<{w}}" if i == 0 else f"{name:>{w}}" for i, (name, w) in enumerate(columns))]
     for r in section["rows"]:

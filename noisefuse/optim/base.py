@@ -270,7 +270,7 @@ class FusedOptimizer(Optimizer):
                 rounding = Rounding(group["seed"], params=group["stochastic_rounding"] and dtype == torch.bfloat16,
                                     state=rounds_state(group, dtype))
                 if noise.noisy(gi) or rounding.params or rounding.state:
-                    # The call's params: 8-bit groups step their small params (float32 state) apart.
+                    # The call's params as the group holds them (DTensors, not their shards), in order.
                     bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)
                               and (spec is not None and spec.quantizes(p)) == quantized]
                     if noise.noisy(gi):

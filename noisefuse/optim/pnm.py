@@ -35,7 +35,9 @@ class PNM(FusedOptimizer):
         capturable: keep step counters on the device so the step can be captured in a CUDA graph.
         state_dtype: dtype of the state buffers: ``None`` (the param's), ``torch.float32`` (exact
             state for bfloat16/float16 params, the update still rounded once into the param) or
-            ``torch.bfloat16`` (half the state memory of float32 params; stored stochastically).
+            ``torch.bfloat16`` (half the state memory of float32 params; stored stochastically), or
+            :class:`noisefuse.state.Blockwise8bit` (8-bit codes and a float32 scale per block: a
+            quarter of float32's memory, for float32/bfloat16 params; small params keep float32).
         state_rounding: how bfloat16 state is stored: ``"stochastic"`` (unbiased, from the seed's
             stream; the default with ``state_dtype=torch.bfloat16``) or ``"nearest"`` (the default
             for bfloat16 params with ``state_dtype=None``, as torch.optim).

@@ -101,11 +101,6 @@ def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
         for index, p in zip(saved_group["params"], group["params"]):
             saved, state = state_dict["state"].get(index, {}), optimizer.state[p]
             quantized = spec is not None and spec.quantizes(p)
-            for key in saved:
-                if key.endswith(SCALES_SUFFIX):
-                    # torch's loader's copy, dropped before any codes are restored with their scales
-                    # below (a scales key may follow its codes in the saved dict).
-                    state.pop(key, None)
             for key, value in saved.items():
                 if key in COUNTERS:
                     # On the CPU here; the step moves it where its backend reads it (_init_state).
@@ -132,7 +127,10 @@ def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
                 else:
                     dtype = torch.float32 if spec is not None else state_dtype or p.dtype
                     state[key] = value.to(device=p.device, dtype=dtype)
-                    state.pop(key + SCALES_SUFFIX, None)
+            for key in [k for k in state if k.endswith(SCALES_SUFFIX)]:
+                codes = state.get(key[:-len(SCALES_SUFFIX)])
+                if codes is None or codes.dtype != torch.uint8:
+                    del state[key]  # torch's loader copied the scales of codes decoded above
 
 def ensure_float_state(state, key, p, dtype) -> None:
     """``state[key]``: zeros like ``p`` of ``dtype`` when missing, converted once when of another dtype."""

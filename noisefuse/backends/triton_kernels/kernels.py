@@ -7,6 +7,10 @@ group:
    advances the counters.
 2. ``update_kernel`` (one program per block of ``BLOCK`` elements of one tensor, found through the
    block map): reads the coefficients of its tensor and applies the per-element update.
+   ``update_8bit_kernel`` is the same update on 8-bit blockwise state (docs/kernel-contract.md,
+   "8-bit blockwise state"): its state buffers are uint8 codes with one float32 scale per
+   ``QUANT_BLOCK`` elements, dequantized on load and quantized again on store. A separate kernel, so
+   that the float and bfloat16-state kernels compile exactly as they did.
 
 The counters are advanced in the first launch, before any block reads them, and every block reads
 the coefficients of the *old* counter from the table: launches on one stream are ordered, so no block
@@ -31,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ...random.philox import TAG_ROUNDING
+from ...state import maps
 from ...random.philox_triton import rounding_words
 from .grad import form_grad
 
@@ -45,6 +50,17 @@ N_COLS = tl.constexpr(10)
 # SC_DECAY the decoupled decay factor 1 - lr * weight_decay (the lr may be read from a tensor).
 SC_A, SC_B, SC_BETA1, SC_STEP_SIZE, SC_INV_SQRT_BC2, SC_ODD, SC_T, SC_DECAY = (tl.constexpr(i) for i in range(8))
 N_SCALARS = tl.constexpr(8)  # 64-byte rows
+# Columns of the 8-bit scales table (one int64 row per tensor): the data pointers of the float32
+# scales of exp_avg, neg_exp_avg, exp_avg_sq and max_exp_avg_sq (0 where unused).
+SCOL_EXP_AVG, SCOL_NEG_EXP_AVG, SCOL_EXP_AVG_SQ, SCOL_MAX_EXP_AVG_SQ = (tl.constexpr(i) for i in range(4))
+N_SCALE_COLS = tl.constexpr(4)
+# Rows of the [4, 256] code-book table (maps.tables).
+BOOK_SIGNED_VALUES = tl.constexpr(maps.SIGNED_VALUES)
+BOOK_SIGNED_MIDPOINTS = tl.constexpr(maps.SIGNED_MIDPOINTS)
+BOOK_UNSIGNED_VALUES = tl.constexpr(maps.UNSIGNED_VALUES)
+BOOK_UNSIGNED_MIDPOINTS = tl.constexpr(maps.UNSIGNED_MIDPOINTS)
+NUM_CODES = tl.constexpr(maps.NUM_CODES)
+INF = tl.constexpr(float("inf"))
 # family.MOMENTUM_CODES
 MOMENTUM_HEAVY_BALL, MOMENTUM_EMA, MOMENTUM_PN = (tl.constexpr(i) for i in range(3))
 TAG_ROUNDING_C = tl.constexpr(TAG_ROUNDING)
@@ -113,6 +129,81 @@ def _state_out(x, r, STATE_DTYPE: tl.constexpr, ROUND_STATE: tl.constexpr):
         return _to_bf16_stochastic(x, r)
     else:
         return _to_storage(x, STATE_DTYPE)
+
+
+@triton.jit
+def _dequantize(codes_ptr, scales_ptr, books_ptr, offs, mask, ROOT: tl.constexpr, QUANT_BLOCK: tl.constexpr):
+    """float32 values of 8-bit state at ``offs``: ``S[c] * s`` (momentum), or ``(U[c] * s)^2``
+    (``ROOT``: a second moment, stored as its square root), ``s`` the scale of the element's block.
+    A product, then its square: never contracted with what the update adds to it."""
+    codes = tl.load(codes_ptr + offs, mask=mask).to(tl.int32)
+    scale = tl.load(scales_ptr + offs // QUANT_BLOCK, mask=mask)
+    if ROOT:
+        root = tl.load(books_ptr + BOOK_UNSIGNED_VALUES * NUM_CODES + codes) * scale
+        return root * root
+    else:
+        return tl.load(books_ptr + BOOK_SIGNED_VALUES * NUM_CODES + codes) * scale
+
+
+@triton.jit
+def _quantize(x, mask, books_ptr, ROW: tl.constexpr, QUANT_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+    r"""(uint8 codes [BLOCK], float32 scales [BLOCK // QUANT_BLOCK]) of float32 ``x``, whole blocks
+    of ``QUANT_BLOCK`` elements (``mask`` None for a full tile, else the elements that exist):
+
+    .. math:: s = \max_{x_j \text{ finite}} |x_j| \ (0 \text{ if none}),\qquad
+              c = \#\{k < 255 : T_k\, s < x\}\ (x \text{ NaN} \to 0)
+
+    with ``T`` the code-book row ``ROW`` (decision points, or the unsigned values to round up). The
+    count is a branchless binary search over the sorted products ``T_k s`` (``s >= 0``): products and
+    comparisons only, no division, so every backend gets the same codes from the same ``x``."""
+    magnitude = tl.abs(x)
+    magnitude = tl.where(magnitude < INF, magnitude, 0.0)  # NaN and +-inf never set a scale
+    if mask is not None:
+        magnitude = tl.where(mask, magnitude, 0.0)
+    # A maximum, so any reduction order gives the same scale. tl.max cannot run in the interpreted
+    # copy of this file (see _powi), and a combiner of ours runs there one element at a time; the
+    # combiner tl.max reduces with is one the interpreter recognises and reduces with NumPy.
+    scales = tl.reduce(tl.reshape(magnitude, [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), 1, tl.standard._elementwise_max)
+    scale = tl.reshape(tl.broadcast_to(tl.expand_dims(scales, 1), [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), [BLOCK])
+    x = tl.where(x != x, 0.0, x)
+    codes = tl.full([BLOCK], 0, tl.int32)
+    for level in tl.static_range(8):
+        width = 128 >> level
+        point = tl.load(books_ptr + ROW * NUM_CODES + codes + (width - 1))
+        codes = tl.where(point * scale < x, codes + width, codes)
+    return codes.to(tl.uint8), scales
+
+
+@triton.jit
+def _load_state(ptr, scales_ptr, books_ptr, offs, mask, ROOT: tl.constexpr, COMPUTE: tl.constexpr,
+                QUANT_BLOCK: tl.constexpr):
+    """A state buffer's values at ``offs`` in ``COMPUTE``: as stored, or decoded from 8-bit codes
+    (``QUANT_BLOCK > 0``; ``ROOT`` for the second moments)."""
+    if QUANT_BLOCK > 0:
+        return _dequantize(ptr, scales_ptr, books_ptr, offs, mask, ROOT, QUANT_BLOCK)
+    else:
+        return tl.load(ptr + offs, mask=mask).to(COMPUTE)
+
+
+@triton.jit
+def _store_state(ptr, scales_ptr, books_ptr, x, r, offs, mask, start, numel, ROW: tl.constexpr,
+                 ROOT: tl.constexpr, STATE_DTYPE: tl.constexpr, ROUND_STATE: tl.constexpr,
+                 QUANT_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+    """Stores a state buffer's new values ``x``: as ``_state_out`` rounds them, or as 8-bit codes
+    and scales (``QUANT_BLOCK > 0``) of ``x``, or of ``sqrt_rn(x)`` for a second moment (``ROOT``),
+    against code-book row ``ROW``. ``start`` is the tile's first element (a whole number of blocks)."""
+    if QUANT_BLOCK > 0:
+        if ROOT:
+            x = tl.sqrt_rn(x)  # correctly rounded (the contract's sqrt_rn): the codes depend on its bits
+        codes, scales = _quantize(x, mask, books_ptr, ROW, QUANT_BLOCK, BLOCK)
+        tl.store(ptr + offs, codes, mask=mask)
+        blocks = start // QUANT_BLOCK + tl.arange(0, BLOCK // QUANT_BLOCK)
+        if mask is None:
+            tl.store(scales_ptr + blocks, scales)
+        else:
+            tl.store(scales_ptr + blocks, scales, mask=blocks * QUANT_BLOCK < numel)
+    else:
+        tl.store(ptr + offs, _state_out(x, r, STATE_DTYPE, ROUND_STATE), mask=mask)
 
 
 @triton.jit(do_not_specialize=["n_tensors"])
@@ -227,16 +318,40 @@ def _pointers(row, sc, DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, MOMENTUM:
 
 
 @triton.jit
-def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std, scale,
-                 weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE: tl.constexpr,
-                 STATE_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
+def _scale_pointers(scale_row, sc, MOMENTUM: tl.constexpr):
+    """float32 pointers of one 8-bit scales-table row: positive and negative momentum (swapped with
+    the parity of t for PN, as ``_pointers`` swaps their codes), v, vmax."""
+    first = tl.load(scale_row + SCOL_EXP_AVG)
+    pos, neg = first, first
+    if MOMENTUM == MOMENTUM_PN:
+        second = tl.load(scale_row + SCOL_NEG_EXP_AVG)
+        odd = tl.load(sc + SC_ODD) != 0.0
+        pos = tl.where(odd, first, second)
+        neg = tl.where(odd, second, first)
+    ty = tl.pointer_type(tl.float32)
+    return (pos.to(ty), neg.to(ty), tl.load(scale_row + SCOL_EXP_AVG_SQ).to(ty),
+            tl.load(scale_row + SCOL_MAX_EXP_AVG_SQ).to(ty))
+
+
+@triton.jit
+def _update_tile(row, sc, scale_row, books_ptr, start, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
+                 seed_lo, seed_hi, std, scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
+                 DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, MOMENTUM: tl.constexpr,
                  SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr,
                  MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                  ALIGNED: tl.constexpr, NOISE: tl.constexpr, CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr,
-                 ROUND_PARAMS: tl.constexpr, ROUND_STATE: tl.constexpr, STATIC_BATCH: tl.constexpr):
-    """One tile of one tensor; ``mask`` is None for a full tile (unmasked, vectorizable accesses)."""
+                 ROUND_PARAMS: tl.constexpr, ROUND_STATE: tl.constexpr, STATIC_BATCH: tl.constexpr,
+                 QUANT_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+    """One tile of one tensor, from element ``start``; ``mask`` is None for a full tile (unmasked,
+    vectorizable accesses). With ``QUANT_BLOCK > 0`` the state is 8-bit (``scale_row``: the tensor's
+    row of the scales table; ``books_ptr``: the code books), else ``scale_row`` and ``books_ptr`` are
+    never read."""
     p_ptr, g_ptr, pos_ptr, neg_ptr, v_ptr, vmax_ptr, gs_ptr = _pointers(row, sc, DTYPE, STATE_DTYPE, MOMENTUM,
                                                                         ALIGNED)
+    if QUANT_BLOCK > 0:
+        pos_s, neg_s, v_s, vmax_s = _scale_pointers(scale_row, sc, MOMENTUM)
+    else:
+        pos_s, neg_s, v_s, vmax_s = pos_ptr, neg_ptr, v_ptr, vmax_ptr  # never read
     # The counter of the noise and of stochastic rounding: the global element index and the step
     # after this update's increment (unused, and compiled away, without either).
     index = tl.load(row + COL_OFFSET) + offs
@@ -256,21 +371,29 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
                   MAXIMIZE, DECOUPLED, ROWS_ALIGNED, STATIC_BATCH)
     if DECOUPLED:
         p = p * tl.load(sc + SC_DECAY).to(COMPUTE)
-    m = a * tl.load(pos_ptr + offs, mask=mask).to(COMPUTE) + b * g
+    m = a * _load_state(pos_ptr, pos_s, books_ptr, offs, mask, False, COMPUTE, QUANT_BLOCK) + b * g
     if MOMENTUM == MOMENTUM_PN:
-        d = c_pos * m - c_neg * tl.load(neg_ptr + offs, mask=mask).to(COMPUTE)
+        d = c_pos * m - c_neg * _load_state(neg_ptr, neg_s, books_ptr, offs, mask, False, COMPUTE, QUANT_BLOCK)
     elif NESTEROV:
         d = g + tl.load(sc + SC_BETA1).to(COMPUTE) * m
     else:
         d = m
 
     if SECOND_MOMENT:
-        v = beta2 * tl.load(v_ptr + offs, mask=mask).to(COMPUTE) + one_minus_beta2 * g * g
+        v = beta2 * _load_state(v_ptr, v_s, books_ptr, offs, mask, True, COMPUTE, QUANT_BLOCK) + one_minus_beta2 * g * g
         vv = v
         if AMSGRAD:
-            vv = tl.maximum(tl.load(vmax_ptr + offs, mask=mask).to(COMPUTE), v)
-            tl.store(vmax_ptr + offs, _state_out(vv, x1 >> 16, STATE_DTYPE, ROUND_STATE), mask=mask)
-        tl.store(v_ptr + offs, _state_out(v, x1 & 0xFFFF, STATE_DTYPE, ROUND_STATE), mask=mask)
+            vmax = _load_state(vmax_ptr, vmax_s, books_ptr, offs, mask, True, COMPUTE, QUANT_BLOCK)
+            if QUANT_BLOCK > 0:
+                # A NaN maximum, as torch.maximum gives it (and the 8-bit reference quantizes to 0).
+                vv = tl.maximum(vmax, v, propagate_nan=tl.PropagateNan.ALL)
+            else:
+                vv = tl.maximum(vmax, v)
+            # 8-bit: rounded up (decided against the values), so the stored maximum never decreases.
+            _store_state(vmax_ptr, vmax_s, books_ptr, vv, x1 >> 16, offs, mask, start, numel, BOOK_UNSIGNED_VALUES,
+                         True, STATE_DTYPE, ROUND_STATE, QUANT_BLOCK, BLOCK)
+        _store_state(v_ptr, v_s, books_ptr, v, x1 & 0xFFFF, offs, mask, start, numel, BOOK_UNSIGNED_MIDPOINTS, True,
+                     STATE_DTYPE, ROUND_STATE, QUANT_BLOCK, BLOCK)
         inv_sqrt_bc2 = tl.load(sc + SC_INV_SQRT_BC2).to(COMPUTE)
         # IEEE sqrt and division, as torch (Triton's float32 defaults are approximations).
         if COMPUTE == tl.float32:
@@ -280,11 +403,61 @@ def _update_tile(row, sc, offs, mask, numel, grad_scale_ptr, weights_ptr, batch,
     else:
         p = p - step_size * d
 
-    tl.store(pos_ptr + offs, _state_out(m, x0 >> 16, STATE_DTYPE, ROUND_STATE), mask=mask)
+    _store_state(pos_ptr, pos_s, books_ptr, m, x0 >> 16, offs, mask, start, numel, BOOK_SIGNED_MIDPOINTS, False,
+                 STATE_DTYPE, ROUND_STATE, QUANT_BLOCK, BLOCK)
     if ROUND_PARAMS:  # bfloat16 params only (the host checks)
         tl.store(p_ptr + offs, _to_bf16_stochastic(p, x0 & 0xFFFF), mask=mask)
     else:
         tl.store(p_ptr + offs, _to_storage(p, DTYPE), mask=mask)
+
+
+@triton.jit
+def _update_block(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_ptr, found_inf_ptr, weights_ptr,
+                  scale_ptrs, books_ptr, wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
+                  c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo, batch, seed_lo, seed_hi, std_hi, std_lo,
+                  scale_hi, scale_lo,
+                  DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, COMPUTE: tl.constexpr,
+                  MOMENTUM: tl.constexpr, SECOND_MOMENT: tl.constexpr, AMSGRAD: tl.constexpr,
+                  NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
+                  HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr,
+                  NOISE: tl.constexpr, CENTERED: tl.constexpr, ROWS_ALIGNED: tl.constexpr,
+                  ROUND_PARAMS: tl.constexpr, ROUND_STATE: tl.constexpr, STATIC_BATCH: tl.constexpr,
+                  QUANT_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+    """The body of both update kernels: block ``program_id`` of the block map, full or partial."""
+    blk = tl.program_id(0)
+    idx = tl.load(block_tensor + blk)
+    start = tl.load(block_chunk + blk) * BLOCK
+    numel = tl.load(numels + idx)
+    offs = start + tl.arange(0, BLOCK)
+    ok = True
+    if HAS_FOUND_INF:
+        ok = tl.load(found_inf_ptr) == 0
+    if ok:
+        row = ptrs + idx * N_COLS
+        sc = scalars + idx * N_SCALARS
+        scale_row = scale_ptrs + idx * N_SCALE_COLS
+        # Group constants: formed in double from their (hi, lo) pairs, rounded once, as the reference
+        # rounds a Python float multiplying a float32 tensor.
+        weight_decay = (tl.cast(wd_hi, tl.float64) + tl.cast(wd_lo, tl.float64)).to(COMPUTE)
+        beta2 = (tl.cast(beta2_hi, tl.float64) + tl.cast(beta2_lo, tl.float64)).to(COMPUTE)
+        one_minus_beta2 = (tl.cast(omb2_hi, tl.float64) + tl.cast(omb2_lo, tl.float64)).to(COMPUTE)
+        eps = (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64)).to(COMPUTE)
+        c_pos = (tl.cast(c_pos_hi, tl.float64) + tl.cast(c_pos_lo, tl.float64)).to(COMPUTE)
+        c_neg = (tl.cast(c_neg_hi, tl.float64) + tl.cast(c_neg_lo, tl.float64)).to(COMPUTE)
+        std = (tl.cast(std_hi, tl.float64) + tl.cast(std_lo, tl.float64)).to(COMPUTE)
+        scale = (tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)).to(COMPUTE)
+        if start + BLOCK <= numel:
+            _update_tile(row, sc, scale_row, books_ptr, start, offs, None, numel, grad_scale_ptr, weights_ptr, batch,
+                         seed_lo, seed_hi, std, scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE,
+                         STATE_DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED,
+                         HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, ROUND_PARAMS, ROUND_STATE,
+                         STATIC_BATCH, QUANT_BLOCK, BLOCK)
+        else:
+            _update_tile(row, sc, scale_row, books_ptr, start, offs, offs < numel, numel, grad_scale_ptr, weights_ptr,
+                         batch, seed_lo, seed_hi, std, scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
+                         DTYPE, STATE_DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE,
+                         DECOUPLED, HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, ROUND_PARAMS, ROUND_STATE,
+                         STATIC_BATCH, QUANT_BLOCK, BLOCK)
 
 
 @triton.jit(do_not_specialize=["batch", "seed_lo", "seed_hi"])
@@ -316,36 +489,45 @@ def update_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_p
     :math:`g` is formed by ``grad.form_grad`` (``NOISE``: ``noisefuse.noise.NOISE_CODES``; ``batch``,
     the seed's 32-bit halves as int32, and ``std``/``scale`` as float32 pairs are runtime values).
     """
-    blk = tl.program_id(0)
-    idx = tl.load(block_tensor + blk)
-    start = tl.load(block_chunk + blk) * BLOCK
-    numel = tl.load(numels + idx)
-    offs = start + tl.arange(0, BLOCK)
-    ok = True
-    if HAS_FOUND_INF:
-        ok = tl.load(found_inf_ptr) == 0
-    if ok:
-        row = ptrs + idx * N_COLS
-        sc = scalars + idx * N_SCALARS
-        # Group constants: formed in double from their (hi, lo) pairs, rounded once, as the reference
-        # rounds a Python float multiplying a float32 tensor.
-        weight_decay = (tl.cast(wd_hi, tl.float64) + tl.cast(wd_lo, tl.float64)).to(COMPUTE)
-        beta2 = (tl.cast(beta2_hi, tl.float64) + tl.cast(beta2_lo, tl.float64)).to(COMPUTE)
-        one_minus_beta2 = (tl.cast(omb2_hi, tl.float64) + tl.cast(omb2_lo, tl.float64)).to(COMPUTE)
-        eps = (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64)).to(COMPUTE)
-        c_pos = (tl.cast(c_pos_hi, tl.float64) + tl.cast(c_pos_lo, tl.float64)).to(COMPUTE)
-        c_neg = (tl.cast(c_neg_hi, tl.float64) + tl.cast(c_neg_lo, tl.float64)).to(COMPUTE)
-        std = (tl.cast(std_hi, tl.float64) + tl.cast(std_lo, tl.float64)).to(COMPUTE)
-        scale = (tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)).to(COMPUTE)
-        if start + BLOCK <= numel:
-            _update_tile(row, sc, offs, None, numel, grad_scale_ptr, weights_ptr, batch, seed_lo, seed_hi, std,
-                         scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg, DTYPE, STATE_DTYPE,
-                         COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED, HAS_GRAD_SCALE,
-                         ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, ROUND_PARAMS, ROUND_STATE,
-                         STATIC_BATCH)
-        else:
-            _update_tile(row, sc, offs, offs < numel, numel, grad_scale_ptr, weights_ptr, batch, seed_lo,
-                         seed_hi, std, scale, weight_decay, beta2, one_minus_beta2, eps, c_pos, c_neg,
-                         DTYPE, STATE_DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE,
-                         DECOUPLED, HAS_GRAD_SCALE, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, ROUND_PARAMS, ROUND_STATE,
-                         STATIC_BATCH)
+    # No 8-bit state: the pointer table stands in for the scales table and the code books, never read.
+    _update_block(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_ptr, found_inf_ptr, weights_ptr,
+                  ptrs, scalars, wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
+                  c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo, batch, seed_lo, seed_hi, std_hi, std_lo, scale_hi, scale_lo,
+                  DTYPE, STATE_DTYPE, COMPUTE, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED,
+                  HAS_GRAD_SCALE, HAS_FOUND_INF, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, ROUND_PARAMS, ROUND_STATE,
+                  STATIC_BATCH, 0, BLOCK)
+
+
+@triton.jit(do_not_specialize=["batch", "seed_lo", "seed_hi"])
+def update_8bit_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_ptr, found_inf_ptr, weights_ptr,
+                       scale_ptrs, books_ptr, wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
+                       c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo, batch, seed_lo, seed_hi, std_hi, std_lo,
+                       scale_hi, scale_lo,
+                       DTYPE: tl.constexpr, MOMENTUM: tl.constexpr, SECOND_MOMENT: tl.constexpr,
+                       AMSGRAD: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
+                       DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                       ALIGNED: tl.constexpr, NOISE: tl.constexpr, CENTERED: tl.constexpr,
+                       ROWS_ALIGNED: tl.constexpr, ROUND_PARAMS: tl.constexpr, STATIC_BATCH: tl.constexpr,
+                       QUANT_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+    r"""``update_kernel``'s update on 8-bit blockwise state (float32 or bfloat16 params, float32 math):
+    the state buffers are uint8 codes, and ``scale_ptrs`` an int64 ``[n, 4]`` table of the data
+    pointers of their float32 scales (one per ``QUANT_BLOCK`` elements of each tensor's own flat
+    index); ``books_ptr`` is the float32 ``[4, 256]`` code-book table (``maps.tables``). ``BLOCK`` is a
+    multiple of ``QUANT_BLOCK`` and every tile starts at a multiple of ``BLOCK``, so a tile holds whole
+    quantization blocks (the last one of a tensor may be short) and no block is shared by two
+    programs. Per element :math:`j` of a block with scale :math:`s` (docs/kernel-contract.md):
+
+    .. math::
+        m = S[c_j]\,s,\quad v = (U[c_j]\,s)^2,\quad
+        \text{the update},\quad
+        (c', s') = \text{quantize}(m \mid \sqrt{v} \mid \sqrt{\hat v})
+
+    with the decision points ``Ms`` (momentum), ``Mu`` (v) and the values ``U`` (the amsgrad maximum,
+    rounded up) of ``_quantize``. PN writes only its positive buffer; the other's codes and scales are
+    read."""
+    _update_block(ptrs, numels, block_tensor, block_chunk, scalars, grad_scale_ptr, found_inf_ptr, weights_ptr,
+                  scale_ptrs, books_ptr, wd_hi, wd_lo, beta2_hi, beta2_lo, omb2_hi, omb2_lo, eps_hi, eps_lo,
+                  c_pos_hi, c_pos_lo, c_neg_hi, c_neg_lo, batch, seed_lo, seed_hi, std_hi, std_lo, scale_hi, scale_lo,
+                  DTYPE, tl.uint8, tl.float32, MOMENTUM, SECOND_MOMENT, AMSGRAD, NESTEROV, MAXIMIZE, DECOUPLED,
+                  HAS_GRAD_SCALE, HAS_FOUND_INF, ALIGNED, NOISE, CENTERED, ROWS_ALIGNED, ROUND_PARAMS, False,
+                  STATIC_BATCH, QUANT_BLOCK, BLOCK)

@@ -119,12 +119,21 @@ def _check_layout(lists, state_dtype) -> None:
                     f"{lst[i].dtype} and strides {lst[i].stride()}; expected {dtype} and its param's {p.stride()}")
 
 
-def _state_dtype(dtype, exp_avgs, stochastic_rounding, stochastic_state_rounding, offsets, n):
+def _state_dtype(dtype, exp_avgs, stochastic_rounding, stochastic_state_rounding, offsets, n, block_size):
     """The state dtype of the group (its first buffer's), checked with the stochastic rounding
-    arguments before any launch (docs/kernel-contract.md, "Mixed precision")."""
+    arguments before any launch (docs/kernel-contract.md, "Mixed precision"); uint8 (codes) exactly
+    when ``block_size > 0`` (8-bit state)."""
     state_dtype = exp_avgs[0].dtype if exp_avgs else dtype
+    if (state_dtype == torch.uint8) != (block_size > 0):
+        raise RuntimeError(f"backend='triton': exp_avgs[0] has dtype {state_dtype} but block_size is {block_size}: "
+                           "uint8 state is 8-bit codes, which need block_size > 0, and only they do")
+    if block_size > 0 and dtype not in (torch.float32, torch.bfloat16):
+        raise RuntimeError(f"backend='triton': 8-bit state is for float32 and bfloat16 params, but params are {dtype}")
+    if block_size > 0 and stochastic_state_rounding:
+        raise RuntimeError("backend='triton': stochastic_state_rounding=True rounds bfloat16 state; 8-bit state is "
+                           "rounded to its codes")
     mixed_ok = ((state_dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16))
-                or (state_dtype == torch.bfloat16 and dtype == torch.float32))
+                or (state_dtype == torch.bfloat16 and dtype == torch.float32) or state_dtype == torch.uint8)
     if state_dtype != dtype and not mixed_ok:
         raise RuntimeError(f"backend='triton': {state_dtype} state for {dtype} params; the state must have "
                            "the params' dtype, be float32 for float16/bfloat16 params, or bfloat16 for float32 "
@@ -138,6 +147,55 @@ def _state_dtype(dtype, exp_avgs, stochastic_rounding, stochastic_state_rounding
         raise RuntimeError(f"backend='triton': stochastic rounding needs one global offset per param "
                            f"({len(offsets)} for {n})")
     return state_dtype
+
+
+def _blockwise_lists(lists, state_scales, code_books, block_size, device):
+    """8-bit state: ``state_scales`` (every tensor's scales of exp_avgs, then of neg_exp_avgs,
+    exp_avg_sqs, max_exp_avg_sqs where used; docs/kernel-contract.md, "8-bit blockwise state") as
+    the four lists of the scales table, checked with ``code_books`` before any launch; ``[]`` without
+    8-bit state (block_size 0), where neither may be given."""
+    state_scales = list(state_scales or ())
+    if block_size == 0:
+        if state_scales or code_books is not None:
+            raise RuntimeError("backend='triton': state_scales and code_books are for 8-bit state (block_size > 0)")
+        return []
+    if block_size < 16 or block_size > 2048 or block_size & (block_size - 1):
+        raise RuntimeError(f"backend='triton': block_size must be 0 (no 8-bit state) or a power of two in "
+                           f"[16, 2048], got {block_size}")
+    n = len(lists[0])
+    used = [bool(lst) for lst in lists[2:6]]
+    if len(state_scales) != sum(used) * n:
+        raise RuntimeError(f"backend='triton': state_scales has {len(state_scales)} tensors; 8-bit state needs one "
+                           f"per tensor and state list ({sum(used)} lists of {n})")
+    if (code_books is None or code_books.dtype != torch.float32 or code_books.shape != (4, 256)
+            or not code_books.is_contiguous() or code_books.device != device):
+        got = "none" if code_books is None else f"{code_books.dtype} {tuple(code_books.shape)} on {code_books.device}"
+        raise RuntimeError(f"backend='triton': 8-bit state needs code_books, a contiguous float32 [4, 256] tensor on "
+                           f"{device}; got {got}")
+    columns, taken = [], 0
+    for is_used in used:
+        columns.append(state_scales[taken:taken + n] if is_used else [])
+        taken += n if is_used else 0
+    return columns
+
+
+def _check_blockwise_layout(lists, scale_columns, block_size) -> None:
+    """Blocks follow each tensor's row-major index, which the kernels walk as memory order: params
+    and codes must be contiguous, and each list of scales hold one float32 per block."""
+    for i, p in enumerate(lists[0]):
+        if not p.is_contiguous():
+            raise RuntimeError(f"backend='triton': 8-bit state needs row-major contiguous params; param {i} has "
+                               f"strides {p.stride()}")
+        blocks = -(-p.numel() // block_size)
+        for k, column in enumerate(scale_columns):
+            if not column:
+                continue
+            s = column[i]
+            if (s.dtype != torch.float32 or s.dim() != 1 or not s.is_contiguous() or s.numel() != blocks
+                    or s.device != p.device):
+                raise RuntimeError(
+                    f"backend='triton': the scales of state list {k} of param {i} are {s.dtype} {tuple(s.shape)} on "
+                    f"{s.device}; expected {blocks} contiguous float32 (blocks of {block_size}) on {p.device}")
 
 
 def _check_lr_tensor(lr_tensor, device):
@@ -195,7 +253,8 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
                grad_samples=(), *, momentum, lr, beta1, beta2, beta0, eps, weight_decay, decoupled, nesterov,
                maximize, demon_total_steps, demon_delay, grad_scale=None, found_inf=None, lr_tensor=None,
                sample_weights=None, offsets=(), noise_kind=0, seed=0, noise_std=0.0, noise_scale=0.0, noise_centered=False,
-               stochastic_rounding=False, stochastic_state_rounding=False) -> None:
+               stochastic_rounding=False, stochastic_state_rounding=False, state_scales=None, code_books=None,
+               block_size=0) -> None:
     """One fused step of a (device, dtype) group: at most two launches, no host synchronisation.
 
     Noise (docs/kernel-contract.md, "Noise"): ``noise_kind`` a value of ``NOISE_CODES``, ``seed`` the
@@ -206,7 +265,11 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
     or bfloat16 for float32 params; ``stochastic_rounding`` rounds bfloat16 params, and
     ``stochastic_state_rounding`` bfloat16 state, with draws from ``seed`` at ``offsets``.
     ``lr_tensor``, a one-element float32 tensor on the params' device, replaces ``lr`` when given: the
-    kernel reads it, so a captured step follows an LR schedule that writes it in place."""
+    kernel reads it, so a captured step follows an LR schedule that writes it in place.
+    8-bit state ("8-bit blockwise state"): ``block_size > 0``, the state lists hold uint8 codes,
+    ``state_scales`` their float32 scales (list by list, as ``stream.blockwise_kwargs`` orders them)
+    and ``code_books`` the ``[4, 256]`` table of ``maps.tables``; the launch block is then at least
+    ``block_size``, so that every program holds whole blocks."""
     if not params:
         return
     device, dtype = params[0].device, params[0].dtype
@@ -214,15 +277,20 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
         raise RuntimeError(f"backend='triton' supports float32/float16/bfloat16/float64 params, not {dtype}")
     batch = _check_noise(params, grads, grad_samples, offsets, noise_kind, sample_weights)
     _check_lr_tensor(lr_tensor, device)
-    state_dtype = _state_dtype(dtype, exp_avgs, stochastic_rounding, stochastic_state_rounding, offsets, len(params))
+    state_dtype = _state_dtype(dtype, exp_avgs, stochastic_rounding, stochastic_state_rounding, offsets, len(params),
+                               block_size)
     grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
     grad_samples = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
     lists = [params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods, grad_samples]
+    scale_columns = _blockwise_lists(lists, state_scales, code_books, block_size, device)
     block, num_warps = tables.launch_shape(device)
+    block = max(block, block_size)  # powers of two: a multiple of the quantization block
     draws = noise_kind or stochastic_rounding or stochastic_state_rounding  # per-element: global offsets
-    table = tables.get(lists, offsets if draws else (), block)
+    table = tables.get(lists, offsets if draws else (), block, scale_columns, block_size)
     if not table.layout_checked:  # once per table: layouts change only with new pointers
         _check_layout(lists, state_dtype)
+        if block_size:
+            _check_blockwise_layout(lists, scale_columns, block_size)
         table.layout_checked = True
     k = kernels_for(device)
 
@@ -247,17 +315,23 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
     if table.n_blocks == 0:
         return
     norm = math.sqrt((1.0 + beta0) ** 2 + beta0**2)
-    k.update_kernel[(table.n_blocks,)](
-        table.ptrs, table.numels, table.block_tensor, table.block_chunk, table.scalars, scale, inf, weights,
-        *split(weight_decay), *split(beta2), *split(1.0 - beta2),
-        *split(eps), *split((1.0 + beta0) / norm), *split(beta0 / norm),
-        batch, _int32(seed_word & 0xFFFFFFFF), _int32(seed_word >> 32), *split(noise_std), *split(noise_scale),
-        DTYPE=storage, STATE_DTYPE=getattr(tl, _STORAGE[state_dtype]), COMPUTE=compute, MOMENTUM=momentum,
-        SECOND_MOMENT=second_moment, AMSGRAD=amsgrad, NESTEROV=nesterov, MAXIMIZE=maximize, DECOUPLED=decoupled,
-        HAS_GRAD_SCALE=grad_scale is not None,
+    args = (*split(weight_decay), *split(beta2), *split(1.0 - beta2),
+            *split(eps), *split((1.0 + beta0) / norm), *split(beta0 / norm),
+            batch, _int32(seed_word & 0xFFFFFFFF), _int32(seed_word >> 32), *split(noise_std), *split(noise_scale))
+    flags = dict(
+        MOMENTUM=momentum, SECOND_MOMENT=second_moment, AMSGRAD=amsgrad, NESTEROV=nesterov, MAXIMIZE=maximize,
+        DECOUPLED=decoupled, HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None, ALIGNED=table.aligned, NOISE=noise_kind,
         CENTERED=bool(noise_centered) and noise_kind == NOISE_CODES["diag_fisher"],
         ROWS_ALIGNED=table.rows_aligned and noise_kind in _ROW_NOISES,
-        ROUND_PARAMS=bool(stochastic_rounding), ROUND_STATE=bool(stochastic_state_rounding),
+        ROUND_PARAMS=bool(stochastic_rounding),
         # B as a constant under the interpreter (which then runs CPU tensors): see grad.form_grad.
         STATIC_BATCH=batch if device.type == "cpu" else 0, BLOCK=block, num_warps=num_warps)
+    tensors = (table.ptrs, table.numels, table.block_tensor, table.block_chunk, table.scalars, scale, inf, weights)
+    if block_size:
+        k.update_8bit_kernel[(table.n_blocks,)](*tensors, table.scale_ptrs, code_books, *args, DTYPE=storage,
+                                                QUANT_BLOCK=block_size, **flags)
+    else:
+        k.update_kernel[(table.n_blocks,)](*tensors, *args, DTYPE=storage,
+                                           STATE_DTYPE=getattr(tl, _STORAGE[state_dtype]), COMPUTE=compute,
+                                           ROUND_STATE=bool(stochastic_state_rounding), **flags)

@@ -9,8 +9,10 @@ A group of ``n`` tensors is described to the kernels by one int64 buffer on thei
     block_tensor [nb]    block -> index of its tensor
     block_chunk  [nb]    block -> index of the block within its tensor (offset = chunk * BLOCK)
 
-plus a float64 ``[n, 8]`` scratch table of per-tensor coefficients that the first launch writes and
-the second reads. A table is built and uploaded once and reused while the tensors' data pointers
+plus, for 8-bit state, ``scale_ptrs`` ``[n, 4]``: the data pointers of the float32 scales of
+exp_avg, neg_exp_avg, exp_avg_sq and max_exp_avg_sq (0 where a list is unused), and a float64
+``[n, 8]`` scratch table of per-tensor coefficients that the first launch writes and the second
+reads. A table is built and uploaded once and reused while the tensors' data pointers
 (and sizes) are unchanged; new pointers (``zero_grad(set_to_none=True)`` followed by a backward that
 allocates elsewhere, a ``load_state_dict``...) build a new one. Tables used while a CUDA graph is
 being captured are never evicted, since the graph keeps reading them on replay.
@@ -25,7 +27,7 @@ import torch
 
 from . import kernels
 
-N_COLS, N_SCALARS = kernels.N_COLS.value, kernels.N_SCALARS.value
+N_COLS, N_SCALARS, N_SCALE_COLS = kernels.N_COLS.value, kernels.N_SCALARS.value, kernels.N_SCALE_COLS.value
 
 # Distinct tables kept per process: steady training hits one; a few more cover alternating
 # allocation patterns (e.g. two optimizers, or grads that land on two addresses in turn).
@@ -70,6 +72,7 @@ class Table:
     n_blocks: int
     aligned: bool
     rows_aligned: bool  # aligned, and every grad_sample row a multiple of 16 bytes long
+    scale_ptrs: torch.Tensor | None = None  # 8-bit state only
     layout_checked: bool = False
     _keep: list = field(default_factory=list)  # pinned host copy, alive until its upload completes
 
@@ -97,19 +100,24 @@ def _ptr_columns(lists):
     return [[t.data_ptr() for t in lst] if lst else [0] * n for lst in lists]
 
 
-def get(lists, offsets, block: int) -> Table:
+def get(lists, offsets, block: int, scales=(), quant_block: int = 0) -> Table:
     """The table of the tensor ``lists`` (in the pointer column order of the module docstring; each
     empty or of one length) and the noise's global element ``offsets`` (empty without noise), built on
-    a miss. ``block`` is the launch's block size."""
+    a miss. ``block`` is the launch's block size. 8-bit state: ``scales`` the four lists of scales
+    (each empty or of one length), ``quant_block`` their block size (part of the key, so that a
+    table's layout check covers the scales' lengths)."""
     assert len(lists) + 1 == N_COLS, "one list per pointer column, then the offsets"
+    assert not scales or len(scales) == N_SCALE_COLS, "one list of scales per scales column"
     params = lists[0]
     columns = _ptr_columns(lists)
+    scale_columns = _ptr_columns(scales) if scales else []
     numels = [p.numel() for p in params]
     offsets = list(offsets) if offsets else [0] * len(params)
-    key = (params[0].device, block, tuple(numels), tuple(offsets), *map(tuple, columns))
+    key = (params[0].device, block, quant_block, tuple(numels), tuple(offsets), *map(tuple, columns),
+           *map(tuple, scale_columns))
     table = _cache.get(key)
     if table is None:
-        table = _build(columns, offsets, numels, params[0].element_size(), block, params[0].device)
+        table = _build(columns, scale_columns, offsets, numels, params[0].element_size(), block, params[0].device)
         stats.builds += 1
         _cache[key] = table
         if len(_cache) > MAX_CACHED:
@@ -122,9 +130,10 @@ def get(lists, offsets, block: int) -> Table:
     return table
 
 
-def _build(columns, offsets, numels, itemsize, block, device) -> Table:
+def _build(columns, scale_columns, offsets, numels, itemsize, block, device) -> Table:
     n = len(numels)
     ptrs = torch.tensor(columns + [offsets], dtype=torch.int64).t().contiguous()  # [n, N_COLS]
+    scale_ptrs = torch.tensor(scale_columns, dtype=torch.int64).t().reshape(-1)  # [n * N_SCALE_COLS]
     sizes = torch.tensor(numels, dtype=torch.int64)
     chunks = (sizes + block - 1) // block
     block_tensor = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), chunks)
@@ -133,7 +142,7 @@ def _build(columns, offsets, numels, itemsize, block, device) -> Table:
     nb = block_tensor.numel()
     # Sections padded to an even length keep every view 16-byte aligned, so the kernels compile
     # once instead of once per parity of n and of the block count.
-    sections = [ptrs.reshape(-1), sizes, block_tensor, block_chunk]
+    sections = [ptrs.reshape(-1), sizes, block_tensor, block_chunk, scale_ptrs]
     cuts = [sec.numel() + sec.numel() % 2 for sec in sections]
     host = torch.zeros(sum(cuts), dtype=torch.int64)
     start = 0
@@ -152,6 +161,8 @@ def _build(columns, offsets, numels, itemsize, block, device) -> Table:
         flat = host.to(device, non_blocking=True)
     else:
         flat = host.to(device)
-    ptrs_d, numels_d, bt_d, bc_d = (view[:sec.numel()] for view, sec in zip(torch.split(flat, cuts), sections))
+    ptrs_d, numels_d, bt_d, bc_d, scale_ptrs_d = (view[:sec.numel()] for view, sec in
+                                                  zip(torch.split(flat, cuts), sections))
     scalars = torch.zeros(n, N_SCALARS, dtype=torch.float64, device=device)
-    return Table(ptrs_d, numels_d, bt_d, bc_d, scalars, n, nb, aligned, rows_aligned, keep)
+    return Table(ptrs_d, numels_d, bt_d, bc_d, scalars, n, nb, aligned, rows_aligned,
+                 scale_ptrs_d if scale_columns else None, _keep=keep)
