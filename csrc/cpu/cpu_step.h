@@ -10,7 +10,8 @@
 
 namespace noisefuse {
 
-enum class CpuDtype : int { kFloat, kDouble, kHalf, kBFloat16 };
+// kCodes8: 8-bit blockwise state, uint8 codes with one float32 scale per block (CpuStep::block_size).
+enum class CpuDtype : int { kFloat, kDouble, kHalf, kBFloat16, kCodes8 };
 
 // One tensor's element-wise operands; `m` is the buffer the step writes (PN's positive buffer).
 struct CpuTensor {
@@ -23,6 +24,11 @@ struct CpuTensor {
   int64_t numel;
   uint64_t offset;  // global index of element 0 (noise, stochastic rounding)
   TensorScalars scalars;
+  // 8-bit state only: the scales of m, m_neg, v and vmax, one per block of the flat index, else null.
+  float* m_scales;
+  const float* m_neg_scales;
+  float* v_scales;
+  float* vmax_scales;
 };
 
 struct CpuStep {
@@ -32,16 +38,19 @@ struct CpuStep {
   bool has_grad_scale;
   float grad_scale;
   CpuDtype dtype;        // the params' (and grads')
-  CpuDtype state_dtype;  // the state buffers': dtype, kFloat for kHalf/kBFloat16 params, or kBFloat16 for kFloat
-                         // params
+  CpuDtype state_dtype;  // the state buffers': dtype, kFloat for kHalf/kBFloat16 params, kBFloat16 for kFloat
+                         // params, or kCodes8 for kFloat/kBFloat16 params
   bool pn;
   int second_moment;  // SecondMoment
   NoiseHyper noise;      // with the stochastic rounding flags (params, state)
   const float* weights;  // multiplicative noise: the step's B weights, else null
+  int64_t block_size;        // 8-bit state (state_dtype kCodes8): elements per scale, a power of two in [16, 2048]
+  const float* code_books;   // 8-bit state: the float32 [4, 256] table (noisefuse/state/maps.py), else null
 };
 
-// Elements per parallel work item: a multiple of every vector width, big enough that scheduling
-// costs nothing next to the work, small enough to balance a few large tensors over the threads.
+// Elements per parallel work item: a multiple of every vector width and of the largest 8-bit block
+// (2048: blocks never straddle chunks), big enough that scheduling costs nothing next to the work,
+// small enough to balance a few large tensors over the threads.
 constexpr int64_t kCpuChunk = 32768;
 
 namespace cpu_default {

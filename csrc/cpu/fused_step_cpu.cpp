@@ -1,7 +1,7 @@
-// CPU kernel of noisefuse::fused_step_: validates the call (noise and rounding included), reads the host-side
-// counters, computes each tensor's scalars (step_scalars.h), runs the element-wise kernel
-// (fused_step_cpu_kernel.h) in its AVX2 build when the CPU supports it and its baseline build
-// otherwise, then advances the counters once every element is written.
+// CPU kernel of noisefuse::fused_step_: validates the call (noise, rounding and 8-bit state
+// included), reads the host-side counters, computes each tensor's scalars (step_scalars.h), runs
+// the element-wise kernel (fused_step_cpu_kernel.h) in its AVX2 build when the CPU supports it and
+// its baseline build otherwise, then advances the counters once every element is written.
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -67,7 +67,6 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                                         ScalarTensors{grad_scale, found_inf, lr_tensor}, noise, blockwise,
                                         c10::DeviceType::CPU, &nh);
   if (params.empty()) return;
-  TORCH_CHECK(!blockwise.enabled(), "noisefuse.fused_step_: this build has no 8-bit state kernels yet");
   // Host memory: reading the AMP scalars and the counters costs no synchronisation.
   if (found_inf.has_value() && *found_inf->const_data_ptr<float>() != 0.f) return;
   if (lr_tensor.has_value()) h.lr = *lr_tensor->const_data_ptr<float>();
@@ -75,8 +74,14 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   const at::Tensor weights =
       nh.kind == kMultiplicativeNoise ? sample_weights->contiguous() : at::Tensor();
 
-  std::vector<CpuTensor> tensors(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
+  const size_t n = params.size();
+  // 8-bit state: the scales of state list `list` (0: exp_avgs, then those used) of tensor i.
+  const auto scales = [&](size_t list, size_t i) {
+    return blockwise.enabled() ? blockwise.scales_of(list, i, n).data_ptr<float>() : nullptr;
+  };
+  const size_t v_list = 1 + l.pn();  // exp_avg_sqs' place among the state lists
+  std::vector<CpuTensor> tensors(n);
+  for (size_t i = 0; i < n; ++i) {
     const double prod = h.track_beta1_prod ? *beta1_prods[i].const_data_ptr<double>() : 1.0;
     const TensorScalars sc = tensor_scalars(h, *steps[i].const_data_ptr<double>(), prod);
     const bool pos_is_first = !l.pn() || sc.odd;  // PN: exp_avgs is "pos" at odd steps
@@ -88,7 +93,11 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                            l.amsgrad() ? max_exp_avg_sqs[i].data_ptr() : nullptr,
                            params[i].numel(),
                            noise.uses_offsets() ? static_cast<uint64_t>(offsets[i]) : 0,
-                           sc};
+                           sc,
+                           scales(pos_is_first ? 0 : 1, i),
+                           l.pn() ? scales(pos_is_first ? 1 : 0, i) : nullptr,
+                           l.second_moment() ? scales(v_list, i) : nullptr,
+                           l.amsgrad() ? scales(v_list + 1, i) : nullptr};
   }
   const CpuStep step{tensors.data(),
                      static_cast<int64_t>(tensors.size()),
@@ -96,18 +105,20 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                      grad_scale.has_value(),
                      grad_scale.has_value() ? *grad_scale->const_data_ptr<float>() : 1.f,
                      cpu_dtype(params[0].scalar_type()),
-                     cpu_dtype(exp_avgs[0].scalar_type()),
+                     blockwise.enabled() ? CpuDtype::kCodes8 : cpu_dtype(exp_avgs[0].scalar_type()),
                      l.pn(),
                      l.amsgrad() ? kAmsgrad : (l.second_moment() ? kSecondMoment : kNoSecondMoment),
                      nh,
-                     weights.defined() ? weights.const_data_ptr<float>() : nullptr};
+                     weights.defined() ? weights.const_data_ptr<float>() : nullptr,
+                     blockwise.block_size,
+                     blockwise.enabled() ? code_books->const_data_ptr<float>() : nullptr};
   if (use_avx2()) {
     cpu_avx2::run_cpu_step(step);
   } else {
     cpu_default::run_cpu_step(step);
   }
   // Counters advance only after every element of the step is written.
-  for (size_t i = 0; i < params.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     *steps[i].data_ptr<double>() = static_cast<double>(tensors[i].scalars.t);
     if (h.track_beta1_prod) *beta1_prods[i].data_ptr<double>() = tensors[i].scalars.new_beta1_prod;
   }

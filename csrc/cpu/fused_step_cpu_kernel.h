@@ -21,6 +21,12 @@
 // one element lie numel apart), normals come from a 64-element block buffer filled for the block's
 // global indices (cpu_normals.h), and the result goes straight into the update. The noise kind is a template
 // parameter: it decides what is read (grad or B rows) and whether Philox runs at all.
+//
+// 8-bit blockwise state (docs/kernel-contract.md, "8-bit blockwise state") is stepped through
+// float32: a chunk goes kQuantSpan elements at a time, whose blocks are dequantized into float32
+// buffers on the stack (cpu_blockwise.h), updated by the float32-state kernel of the same params
+// (the very update, noise and param rounding above, on those buffers), and the buffers the step
+// writes quantized back block by block.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -32,6 +38,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu_blockwise.h"
 #include "cpu_normals.h"
 #include "cpu_step.h"
 #include "noisefuse/bf16_rounding.h"
@@ -435,9 +442,78 @@ struct ChunkKernel {
   }
 };
 
+// The 8-bit state of one tensor: uint8 codes with a float32 scale per block of `block_size`
+// elements, stepped kQuantSpan elements at a time by the float32-state kernel `Float` on stack
+// buffers. A span is whole blocks (the last block of a tensor may be short) and starts at a
+// multiple of kQuantSpan; `scales + start / block_size` is the first scale of the span at `start`.
+template <typename scalar_t, bool kPn, int kSecond, int kNoise>
+struct QuantizedKernel {
+  using Float = ChunkKernel<scalar_t, float, kPn, kSecond, kNoise>;
+  using Vec = typename Float::Vec;
+  using math_t = typename Float::math_t;
+  static constexpr int64_t kQuantSpan = 2048;  // the largest block
+  static_assert(kCpuChunk % kQuantSpan == 0 && kQuantSpan % Float::kRowBlock == 0,
+                "chunks of whole spans, spans of whole row blocks");
+
+  const CpuTensor& t;
+  int64_t block_size;
+  const float* books;  // [4, 256], rows CodeBookRow
+
+  static uint8_t* codes(void* buffer) { return static_cast<uint8_t*>(buffer); }
+
+  // Buffer `out` (n elements from `start`) from its codes and scales.
+  template <bool kSquared>
+  void dequantize(const uint8_t* codes_at, const float* scales, int row, int64_t start, int64_t n, float* out) const {
+    for (int64_t k = 0; k < n; k += block_size) {
+      dequantize_block<kSquared>(codes_at + start + k, books + row * kNumCodes, scales[(start + k) / block_size],
+                                 std::min(block_size, n - k), out + k);
+    }
+  }
+
+  void quantize(const float* x, int row, int64_t start, int64_t n, float* scales, uint8_t* codes_at) const {
+    for (int64_t k = 0; k < n; k += block_size) {
+      quantize_block(x + k, std::min(block_size, n - k), books + row * kNumCodes, scales + (start + k) / block_size,
+                     codes_at + start + k);
+    }
+  }
+
+  void step_range(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz) const {
+    alignas(64) float m[kQuantSpan], m_neg[kQuantSpan], v[kQuantSpan], vmax[kQuantSpan];
+    for (int64_t span = begin; span < end; span += kQuantSpan) {
+      const int64_t n = std::min(kQuantSpan, end - span);
+      dequantize<false>(codes(t.m), t.m_scales, kSignedValues, span, n, m);
+      if (kPn) dequantize<false>(static_cast<const uint8_t*>(t.m_neg), t.m_neg_scales, kSignedValues, span, n, m_neg);
+      if (kSecond != kNoSecondMoment) dequantize<true>(codes(t.v), t.v_scales, kUnsignedValues, span, n, v);
+      if (kSecond == kAmsgrad) dequantize<true>(codes(t.vmax), t.vmax_scales, kUnsignedValues, span, n, vmax);
+      const Float kernel{static_cast<scalar_t*>(t.p) + span,
+                         static_cast<const scalar_t*>(t.g) + span,
+                         m,
+                         m_neg,
+                         v,
+                         vmax,
+                         t.numel,
+                         t.offset + static_cast<uint64_t>(span),
+                         static_cast<uint64_t>(t.scalars.t)};
+      kernel.step_range(0, n, c, nz);
+      // PN's m_neg is read only: its codes and scales stay.
+      quantize(m, kSignedPoints, span, n, t.m_scales, codes(t.m));
+      if (kSecond != kNoSecondMoment) {
+        sqrt_in_place(v, n);
+        quantize(v, kUnsignedPoints, span, n, t.v_scales, codes(t.v));
+      }
+      if (kSecond == kAmsgrad) {
+        sqrt_in_place(vmax, n);
+        quantize(vmax, kUnsignedValues, span, n, t.vmax_scales, codes(t.vmax));  // rounded up: never decreases
+      }
+    }
+  }
+};
+
+// `state_t` uint8_t: 8-bit state (QuantizedKernel), through the float32-state kernel.
 template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise>
 void run_typed(const CpuStep& s) {
-  using Kernel = ChunkKernel<scalar_t, state_t, kPn, kSecond, kNoise>;
+  static constexpr bool kCodes = std::is_same_v<state_t, uint8_t>;
+  using Kernel = ChunkKernel<scalar_t, std::conditional_t<kCodes, float, state_t>, kPn, kSecond, kNoise>;
   using Vec = typename Kernel::Vec;
   using math_t = typename Kernel::math_t;
   const int64_t n = s.num_tensors;
@@ -460,17 +536,23 @@ void run_typed(const CpuStep& s) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       while (chunk >= first_chunk[i + 1]) ++i;  // skips empty tensors, which own no chunk
       const CpuTensor& t = s.tensors[i];
-      const Kernel kernel{static_cast<scalar_t*>(t.p),
-                          static_cast<const scalar_t*>(t.g),
-                          static_cast<state_t*>(t.m),
-                          static_cast<const state_t*>(t.m_neg),
-                          static_cast<state_t*>(t.v),
-                          static_cast<state_t*>(t.vmax),
-                          t.numel,
-                          t.offset,
-                          static_cast<uint64_t>(t.scalars.t)};
       const int64_t start = (chunk - first_chunk[i]) * kCpuChunk;
-      kernel.step_range(start, std::min(start + kCpuChunk, t.numel), coefs[i], nz);
+      const int64_t end = std::min(start + kCpuChunk, t.numel);
+      if constexpr (kCodes) {
+        const QuantizedKernel<scalar_t, kPn, kSecond, kNoise> kernel{t, s.block_size, s.code_books};
+        kernel.step_range(start, end, coefs[i], nz);
+      } else {
+        const Kernel kernel{static_cast<scalar_t*>(t.p),
+                            static_cast<const scalar_t*>(t.g),
+                            static_cast<state_t*>(t.m),
+                            static_cast<const state_t*>(t.m_neg),
+                            static_cast<state_t*>(t.v),
+                            static_cast<state_t*>(t.vmax),
+                            t.numel,
+                            t.offset,
+                            static_cast<uint64_t>(t.scalars.t)};
+        kernel.step_range(start, end, coefs[i], nz);
+      }
     }
   });
 }
@@ -494,11 +576,16 @@ void run_family(const CpuStep& s) {
   });
 }
 
-// float16/bfloat16 params: state of their own type or float32 (validated before).
+// float16/bfloat16 params: state of their own type, float32, or (bfloat16) 8-bit codes (validated before).
 template <typename scalar_t>
 void run_reduced(const CpuStep& s) {
   if (s.state_dtype == CpuDtype::kFloat) run_family<scalar_t, float>(s);
-  else run_family<scalar_t, scalar_t>(s);
+  else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (s.state_dtype == CpuDtype::kCodes8) run_family<scalar_t, uint8_t>(s);
+    else run_family<scalar_t, scalar_t>(s);
+  } else {
+    run_family<scalar_t, scalar_t>(s);
+  }
 }
 
 }  // namespace
@@ -507,10 +594,12 @@ void run_cpu_step(const CpuStep& s) {
   switch (s.dtype) {
     case CpuDtype::kFloat:
       if (s.state_dtype == CpuDtype::kBFloat16) return run_family<float, c10::BFloat16>(s);
+      if (s.state_dtype == CpuDtype::kCodes8) return run_family<float, uint8_t>(s);
       return run_family<float, float>(s);
     case CpuDtype::kDouble: return run_family<double, double>(s);
     case CpuDtype::kHalf: return run_reduced<c10::Half>(s);
     case CpuDtype::kBFloat16: return run_reduced<c10::BFloat16>(s);
+    case CpuDtype::kCodes8: return;  // a state type, never the params' (validated before)
   }
 }
 

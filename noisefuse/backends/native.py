@@ -1,6 +1,7 @@
 """The native backend: ``torch.ops.noisefuse.fused_step_``, one op with a CPU and a CUDA kernel
 (csrc/), chosen by PyTorch's dispatcher. Gradient noise is drawn inside the kernels, float32 state
-of float16/bfloat16 params and stochastic rounding of bfloat16 params are handled there too.
+of float16/bfloat16 params, stochastic rounding of bfloat16 params and 8-bit blockwise state are
+handled there too.
 See docs/backends/native.md."""
 from __future__ import annotations
 
@@ -48,12 +49,14 @@ if _LOAD_ERROR is None and not (hasattr(torch.ops.noisefuse, "sample_weights") a
 
 
 # Every noise kind is drawn inside the kernels (csrc/include/noisefuse/noise_element.h); the state
-# may be float32 for float16/bfloat16 params (a template parameter of the kernels), and bfloat16
-# params are rounded stochastically on store (csrc/include/noisefuse/bf16_rounding.h).
+# may be float32 for float16/bfloat16 params (a template parameter of the kernels), bfloat16
+# params are rounded stochastically on store (csrc/include/noisefuse/bf16_rounding.h), and 8-bit
+# blockwise state is dequantized, stepped and quantized block by block inside the kernels
+# (csrc/cpu/cpu_blockwise.h on CPU).
 supports_noise = True
 supports_mixed_state = True
 supports_stochastic_rounding = True
-supports_blockwise_8bit = False  # the kernels' 8-bit state: not yet
+supports_blockwise_8bit = True
 _warned_layout = False  # set by stream.step_with_foreach: one layout warning per backend
 
 
