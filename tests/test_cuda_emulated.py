@@ -5,8 +5,9 @@ place of the CPU kernel, and are held to the native CPU tests' parity matrix aga
 — and bit for bit against the CPU kernel's baseline build where both compute the same float
 operations. Sizes cross what only CUDA has: kIlp = 4 elements per thread, the 64K-element chunk of
 a block, the tables of 45-73 tensors of one launch, vector-aligned and misaligned (strided-path)
-operands in the same call. The last test reruns a chosen part of this file on the
-AddressSanitizer build, where every access a kernel makes is bounds-checked."""
+operands in the same call. The last test reruns a chosen part of this file, and of
+test_cuda_emulated_8bit.py, on the AddressSanitizer build, where every access a kernel makes is
+bounds-checked."""
 from __future__ import annotations
 
 import contextlib
@@ -372,6 +373,13 @@ MEMCHECK = ("test_each_variant_with_grad_scale and float32 or test_each_variant_
             "or test_stochastic_rounding_equals and float32_state or test_more_tensors_than_one_launch_table and "
             "pn_ams or test_misaligned_views_beside_aligned_tensors and 1 or test_noise_matches_reference and float32 "
             "or test_sample_weights and 513 or test_found_inf or test_a_table_of_empty")
+# And of test_cuda_emulated_8bit.py (its module name holds "8bit", no test here does): both param types,
+# blocks of 16 (PN with amsgrad) and 64, a misaligned view, NaN and inf gradients, several tables,
+# isotropic noise, the AMP skip.
+MEMCHECK_8BIT = ("test_each_variant_with_grad_scale and (pn_ams-float32-b16_linear or heavy_ball-bfloat16) "
+                 "or test_misaligned_views and pn_ams and float32 or test_nan_and_inf and pn_ams "
+                 "or test_more_tensors and heavy_ball or test_noise_matches_reference and isotropic or test_found_inf")
+EIGHT_BIT_TESTS = os.path.join(os.path.dirname(__file__), "test_cuda_emulated_8bit.py")
 
 
 @pytest.mark.skipif(not cuda_emulation.python_can_run_asan(), reason="needs g++'s AddressSanitizer runtime")
@@ -383,8 +391,10 @@ def test_memory_accesses_are_in_bounds():
         pytest.skip("already running on the sanitized build")
     # Triton's library cannot load under the sanitizer (its statically linked C++ runtime defeats the
     # sanitizer's exception interceptor): the child runs as if Triton were not installed.
+    selection = f"not 8bit and ({MEMCHECK}) or 8bit and ({MEMCHECK_8BIT})"
     child = ("import sys; sys.modules['triton'] = None; import pytest; "
-             f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', {__file__!r}, '-k', {MEMCHECK!r}]))")
+             f"sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', {__file__!r}, {EIGHT_BIT_TESTS!r}, "
+             f"'-k', {selection!r}]))")
     cmd = [sys.executable, "-c", child]
     done = subprocess.run(cmd, env=cuda_emulation.asan_environment(), capture_output=True, text=True,
                           cwd=os.path.dirname(__file__), timeout=900)

@@ -61,10 +61,15 @@ def step_tensors(family, hyper, sizes=(5, 1023, 0), dtype=torch.float32, device=
 
 
 def clone(ts):
-    """A deep copy of ``ts``'s lists (8-bit scales included); the format itself is shared."""
-    lists = {k: [t.clone() if torch.is_tensor(t) else t for t in v] for k, v in vars(ts).items() if isinstance(v, list)}
-    return StepTensors(**lists, quantization=ts.quantization,
-                       scales={field: [s.clone() for s in scales] for field, scales in ts.scales.items()})
+    """``ts`` with every tensor of its lists (and of its 8-bit scales) cloned."""
+    def copied(v):
+        if isinstance(v, list):
+            return [t.clone() if torch.is_tensor(t) else t for t in v]
+        if isinstance(v, dict):
+            return {k: copied(x) for k, x in v.items()}
+        return v  # the 8-bit format
+
+    return StepTensors(**{k: copied(v) for k, v in vars(ts).items()})
 
 
 def misalign(ts, index):
@@ -81,8 +86,6 @@ def assert_same(a, b, dtype, exact=False):
     for key, la in vars(a).items():
         if key == "offsets":
             assert la == b.offsets
-            continue
-        if not isinstance(la, list):  # the 8-bit format and scales (test_native_8bit.py compares those)
             continue
         for i, (x, y) in enumerate(zip(la, getattr(b, key))):
             torch.testing.assert_close(x.cpu(), y.cpu(), atol=atol, rtol=rtol, equal_nan=True,

@@ -218,13 +218,20 @@ constexpr bool draws_per_element(int noise_kind, int round) {
 template <int kLists, int kNoise, int kRound>
 using StepTable = TensorTable<kLists, draws_per_element(kNoise, kRound)>;
 
-template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kLists, int kNoise, int kRound>
-__global__ void __launch_bounds__(kBlockThreads)
-    fused_step_kernel(const StepTable<kLists, kNoise, kRound> table, const StepHyper h, const DeviceScalars scalars,
-                      const NoiseHyper noise, const float* weights) {
-  using math_t = at::opmath_type<scalar_t>;
-  if (scalars.found_inf != nullptr && *scalars.found_inf != 0.f) return;  // AMP overflow: the step is a no-op
+// What every thread of a block knows after the block's prologue (block_start).
+template <typename math_t>
+struct BlockStart {
+  int tensor;  // the table entry the block works on
+  bool odd;    // PN: the parity of the step this update makes
+  int64_t step;
+  ElementCoefs<math_t> coefs;
+};
 
+// Thread 0 locates the block's tensor and computes its coefficients into shared memory; the barrier
+// after it also orders any shared memory the other threads filled before calling this.
+template <typename math_t, typename Table>
+__device__ inline BlockStart<math_t> block_start(const Table& table, const StepHyper& h,
+                                                 const DeviceScalars& scalars) {
   __shared__ int tensor_s;
   __shared__ bool odd_s;
   __shared__ ElementCoefs<math_t> coefs_s;
@@ -236,15 +243,41 @@ __global__ void __launch_bounds__(kBlockThreads)
                         &odd_s, &step_s);
   }
   __syncthreads();
-  const int ti = tensor_s;
-  const ElementCoefs<math_t> c = coefs_s;
+  return BlockStart<math_t>{tensor_s, odd_s, step_s, coefs_s};
+}
+
+// The noise values of the chunk at element `start` of table entry `ti`.
+template <int kNoise, int kRound, typename math_t, typename Table>
+__device__ inline BlockNoise<math_t> block_noise(const Table& table, int ti, int64_t start, int64_t step,
+                                                 const NoiseHyper& noise, const float* weights) {
+  return BlockNoise<math_t>{make_noise_coefs<math_t, math_t>(noise),
+                            weights,
+                            noise.seed,
+                            (draws_per_element(kNoise, kRound) ? static_cast<uint64_t>(table.offsets[ti]) : 0) +
+                                static_cast<uint64_t>(start),
+                            static_cast<uint64_t>(step),
+                            table.numel[ti],
+                            noise.batch,
+                            noise.centered};
+}
+
+template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kLists, int kNoise, int kRound>
+__global__ void __launch_bounds__(kBlockThreads)
+    fused_step_kernel(const StepTable<kLists, kNoise, kRound> table, const StepHyper h, const DeviceScalars scalars,
+                      const NoiseHyper noise, const float* weights) {
+  using math_t = at::opmath_type<scalar_t>;
+  if (scalars.found_inf != nullptr && *scalars.found_inf != 0.f) return;  // AMP overflow: the step is a no-op
+
+  const BlockStart<math_t> block = block_start<math_t>(table, h, scalars);
+  const int ti = block.tensor;
+  const ElementCoefs<math_t> c = block.coefs;
 
   // The only 64-bit arithmetic: the chunk's offset. Inside a chunk, indices fit in 32 bits.
   const int64_t start = static_cast<int64_t>(blockIdx.x - table.first_block[ti]) * kChunkSize;
   const int n = static_cast<int>(min(kChunkSize, table.numel[ti] - start));
   auto param_list = [&](int list) { return static_cast<scalar_t*>(table.ptrs[list][ti]) + start; };
   auto state_list = [&](int list) { return static_cast<state_t*>(table.ptrs[list][ti]) + start; };
-  const int pos_list = (kPn && !odd_s) ? 3 : 2;  // PN: exp_avgs (2) is "pos" at odd steps
+  const int pos_list = (kPn && !block.odd) ? 3 : 2;  // PN: exp_avgs (2) is "pos" at odd steps
   const ChunkPtrs<scalar_t, state_t> x{param_list(0),
                                        param_list(1),
                                        state_list(pos_list),
@@ -252,15 +285,7 @@ __global__ void __launch_bounds__(kBlockThreads)
                                        kSecond != kNoSecondMoment ? state_list(3 + kPn) : nullptr,
                                        kSecond == kAmsgrad ? state_list(4 + kPn) : nullptr};
 
-  const BlockNoise<math_t> nz{make_noise_coefs<math_t, math_t>(noise),
-                              weights,
-                              noise.seed,
-                              (draws_per_element(kNoise, kRound) ? static_cast<uint64_t>(table.offsets[ti]) : 0) +
-                                  static_cast<uint64_t>(start),
-                              static_cast<uint64_t>(step_s),
-                              table.numel[ti],
-                              noise.batch,
-                              noise.centered};
+  const BlockNoise<math_t> nz = block_noise<kNoise, kRound, math_t>(table, ti, start, block.step, noise, weights);
 
   bool aligned = is_aligned<scalar_t>(x.p) && is_aligned<scalar_t>(x.g) && is_aligned<state_t>(x.m);
   // Rows are aligned when the first is and each is a whole number of packs long.
@@ -319,24 +344,29 @@ void launch_fused_step(const std::vector<at::TensorList>& lists, const FusedStep
       });
 }
 
-template <typename scalar_t, typename state_t, int kRound>
-void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
-                  const LaunchNoise& noise, const DeviceScalars& scalars) {
+// fn(pn, second, kind) with the call's family flags and noise kind as integral constants.
+template <typename Fn>
+void dispatch_variant(const FusedStepLists& l, const LaunchNoise& noise, Fn&& fn) {
   using None = std::integral_constant<int, kNoNoise>;
   using Iso = std::integral_constant<int, kIsotropicNoise>;
   using Fisher = std::integral_constant<int, kDiagFisherNoise>;
   using Mult = std::integral_constant<int, kMultiplicativeNoise>;
   dispatch_family(l.pn(), l.second_moment(), l.amsgrad(), [&](auto pn, auto second) {
-    const auto run = [&](auto kind) {
-      launch_fused_step<scalar_t, state_t, decltype(pn)::value, decltype(second)::value, decltype(kind)::value,
-                        kRound>(lists, l, h, noise, scalars);
-    };
     switch (noise.hyper.kind) {
-      case kIsotropicNoise: return run(Iso{});
-      case kDiagFisherNoise: return run(Fisher{});
-      case kMultiplicativeNoise: return run(Mult{});
-      default: return run(None{});
+      case kIsotropicNoise: return fn(pn, second, Iso{});
+      case kDiagFisherNoise: return fn(pn, second, Fisher{});
+      case kMultiplicativeNoise: return fn(pn, second, Mult{});
+      default: return fn(pn, second, None{});
     }
+  });
+}
+
+template <typename scalar_t, typename state_t, int kRound>
+void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
+                  const LaunchNoise& noise, const DeviceScalars& scalars) {
+  dispatch_variant(l, noise, [&](auto pn, auto second, auto kind) {
+    launch_fused_step<scalar_t, state_t, decltype(pn)::value, decltype(second)::value, decltype(kind)::value, kRound>(
+        lists, l, h, noise, scalars);
   });
 }
 

@@ -1,7 +1,8 @@
 // The seam between the CUDA op (fused_step_cuda.cu) and its kernel variants: the variants of each
 // (param type, state type, stochastic stores) are compiled in their own file (fused_step_variants_*.cu,
-// explicit instantiations of launch_typed), so a build compiles them in parallel; the op only
-// declares them. Plain C++: no CUDA syntax, so the op's dispatch reads like the CPU one.
+// explicit instantiations of launch_typed, and of launch_blockwise for 8-bit state), so a build
+// compiles them in parallel; the op only declares them. Plain C++: no CUDA syntax, so the op's
+// dispatch reads like the CPU one.
 #pragma once
 
 #include <vector>
@@ -41,6 +42,14 @@ enum StochasticStores : int { kRoundNone = 0, kRoundParams = 1, kRoundState = 2 
 template <typename scalar_t, typename state_t, int kRound>
 void launch_typed(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const StepHyper& h,
                   const LaunchNoise& noise, const DeviceScalars& scalars);
+
+// The same for 8-bit blockwise state (fused_step_blockwise.cuh): uint8 codes in the state lists,
+// their scales and the code books in `blockwise`. Float32 or bfloat16 params, the latter rounded to
+// nearest or stochastically (kRound: kRoundNone or kRoundParams). Instantiated in
+// fused_step_variants_{float,bfloat16}_8bit.cu.
+template <typename scalar_t, int kRound>
+void launch_blockwise(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const BlockwiseArgs& blockwise,
+                      const StepHyper& h, const LaunchNoise& noise, const DeviceScalars& scalars);
 
 }  // namespace cuda
 }  // namespace noisefuse

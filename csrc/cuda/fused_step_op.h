@@ -1,9 +1,9 @@
 // The op noisefuse::fused_step_ on the CUDA kernels: validate the call (shared with the CPU kernel),
 // lay out the rows and weights of the noise, and run the variant of the params' and state's types
 // and of the stores rounded stochastically (fused_step_launch.h); the kernels are in
-// fused_step_kernels.cuh, and docs/backends/native.md describes them. The CUDA build registers it
-// (fused_step_cuda.cu), and so does the CUDA emulation (csrc/emulation), where the same code
-// launches the same kernels on CPU tensors.
+// fused_step_kernels.cuh (8-bit state: fused_step_blockwise.cuh), and docs/backends/native.md
+// describes them. The CUDA build registers it (fused_step_cuda.cu), and so does the CUDA emulation
+// (csrc/emulation), where the same code launches the same kernels on CPU tensors.
 #pragma once
 
 #include <optional>
@@ -49,7 +49,6 @@ inline void fused_step_device(at::TensorList params, at::TensorList grads, at::T
                                               ScalarTensors{grad_scale, found_inf, lr_tensor}, noise,
                                               blockwise, kDeviceType, &nh);
   if (params.empty()) return;
-  TORCH_CHECK(!blockwise.enabled(), "noisefuse.fused_step_: this build has no 8-bit state kernels yet");
   const DeviceGuard device_guard(params[0].device());
   const auto device_ptr = [](const std::optional<at::Tensor>& t) {
     return t.has_value() ? t->const_data_ptr<float>() : nullptr;
@@ -62,6 +61,15 @@ inline void fused_step_device(at::TensorList params, at::TensorList grads, at::T
   const LaunchNoise launch{nh, noise.uses_offsets() ? offsets : at::IntArrayRef(),
                            weights.defined() ? weights.const_data_ptr<float>() : nullptr};
   const std::vector<at::TensorList> lists = l.elementwise(rows.empty() ? grads : at::TensorList(rows));
+  if (blockwise.enabled()) {  // float32 or bfloat16 params (validated)
+    if (params[0].scalar_type() == at::kFloat) {
+      return launch_blockwise<float, kRoundNone>(lists, l, blockwise, h, launch, scalars);
+    }
+    if (nh.stochastic_rounding) {
+      return launch_blockwise<at::BFloat16, kRoundParams>(lists, l, blockwise, h, launch, scalars);
+    }
+    return launch_blockwise<at::BFloat16, kRoundNone>(lists, l, blockwise, h, launch, scalars);
+  }
   const at::ScalarType state = exp_avgs[0].scalar_type();
   const bool float_state = state == at::kFloat;
   switch (params[0].scalar_type()) {

@@ -1,6 +1,6 @@
 // The CUDA kernel variants for bfloat16 params with bfloat16 state rounded stochastically, the
 // params rounded to nearest or stochastically.
-// One of six files that split the variants of fused_step_kernels.cuh, so that a build compiles
+// One of eight files that split the kernel variants (fused_step_launch.h), so that a build compiles
 // them in parallel.
 #include "fused_step_kernels.cuh"
 

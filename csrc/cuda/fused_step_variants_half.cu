@@ -1,5 +1,5 @@
 // The CUDA kernel variants for float16 params, with float16 or float32 state.
-// One of six files that split the variants of fused_step_kernels.cuh, so that a build compiles
+// One of eight files that split the kernel variants (fused_step_launch.h), so that a build compiles
 // them in parallel.
 #include "fused_step_kernels.cuh"
 

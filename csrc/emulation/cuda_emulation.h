@@ -79,3 +79,5 @@ inline unsigned int __float_as_uint(float x) {
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+// The correctly rounded square root (IEEE 754's sqrt, as std::sqrt is).
+inline float __fsqrt_rn(float x) { return std::sqrt(x); }

@@ -1,0 +1,276 @@
+// The CUDA kernel of noisefuse::fused_step_ with 8-bit blockwise state (docs/kernel-contract.md,
+// "8-bit blockwise state"), as templates: fused_step_variants_{float,bfloat16}_8bit.cu instantiate
+// them. Launches, tables, counters, noise, the per-element update and the params' stores are those of
+// fused_step_kernels.cuh; what differs is how the state is loaded and stored.
+//
+// Each state buffer is uint8 codes plus one float32 scale per block of `block_size` (a power of two
+// in [16, 2048]) elements of the tensor's flat index; the scales travel as extra pointer lists of
+// the table, one per state list, offset to the chunk by start / block_size. Per element, with the
+// code books S, Ms, U, Mu (rows of maps.tables) in shared memory:
+//   dequantize   m = S[c] * s,   v = (U[c] * s)^2 (the buffer holds sqrt(v))
+//   update       update_element.h, in float32
+//   quantize     for each written buffer's new values x (m, sqrt_rn(v), sqrt_rn(vmax)) over a block:
+//                s' = max |x| over its finite x (0 if none); x := 0 where NaN;
+//                c' = #{k < 255 : T[k] * s' < x}, T = Ms (m), Mu (v), U (vmax, rounded up).
+// Products and comparisons only (no division, __fmul_rn so that nothing is contracted, a correctly
+// rounded sqrt): given the same float32 values, the codes and scales are the reference's bit for bit.
+//
+// A block's scale needs every new value of the block first. The threads of a block walk their chunk
+// in tiles of kTile = kBlockThreads * kIlp elements, each thread kIlp consecutive ones; a tile holds
+// whole quantization blocks (block_size <= kTile and tiles start at multiples of kTile), the
+// block_size / kIlp threads of one quantization block being consecutive. Each thread updates its
+// elements in registers and writes its params, puts its finite maximum of each written buffer in
+// shared memory, and a tree reduction within each quantization block (log2(block_size / kIlp)
+// rounds, a barrier after each that every thread of the block reaches, those past the tensor's end
+// included) leaves the block's scale with its first thread; then each thread encodes its elements.
+// No warp shuffles: the same code runs on the CUDA emulation, which has no warps.
+#pragma once
+
+#include <cfloat>
+#include <cstdint>
+#include <type_traits>
+
+#include "fused_step_kernels.cuh"
+
+namespace noisefuse {
+namespace cuda {
+
+// Rows of the code-book table (noisefuse/state/maps.py, tables()).
+enum CodeBookRow : int { kSignedValues = 0, kSignedPoints = 1, kUnsignedValues = 2, kUnsignedPoints = 3 };
+constexpr int kCodeBookRows = 4;
+constexpr int kCodes = 256;
+constexpr int kMaxWritten = 3;  // buffers a step writes: the momentum, v, the amsgrad maximum
+
+// Elements of one pass of a block's threads: whole quantization blocks of any size, and whole
+// tiles in a chunk.
+constexpr int kTile = kBlockThreads * kIlp;
+static_assert(kTile % 2048 == 0 && kChunkSize % kTile == 0, "a tile must hold whole blocks of up to 2048 elements");
+
+// The call's 8-bit state values as the kernel sees them.
+struct BlockwiseHyper {
+  const float* code_books;  // [4, 256] float32 (CodeBookRow), device memory
+  int32_t block_shift;      // log2(block_size)
+};
+
+// The table: the element-wise lists (params, grads, kLists - 2 state lists of codes), then the
+// scales of each state list in the same order.
+template <int kLists, int kNoise, int kRound>
+using BlockwiseTable = TensorTable<2 * kLists - 2, draws_per_element(kNoise, kRound)>;
+
+// Lanes [i, i + kIlp) of `src` as type U: one vector load when `vector`, else one load per lane
+// below n (the others 0).
+template <typename T, typename U>
+__device__ inline void load_lanes(const T* src, int i, int n, bool vector, U* out) {
+  if (vector) {
+    const Pack<T> pack = *reinterpret_cast<const Pack<T>*>(src + i);
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) out[j] = static_cast<U>(pack.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) out[j] = i + j < n ? static_cast<U>(src[i + j]) : U(0);
+  }
+}
+
+template <typename T>
+__device__ inline void store_lanes(T* dst, int i, int n, bool vector, const T* values) {
+  if (vector) {
+    Pack<T> pack;
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) pack.v[j] = values[j];
+    *reinterpret_cast<Pack<T>*>(dst + i) = pack;
+  } else {
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) {
+      if (i + j < n) dst[i + j] = values[j];
+    }
+  }
+}
+
+// |x| where x is finite, else 0: NaN and inf never set a scale.
+__device__ inline float finite_magnitude(float x) {
+  const float a = fabsf(x);
+  return a <= FLT_MAX ? a : 0.f;
+}
+
+// #{k < 255 : points[k] * scale < x}, a branchless binary search over the sorted products (scale >= 0);
+// points[255] (+inf) is never read. x is not NaN.
+__device__ inline uint8_t encode_value(const float* points, float scale, float x) {
+  int c = 0;
+#pragma unroll
+  for (int w = kCodes / 2; w >= 1; w /= 2) {
+    if (__fmul_rn(points[c + w - 1], scale) < x) c += w;
+  }
+  return static_cast<uint8_t>(c);
+}
+
+template <typename scalar_t, bool kPn, int kSecond, int kLists, int kNoise, int kRound>
+__global__ void __launch_bounds__(kBlockThreads)
+    blockwise_step_kernel(const BlockwiseTable<kLists, kNoise, kRound> table, const StepHyper h,
+                          const DeviceScalars scalars, const NoiseHyper noise, const float* weights,
+                          const BlockwiseHyper q) {
+  static_assert(std::is_same_v<at::opmath_type<scalar_t>, float>, "8-bit state is for float32 and bfloat16 params");
+  if (scalars.found_inf != nullptr && *scalars.found_inf != 0.f) return;  // AMP overflow: the step is a no-op
+
+  // The buffers this step writes, in this order: the (positive) momentum, v, the amsgrad maximum.
+  constexpr int kWritten = 1 + (kSecond != kNoSecondMoment ? 1 : 0) + (kSecond == kAmsgrad ? 1 : 0);
+  __shared__ float books[kCodeBookRows][kCodes];
+  __shared__ float block_max[kWritten][kBlockThreads];
+  for (int k = threadIdx.x; k < kCodeBookRows * kCodes; k += blockDim.x) {
+    books[k / kCodes][k % kCodes] = q.code_books[k];
+  }
+  const BlockStart<float> block = block_start<float>(table, h, scalars);  // its barrier publishes `books`
+  const int ti = block.tensor;
+  const ElementCoefs<float> c = block.coefs;
+
+  const int64_t start = static_cast<int64_t>(blockIdx.x - table.first_block[ti]) * kChunkSize;
+  const int n = static_cast<int>(min(kChunkSize, table.numel[ti] - start));
+  // State list k (0: exp_avgs, then neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs where used) is
+  // table list 2 + k; its scales are list kLists + k.
+  const auto codes = [&](int k) { return static_cast<uint8_t*>(table.ptrs[2 + k][ti]) + start; };
+  const auto scales = [&](int k) { return static_cast<float*>(table.ptrs[kLists + k][ti]) + (start >> q.block_shift); };
+  const int pos = (kPn && !block.odd) ? 1 : 0;  // PN: exp_avgs is "pos" at odd steps
+  scalar_t* const p = static_cast<scalar_t*>(table.ptrs[0][ti]) + start;
+  const scalar_t* const g = static_cast<const scalar_t*>(table.ptrs[1][ti]) + start;
+  // Indexed by written buffer (the first kWritten entries are used).
+  uint8_t* const out_codes[kMaxWritten] = {codes(pos), kWritten > 1 ? codes(1 + kPn) : nullptr,
+                                           kWritten > 2 ? codes(2 + kPn) : nullptr};
+  float* const out_scales[kMaxWritten] = {scales(pos), kWritten > 1 ? scales(1 + kPn) : nullptr,
+                                          kWritten > 2 ? scales(2 + kPn) : nullptr};
+  const uint8_t* const neg_codes = kPn ? codes(1 - pos) : nullptr;
+  const float* const neg_scales = kPn ? scales(1 - pos) : nullptr;
+  // Decision points of each written buffer: nearest for m and v, rounded up for the maximum.
+  const float* const points[kMaxWritten] = {books[kSignedPoints], books[kUnsignedPoints], books[kUnsignedValues]};
+
+  const BlockNoise<float> nz = block_noise<kNoise, kRound, float>(table, ti, start, block.step, noise, weights);
+
+  bool aligned = is_aligned<scalar_t>(p) && is_aligned<scalar_t>(g);
+  for (int k = 0; k < kWritten; ++k) aligned = aligned && is_aligned<uint8_t>(out_codes[k]);
+  if (kPn) aligned = aligned && is_aligned<uint8_t>(neg_codes);
+  // Rows are aligned when the first is and each is a whole number of packs long.
+  if (noise_reads_rows(kNoise)) aligned = aligned && table.numel[ti] % kIlp == 0;
+
+  const int lanes = (1 << q.block_shift) / kIlp;  // threads per quantization block, a power of two
+  const int lane = threadIdx.x & (lanes - 1);
+  for (int tile = 0; tile < n; tile += kTile) {  // the same trip count for every thread: barriers inside
+    const int i = tile + threadIdx.x * kIlp;     // this thread's first element
+    const bool vector = aligned && i + kIlp <= n;
+    const int blk = i >> q.block_shift;  // all kIlp elements are in this block (kIlp divides block_size)
+    float x[kWritten][kIlp];             // the new values to encode: m, sqrt(v), sqrt(vmax)
+    float magnitude[kWritten] = {};      // their finite maximum over this thread's lanes below n
+    if (i < n) {
+      Regs<float> r{};
+      uint8_t cm[kIlp], cv[kIlp];
+      load_lanes(p, i, n, vector, r.p);
+      load_lanes(out_codes[0], i, n, vector, cm);
+      const float sm = out_scales[0][blk];
+#pragma unroll
+      for (int j = 0; j < kIlp; ++j) r.m[j] = __fmul_rn(books[kSignedValues][cm[j]], sm);
+      if constexpr (kPn) {
+        load_lanes(neg_codes, i, n, vector, cm);
+        const float sn = neg_scales[blk];
+#pragma unroll
+        for (int j = 0; j < kIlp; ++j) r.mn[j] = __fmul_rn(books[kSignedValues][cm[j]], sn);
+      }
+      const auto load_square = [&](int k, float* out) {
+        load_lanes(out_codes[k], i, n, vector, cv);
+        const float s = out_scales[k][blk];
+#pragma unroll
+        for (int j = 0; j < kIlp; ++j) {
+          const float root = __fmul_rn(books[kUnsignedValues][cv[j]], s);
+          out[j] = __fmul_rn(root, root);
+        }
+      };
+      if constexpr (kSecond != kNoSecondMoment) load_square(1, r.v);
+      if constexpr (kSecond == kAmsgrad) load_square(2, r.vm);
+      const auto load_row = [&](int b, float* out) { load_lanes(g + b * nz.row_stride, i, n, vector, out); };
+      form_grads<kNoise, kIlp>(load_row, [&](int j) { return i + j; }, c, nz, r.g);
+      update_regs<kPn, kSecond>(c, r);
+
+      scalar_t params[kIlp];
+#pragma unroll
+      for (int j = 0; j < kIlp; ++j) {
+        params[j] = store_value<rounds_params(kRound), kParamStore, scalar_t>(r.p[j], rounding_draw<kRound>(nz, i + j));
+      }
+      store_lanes(p, i, n, vector, params);
+#pragma unroll
+      for (int j = 0; j < kIlp; ++j) {
+        x[0][j] = r.m[j];
+        if (kSecond != kNoSecondMoment) x[1][j] = __fsqrt_rn(r.v[j]);
+        if (kSecond == kAmsgrad) x[2][j] = __fsqrt_rn(r.vm[j]);
+      }
+#pragma unroll
+      for (int k = 0; k < kWritten; ++k) {
+#pragma unroll
+        for (int j = 0; j < kIlp; ++j) {
+          if (i + j < n) magnitude[k] = max(magnitude[k], finite_magnitude(x[k][j]));
+        }
+      }
+    }
+    // The block's maximum: a tree over its `lanes` consecutive threads, ending at its first thread.
+    for (int k = 0; k < kWritten; ++k) block_max[k][threadIdx.x] = magnitude[k];
+    __syncthreads();
+    for (int half = lanes / 2; half > 0; half /= 2) {
+      if (lane < half) {
+        for (int k = 0; k < kWritten; ++k) {
+          block_max[k][threadIdx.x] = max(block_max[k][threadIdx.x], block_max[k][threadIdx.x + half]);
+        }
+      }
+      __syncthreads();
+    }
+    if (i < n) {
+#pragma unroll
+      for (int k = 0; k < kWritten; ++k) {
+        // Every thread of the block read the old scale before the first barrier above.
+        const float scale = block_max[k][threadIdx.x - lane];
+        if (lane == 0) out_scales[k][blk] = scale;
+        uint8_t encoded[kIlp];
+#pragma unroll
+        for (int j = 0; j < kIlp; ++j) encoded[j] = encode_value(points[k], scale, x[k][j] != x[k][j] ? 0.f : x[k][j]);
+        store_lanes(out_codes[k], i, n, vector, encoded);
+      }
+    }
+    __syncthreads();  // the next tile rewrites block_max
+  }
+}
+
+template <typename scalar_t, bool kPn, int kSecond, int kNoise, int kRound>
+void launch_blockwise_step(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const BlockwiseArgs& b,
+                           const StepHyper& h, const LaunchNoise& noise, const DeviceScalars& scalars) {
+  constexpr int kLists = 3 + (kPn ? 1 : 0) + kSecond;
+  constexpr int kStateLists = kLists - 2;
+  constexpr bool kOffsets = draws_per_element(kNoise, kRound);
+  using Table = BlockwiseTable<kLists, kNoise, kRound>;
+  static_assert(sizeof(Table) <= kTableBytes, "the tensor table outgrew its share of the kernel arguments");
+  static_assert(sizeof(Table) + sizeof(StepHyper) + sizeof(DeviceScalars) + sizeof(NoiseHyper) + sizeof(float*) +
+                        sizeof(BlockwiseHyper) <=
+                    kKernelParamBytes,
+                "the kernel arguments exceed CUDA's 4 KB parameter limit");
+  std::vector<at::TensorList> with_scales(lists);
+  const size_t n = l.params.size();
+  for (int k = 0; k < kStateLists; ++k) with_scales.push_back(b.scales.slice(k * n, n));
+  int32_t shift = 0;
+  while ((int64_t{1} << shift) < b.block_size) ++shift;
+  const BlockwiseHyper q{b.code_books->const_data_ptr<float>(), shift};
+  multi_tensor_apply<2 * kLists - 2, kOffsets>(
+      with_scales, l.steps, l.beta1_prods, noise.offsets, [&](const Table& table) {
+        const int32_t blocks = table.first_block[table.num_tensors];
+        if (blocks > 0) {  // a table of empty tensors only has counters to advance
+          launch_kernel(blockwise_step_kernel<scalar_t, kPn, kSecond, kLists, kNoise, kRound>, blocks, kBlockThreads,
+                        table, h, scalars, noise.hyper, noise.weights, q);
+        }
+        constexpr int kCounterThreads = 32 * ((Table::kMaxTensors + 31) / 32);
+        launch_kernel(advance_counters_kernel<Table>, 1, kCounterThreads, table, h, scalars.found_inf);
+      });
+}
+
+template <typename scalar_t, int kRound>
+void launch_blockwise(const std::vector<at::TensorList>& lists, const FusedStepLists& l, const BlockwiseArgs& b,
+                      const StepHyper& h, const LaunchNoise& noise, const DeviceScalars& scalars) {
+  dispatch_variant(l, noise, [&](auto pn, auto second, auto kind) {
+    launch_blockwise_step<scalar_t, decltype(pn)::value, decltype(second)::value, decltype(kind)::value, kRound>(
+        lists, l, b, h, noise, scalars);
+  });
+}
+
+}  // namespace cuda
+}  // namespace noisefuse
