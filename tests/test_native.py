@@ -87,6 +87,8 @@ def assert_same(a, b, dtype, exact=False):
         if key == "offsets":
             assert la == b.offsets
             continue
+        if not isinstance(la, list):  # the 8-bit format and scales (test_native_8bit.py compares those)
+            continue
         for i, (x, y) in enumerate(zip(la, getattr(b, key))):
             torch.testing.assert_close(x.cpu(), y.cpu(), atol=atol, rtol=rtol, equal_nan=True,
                                        msg=lambda m: f"{key}[{i}]: {m}")
