@@ -1,13 +1,12 @@
 """Shared inputs and checks of the 8-bit state tests of the fused backends
 (docs/kernel-contract.md, "8-bit blockwise state"): the format under test, the comparison with the
-reference (codes equal but for rare flips, scales close) and the bit-for-bit one, and the
-reference's quantization with the contract's correctly rounded square root."""
+reference (codes equal but for rare flips, scales close) and the bit-for-bit one."""
 from __future__ import annotations
 
 import torch
 
 import noisefuse as nf
-from noisefuse.state.blockwise import SCALES_SUFFIX, SIGNED_FIELDS, quantize
+from noisefuse.state.blockwise import SCALES_SUFFIX
 
 # min_numel=1: every param but an empty one keeps 8-bit state (an empty one keeps float32 state,
 # stepped in a call of its own).
@@ -18,7 +17,7 @@ def spec(block_size=256, code_book="dynamic"):
     return nf.state.Blockwise8bit(block_size=block_size, code_book=code_book, min_numel=MIN_NUMEL)
 
 
-def assert_8bit_close(opt_a, opt_b, params_a, params_b, dtype, flips=0.002):
+def assert_8bit_close(opt_a, opt_b, params_a, params_b, dtype=torch.float32, flips=0.002):
     """Params to tolerance; 8-bit codes equal but for a ``flips`` fraction; scales close; float
     state (the params below min_numel) to float32 tolerance."""
     atol, rtol = (1e-5, 1e-4) if dtype == torch.float32 else (8e-3, 1.6e-2)
@@ -26,7 +25,7 @@ def assert_8bit_close(opt_a, opt_b, params_a, params_b, dtype, flips=0.002):
         # A flipped code moves its element's momentum by a code step, and its param by lr times that.
         apart = int((~torch.isclose(pa.detach(), pb.detach(), atol=atol, rtol=rtol, equal_nan=True)).sum())
         assert apart <= max(2, flips * pa.numel()), f"param {i}: {apart} elements apart"
-        torch.testing.assert_close(pa.detach(), pb.detach(), atol=1e-3, rtol=1e-2, equal_nan=True,
+        torch.testing.assert_close(pa.detach(), pb.detach(), atol=2e-3, rtol=1e-2, equal_nan=True,
                                    msg=lambda m: f"param {i}: {m}")
         sa, sb = opt_a.state[pa], opt_b.state[pb]
         assert sa.keys() == sb.keys(), f"param {i}: {sorted(sa)} vs {sorted(sb)}"
@@ -58,13 +57,3 @@ def assert_8bit_equal(opt_a, opt_b, params_a, params_b):
                 assert torch.equal(va, vb), f"{key}: {int((va != vb).sum())} of {va.numel()} differ"
                 compared += 1
     assert compared > 0
-
-
-def encode_with_correctly_rounded_sqrt(x, spec, field):
-    """``blockwise.encode`` with the contract's ``sqrt_rn``. torch's float32 ``sqrt`` on the CPU is
-    not correctly rounded here (torch 2.14: about 0.7% of uniform inputs come out an ulp off), so the
-    reference's second-moment scales can be an ulp from any correctly rounded backend's; a float64
-    square root rounded to float32 is correctly rounded (53 >= 2 * 24 + 2 bits)."""
-    if field in SIGNED_FIELDS:
-        return quantize(x, spec, signed=True)
-    return quantize(x.double().sqrt().float(), spec, signed=False, round_up=field == "max_exp_avg_sqs")

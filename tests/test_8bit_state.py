@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import noisefuse as nf
+from blockwise_cases import assert_8bit_close
 from cases import CONFIGS, make_grads, make_params, run, saved_and_loaded
 from noisefuse.optim.precision import COUNTERS
 from noisefuse.state import Blockwise8bit, maps
@@ -128,28 +129,6 @@ def test_amsgrad_maximum_never_decreases_through_steps(backend):
         now = decode(state["max_exp_avg_sq"], state["max_exp_avg_sq" + SCALES_SUFFIX], spec, "max_exp_avg_sqs")
         assert bool((now >= previous).all()), step
         previous = now
-
-
-def assert_8bit_close(opt_a, opt_b, params_a, params_b, max_flip=0.002):
-    """Params to float32-order tolerance and 8-bit codes equal but for rare flips (a float32 value
-    an ulp apart on another backend crosses a decision point about once in 10^5 elements per step;
-    the element then drifts by a code step), scales close."""
-    for i, (pa, pb) in enumerate(zip(params_a, params_b)):
-        torch.testing.assert_close(pa.detach(), pb.detach(), atol=2e-3, rtol=1e-2, msg=lambda m: f"param {i}: {m}")
-        apart = int((~torch.isclose(pa.detach(), pb.detach(), atol=1e-5, rtol=1e-4)).sum())
-        assert apart <= max(2, max_flip * pa.numel()), f"param {i}: {apart} elements apart"
-        sa, sb = opt_a.state[pa], opt_b.state[pb]
-        assert sa.keys() == sb.keys()
-        for key in sa:
-            va, vb = sa[key], sb[key]
-            assert va.dtype == vb.dtype, key
-            if key in COUNTERS:
-                torch.testing.assert_close(va, vb, atol=0, rtol=1e-14)
-            elif va.dtype == torch.uint8:
-                apart = int((va != vb).sum())
-                assert apart <= max(2, max_flip * va.numel()), f"param {i} {key}: {apart} codes apart"
-            else:
-                torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-3, msg=lambda m: f"param {i} {key}: {m}")
 
 
 SPEC = Blockwise8bit(block_size=64, min_numel=1000)  # params of 1023 and 4097 elements are 8-bit

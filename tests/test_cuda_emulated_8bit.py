@@ -19,13 +19,13 @@ import pytest
 import torch
 
 import noisefuse as nf
+from blockwise_cases import assert_8bit_close
 from cases import CONFIGS, make_params, run, saved_and_loaded
 from noise_cases import noisy_run
 from noisefuse.backends import native, reference
 from noisefuse.backends.step_tensors import StepTensors
 from noisefuse.state import Blockwise8bit
 from noisefuse.state.blockwise import encode, zero_code
-from test_8bit_state import assert_8bit_close
 from test_cuda_emulated import CHUNK, ILP, emulated, emulated_kernels  # noqa: F401  (the fixture)
 from test_native import FAMILIES, STATE_LISTS, op_args, step_tensors
 

@@ -17,14 +17,13 @@ import torch
 
 pytest.importorskip("triton")
 
-from blockwise_cases import (assert_8bit_close, assert_8bit_equal, encode_with_correctly_rounded_sqrt,  # noqa: E402
-                             spec)
+from blockwise_cases import assert_8bit_close, assert_8bit_equal, spec  # noqa: E402
 from cases import CONFIGS, SIZES, make_grads, make_params, on_cpu, run  # noqa: E402
 from noise_cases import noisy_run  # noqa: E402
 # Imported before any test switches the interpreter on, so that these are the compiled kernels the
 # PTX tests need (the interpreted copies the other tests run are loaded apart: launch.kernels_for).
 from noisefuse.backends.triton_kernels import kernels, launch  # noqa: E402
-from noisefuse.state import host_step, maps  # noqa: E402
+from noisefuse.state import maps  # noqa: E402
 from noisefuse.state.blockwise import SCALES_SUFFIX, SIGNED_FIELDS, decode, zero_code  # noqa: E402
 
 # SIZES with blockwise_cases.MIN_NUMEL: an empty param (float32 state), a one-element tensor (one
@@ -89,8 +88,7 @@ def test_zero_gradients_give_bit_identical_codes_and_scales(config, code_book, m
     every backend; dequantization, the square root and quantization are correctly rounded products
     and comparisons. The Triton optimizer starts from copies of the reference's state (the same
     starting codes, scales and counters); PN's buffers swap roles between the zero-gradient steps.
-    The reference quantizes with a correctly rounded square root (encode_with_correctly_rounded_sqrt)."""
-    monkeypatch.setattr(host_step, "encode", encode_with_correctly_rounded_sqrt)
+    The reference quantizes with a correctly rounded square root, as the kernel does."""
     state_dtype = spec(64, code_book)
     params = make_params(SIZES)
     pa, oa = run(config, "reference", params, steps=5, state_dtype=state_dtype)

@@ -7,11 +7,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from blockwise_cases import (assert_8bit_close, assert_8bit_equal, encode_with_correctly_rounded_sqrt,  # noqa: E402
-                             spec)
+from blockwise_cases import assert_8bit_close, assert_8bit_equal, spec  # noqa: E402
 from cases import BIG_SIZE, CONFIGS, SIZES, capture_after_warm_up, make_grads, make_params, run  # noqa: E402
 from noise_cases import noisy_run  # noqa: E402
-from noisefuse.state import host_step  # noqa: E402
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -67,7 +65,6 @@ def test_noise(noise, config):
 def test_zero_gradients_give_bit_identical_codes_and_scales(config, code_book, block_size, monkeypatch):
     # As in test_triton_8bit.py: from the reference's state after real steps, zero gradients and no
     # weight decay leave one multiply per buffer, compiled or not (FMA contraction has nothing to add).
-    monkeypatch.setattr(host_step, "encode", encode_with_correctly_rounded_sqrt)
     state_dtype = spec(block_size, code_book)
     pa, oa = run(config, "reference", make_params(FULL, device="cuda"), steps=5, state_dtype=state_dtype)
     pb = [p.detach().clone().requires_grad_() for p in pa]
