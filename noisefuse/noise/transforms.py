@@ -51,8 +51,10 @@ def diag_fisher(rows: torch.Tensor, scale: float, centered: bool, seed: int, ste
 def weighted_mean(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     r""":math:`g = \big(\sum_i w_i g_i\big) / B` for the multiplicative noise (``weights``: ``[B]``)."""
     batch = rows.shape[0]
-    w = weights.to(device=rows.device, dtype=rows.dtype)
-    return torch.tensordot(w, rows, dims=1) / batch
+    w = weights.to(device=rows.device, dtype=rows.dtype).view(batch, *[1] * (rows.dim() - 1))
+    # A sum over the rows, not tensordot: BLAS blocks a matrix-vector product by the matrix's shape,
+    # so a param split in two would get other roundings than the whole (seen with oneDNN on Intel).
+    return (w * rows).sum(0) / batch
 
 
 def sample_weights(noise: Multiplicative, batch_size: int, seed: int, step, device=None) -> torch.Tensor:
