@@ -39,7 +39,9 @@ BEGIN=$SECONDS
 JOBS=$(nproc 2> /dev/null || echo 4)
 
 # The GPU tests (every file with CUDA tests), and the sanitizers' chosen part of them.
-GPU_TESTS=(tests/test_native_cuda.py tests/test_triton_cuda.py tests/test_cuda_graphs.py tests/test_noise_capturable.py
+# tests/test_triton_cuda_8bit.py (48 Triton compilations) is left out of the time box: run it apart.
+GPU_TESTS=(tests/test_native_cuda.py tests/test_native_cuda_8bit.py tests/test_triton_cuda.py tests/test_cuda_graphs.py
+           tests/test_noise_capturable.py
            tests/test_sample_weights_op.py tests/test_philox.py tests/test_step_lists.py tests/test_triton_ptx.py
            tests/test_bench_cuda.py)
 SANITIZED=(tests/test_native_cuda.py tests/test_sample_weights_op.py)
