@@ -132,3 +132,32 @@ def saved_and_loaded(opt):
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
+
+
+def trained(factory, params, steps=5):
+    """``factory(params)`` stepped ``steps`` times with make_grads's gradients."""
+    opt = factory(params)
+    for step in range(steps):
+        for p, g in zip(params, make_grads(params, step)):
+            p.grad = g
+        opt.step()
+    return opt
+
+
+def assert_checkpoint_resumes_bit_for_bit(factory, params):
+    """An optimizer of ``factory`` trained on ``params``, saved, loaded into a fresh one on copies of
+    them (``torch.load(weights_only=True)``): one more step of each gives the same params and the same
+    state, bit for bit. Returns the resumed optimizer."""
+    opt = trained(factory, params)
+    resumed_params = [p.detach().clone().requires_grad_() for p in params]
+    resumed = factory(resumed_params)
+    resumed.load_state_dict(saved_and_loaded(opt))
+    for ps, o in ((params, opt), (resumed_params, resumed)):
+        for p, g in zip(ps, make_grads(ps, 9)):
+            p.grad = g
+        o.step()
+    for p, q in zip(params, resumed_params):
+        assert torch.equal(p, q)
+        for key, value in opt.state[p].items():
+            assert value.dtype == resumed.state[q][key].dtype and torch.equal(value, resumed.state[q][key]), key
+    return resumed

@@ -10,7 +10,8 @@ import torch
 
 import noisefuse as nf
 from blockwise_cases import assert_8bit_close
-from cases import CONFIGS, make_grads, make_params, run, saved_and_loaded
+from cases import (CONFIGS, assert_checkpoint_resumes_bit_for_bit, make_grads, make_params, run, saved_and_loaded,
+                   trained)
 from noisefuse.optim.precision import COUNTERS
 from noisefuse.state import Blockwise8bit, maps
 from noisefuse.state.blockwise import SCALES_SUFFIX, decode, dequantize, encode, quantize
@@ -182,15 +183,6 @@ def test_amp_skip_leaves_codes_and_scales():
     assert all(torch.equal(v, before[k]) for k, v in opt.state[params[0]].items())
 
 
-def _trained(factory, params, steps=5):
-    opt = factory(params)
-    for step in range(steps):
-        for p, g in zip(params, make_grads(params, step)):
-            p.grad = g
-        opt.step()
-    return opt
-
-
 def _copies(params):
     return [p.detach().clone().requires_grad_() for p in params]
 
@@ -198,27 +190,15 @@ def _copies(params):
 def test_checkpoint_resumes_bit_for_bit():
     """Codes (uint8) and scales (float32) are plain tensors that a weights_only load reads."""
     factory = lambda ps: nf.AdaPNM(ps, lr=1e-2, weight_decay=0.01, state_dtype=Blockwise8bit(128))  # noqa: E731
-    params = make_params((5000, 300))
-    opt = _trained(factory, params)
-    resumed_params = _copies(params)
-    resumed = factory(resumed_params)
-    resumed.load_state_dict(saved_and_loaded(opt))
+    resumed = assert_checkpoint_resumes_bit_for_bit(factory, make_params((5000, 300)))
     assert resumed.param_groups[0]["state_dtype"] == Blockwise8bit(128).as_dict()
-    for ps, o in ((params, opt), (resumed_params, resumed)):
-        for p, g in zip(ps, make_grads(ps, 9)):
-            p.grad = g
-        o.step()
-    for p, q in zip(params, resumed_params):
-        assert torch.equal(p, q)
-        for key, value in opt.state[p].items():
-            assert value.dtype == resumed.state[q][key].dtype and torch.equal(value, resumed.state[q][key]), key
 
 
 def test_checkpoints_convert_between_formats():
     """8-bit state loads into float32 state decoded exactly; float32 state loads into 8-bit state
     quantized once; into another block size, decoded then quantized."""
     params = make_params((5000,))
-    eight = _trained(lambda ps: nf.PNM(ps, lr=0.05, state_dtype=Blockwise8bit(64)), params)
+    eight = trained(lambda ps: nf.PNM(ps, lr=0.05, state_dtype=Blockwise8bit(64)), params)
     spec, q8 = Blockwise8bit(64), eight.state[params[0]]
     into_f32 = nf.PNM(_copies(params), lr=0.05)
     into_f32.load_state_dict(saved_and_loaded(eight))
@@ -242,7 +222,7 @@ def test_checkpoints_convert_between_formats():
 
 def test_a_checkpoint_whose_scales_do_not_fit_is_refused():
     params = make_params((5000,))
-    opt = _trained(lambda ps: nf.AdaPNM(ps, state_dtype=Blockwise8bit()), params, steps=1)
+    opt = trained(lambda ps: nf.AdaPNM(ps, state_dtype=Blockwise8bit()), params, steps=1)
     sd = saved_and_loaded(opt)
     sd["state"][0]["exp_avg_sq_scales"] = sd["state"][0]["exp_avg_sq_scales"][:-1]
     target = nf.AdaPNM(_copies(params), state_dtype=Blockwise8bit())

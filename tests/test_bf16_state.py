@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import noisefuse as nf
-from cases import BIG_SIZE, CONFIGS, SIZES, make_grads, make_params, on_cpu, run, saved_and_loaded
+from cases import (BIG_SIZE, CONFIGS, SIZES, assert_checkpoint_resumes_bit_for_bit, make_params, on_cpu, run,
+                   saved_and_loaded, trained)
 from noisefuse.optim.precision import COUNTERS
 
 BACKENDS = ["foreach", "native", "triton"]
@@ -125,41 +126,20 @@ def test_bad_arguments_are_refused():
         opt.add_param_group(dict(params=make_params((2,)), state_dtype=None, state_rounding="stochastic"))
 
 
-def _trained(factory, params, steps=5):
-    opt = factory(params)
-    for step in range(steps):
-        for p, g in zip(params, make_grads(params, step)):
-            p.grad = g
-        opt.step()
-    return opt
-
-
 @pytest.mark.parametrize("backend", ["reference", "native"])
 def test_checkpoint_resumes_bit_for_bit(backend, monkeypatch):
     """Saved bfloat16 state (plain tensors a weights_only load reads) resumes exactly: the same
     state and the same rounding bits (the seed is in the groups)."""
     on_cpu(backend, monkeypatch)
     factory = lambda ps: nf.AdaPNM(ps, lr=1e-2, weight_decay=0.01, state_dtype=torch.bfloat16, backend=backend)  # noqa: E731
-    params = make_params((5, 300))
-    opt = _trained(factory, params)
-    resumed_params = [p.detach().clone().requires_grad_() for p in params]
-    resumed = factory(resumed_params)
-    resumed.load_state_dict(saved_and_loaded(opt))
-    for ps, o in ((params, opt), (resumed_params, resumed)):
-        for p, g in zip(ps, make_grads(ps, 9)):
-            p.grad = g
-        o.step()
-    for p, q in zip(params, resumed_params):
-        assert torch.equal(p, q)
-        for key, value in opt.state[p].items():
-            assert value.dtype == resumed.state[q][key].dtype and torch.equal(value, resumed.state[q][key]), key
+    assert_checkpoint_resumes_bit_for_bit(factory, make_params((5, 300)))
 
 
 def test_checkpoints_convert_between_state_precisions():
     """bfloat16 state loads into float32 state exactly (an upcast); float32 state loads into
     bfloat16 state rounded to nearest, once, at load_state_dict."""
     params = make_params((5, 300))
-    bf16 = _trained(lambda ps: nf.PNM(ps, lr=0.05, state_dtype=torch.bfloat16), params)
+    bf16 = trained(lambda ps: nf.PNM(ps, lr=0.05, state_dtype=torch.bfloat16), params)
     into_f32 = nf.PNM([p.detach().clone().requires_grad_() for p in params], lr=0.05)
     into_f32.load_state_dict(saved_and_loaded(bf16))
     f32_params = into_f32.param_groups[0]["params"]
@@ -177,7 +157,7 @@ def test_checkpoints_convert_between_state_precisions():
 def test_amp_skip_leaves_the_state_as_it_was(backend, monkeypatch):
     on_cpu(backend, monkeypatch)
     params = make_params((70,))
-    opt = _trained(lambda ps: nf.AdaPNM(ps, lr=1e-2, state_dtype=torch.bfloat16, backend=backend), params, steps=2)
+    opt = trained(lambda ps: nf.AdaPNM(ps, lr=1e-2, state_dtype=torch.bfloat16, backend=backend), params, steps=2)
     before = {k: v.clone() for k, v in opt.state[params[0]].items()}
     param = params[0].detach().clone()
     opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor(1.0)
