@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from blockwise_cases import assert_8bit_close
 from cases import CONFIGS, make_params, run, saved_and_loaded
 from noisefuse.backends import native, reference
 from noisefuse.state import Blockwise8bit
-from test_8bit_state import assert_8bit_close
 from test_cuda_emulated_8bit import (RUN_SIZES, assert_steps_like_the_reference, clone8, codes_keys, misalign8,
                                      quantized, tensors)
 from test_native import FAMILIES
