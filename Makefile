@@ -33,11 +33,21 @@ $(VENV)/.deps-stamp: $(VENV)/.torch-stamp pyproject.toml
 	$(PYTHON) -m pip install -q -c $(VENV)/torch-pin.txt $(INTEGRATIONS)
 	touch $@
 
-# Rebuilt when any extension source changes (ninja recompiles only what changed).
+# The package is installed once, editable and without compiling (NOISEFUSE_SKIP_EXT=1); the extension
+# is built in place by `setup.py build_ext` in the persistent folder build/ext, where ninja recompiles
+# only the objects an edit touched (pip's editable build would compile everything in a new temporary
+# folder each time). CUDA_ARCHS narrows the CUDA architectures for local work, e.g. CUDA_ARCHS=9.0
+# (the default, setup.py's, builds sm_80 and sm_90 with PTX).
 # A module of an earlier, per-Python build would shadow the abi3 one (Python tries its own tag first).
-$(VENV)/.build-stamp: $(VENV)/.deps-stamp $(EXT_SOURCES)
+CUDA_ARCHS ?=
+$(VENV)/.install-stamp: $(VENV)/.deps-stamp pyproject.toml setup.py
+	NOISEFUSE_SKIP_EXT=1 $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+$(VENV)/.build-stamp: $(VENV)/.install-stamp $(EXT_SOURCES)
 	rm -f noisefuse/_C.cpython-*.so
-	MAX_JOBS=$${MAX_JOBS:-2} $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	$(if $(CUDA_ARCHS),TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)") MAX_JOBS=$${MAX_JOBS:-2} \
+		$(PYTHON) setup.py -q build_ext --inplace --build-temp build/ext
 	touch $@
 
 build: $(VENV)/.build-stamp
@@ -65,4 +75,4 @@ compat:
 	scripts/compat_check.sh
 
 clean:
-	rm -rf build *.egg-info noisefuse/_C*.so $(VENV)/.build-stamp
+	rm -rf build *.egg-info noisefuse/_C*.so $(VENV)/.build-stamp $(VENV)/.install-stamp

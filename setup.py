@@ -77,8 +77,10 @@ else:
 # Python and a GPU machine's (the module only registers ops with the dispatcher: no pybind11, no
 # libtorch_python). The torch it is built against must still be the torch it is loaded into
 # (noisefuse/backends/native.py checks).
+# NOISEFUSE_SKIP_EXT=1: install the Python package alone (the Makefile's editable install, after which
+# `setup.py build_ext --inplace --build-temp build/ext` builds the extension incrementally).
 setup(
-    ext_modules=[ext],
+    ext_modules=[] if os.environ.get("NOISEFUSE_SKIP_EXT", "0") == "1" else [ext],
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )
