@@ -245,8 +245,9 @@ class FusedOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
 
-        # Check everything, backends included, before the first tensor (or state) is written:
-        # a bad input changes nothing.
+        # Two phases: the plan checks and forms everything (every group's backends, scalars, state
+        # and calls) and writes no param; then the launches. A bad input in any group raises
+        # before the first param or state value is written.
         plans = []
         for gi, group in enumerate(self.param_groups):
             participants = self._params_with_grad(gi, group)
@@ -256,34 +257,46 @@ class FusedOptimizer(Optimizer):
         noise = StepNoise([(group, participants.params) for group, participants, _ in plans], self.param_groups,
                           self.state, type(self).__name__, rounding=rounding)
         divisors = grad_divisors(self.param_groups[0]["max_grad_norm"], plans, noise, grad_scale)
+        formed = []
         for gi, (group, participants, chosen) in enumerate(plans):
-            params = participants.params
-            if not params:
-                continue
-            family, demon = self._family(group), as_demon(group["demon"])
-            hyper = self._hyper(group, demon)
+            if participants.params:
+                family, demon = self._family(group), as_demon(group["demon"])
+                formed.append((gi, family, demon, self._hyper(group, demon)))
+        launches = []
+        for gi, family, demon, hyper in formed:
+            group, participants, chosen = plans[gi]
             buckets = self._init_group(gi, group, participants, family, demon, hyper, chosen)
-            spec = as_blockwise(group["state_dtype"])
             for (device, dtype, quantized), tensors in buckets.items():
-                extra = {}
-                # stochastic_rounding is a no-op for params that are not bfloat16.
-                rounding = Rounding(group["seed"], params=group["stochastic_rounding"] and dtype == torch.bfloat16,
-                                    state=rounds_state(group, dtype))
-                if noise.noisy(gi) or rounding.params or rounding.state:
-                    # The call's params as the group holds them (DTensors, not their shards), in order.
-                    bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)
-                              and (spec is not None and spec.quantizes(p)) == quantized]
-                    if noise.noisy(gi):
-                        extra["noise"] = noise.for_call(gi, group, tensors, bucket, chosen[device].draw_weights)
-                    else:
-                        tensors.offsets = noise.offsets_of(bucket)
-                    if rounding.params or rounding.state:
-                        extra["rounding"] = rounding
-                chosen[device].fused_step(family, _lr_on(hyper, device), tensors, grad_scale=divisors[device],
-                                          found_inf=_on(found_inf, device), **extra)
+                extra = self._call_extras(gi, group, participants.params, noise, chosen[device], device, dtype,
+                                          quantized, tensors)
+                launches.append((chosen[device], family, _lr_on(hyper, device), tensors, divisors[device],
+                                 _on(found_inf, device), extra))
+        for module, family, hyper, tensors, divisor, inf, extra in launches:
+            module.fused_step(family, hyper, tensors, grad_scale=divisor, found_inf=inf, **extra)
         return loss
 
     # ----- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _call_extras(gi, group, params, noise: StepNoise, module, device, dtype, quantized, tensors) -> dict:
+        """The noise and rounding arguments of the call over ``tensors`` (its bucket of group
+        ``gi``'s participating ``params``): none when the group draws nothing."""
+        extra = {}
+        spec = as_blockwise(group["state_dtype"])
+        # stochastic_rounding is a no-op for params that are not bfloat16.
+        rounding = Rounding(group["seed"], params=group["stochastic_rounding"] and dtype == torch.bfloat16,
+                            state=rounds_state(group, dtype))
+        if noise.noisy(gi) or rounding.params or rounding.state:
+            # The call's params as the group holds them (DTensors, not their shards), in order.
+            bucket = [p for p in params if (p.device, p.dtype) == (device, dtype)
+                      and (spec is not None and spec.quantizes(p)) == quantized]
+            if noise.noisy(gi):
+                extra["noise"] = noise.for_call(gi, group, tensors, bucket, module.draw_weights)
+            else:
+                tensors.offsets = noise.offsets_of(bucket)
+            if rounding.params or rounding.state:
+                extra["rounding"] = rounding
+        return extra
+
     def _backend(self, group, device):
         """The backend module of ``group`` on ``device``, chosen once and remembered: the choice
         cannot change within a process, and a step traced by torch.compile then only looks it up
@@ -343,6 +356,7 @@ class FusedOptimizer(Optimizer):
         compiling = torch.compiler.is_compiling()
         lists = None if compiling else self._step_lists.get(group_index)
         if lists is None or not lists.fits(settings, participants, states):
+            _check_state_shapes(group_index, group, participants.params, states, buffers.values())
             self._init_state(participants.params, states, buffers, group["state_dtype"], track_prod, host_devices,
                              demon, hyper)
             spec = as_blockwise(group["state_dtype"])
@@ -389,6 +403,22 @@ class FusedOptimizer(Optimizer):
             state["beta1_prod"] = torch.full((), value, dtype=torch.float64, device=step_device)
         elif prod.device != step_device or prod.dtype != torch.float64:
             state["beta1_prod"] = prod.to(device=step_device, dtype=torch.float64)
+
+
+def _check_state_shapes(group_index, group, params, states, keys) -> None:
+    """Every state buffer a step reads has its param's shape: ``p.data = ...`` may resize a param
+    whose state was made for its old shape (model surgery, a grown vocabulary), and no backend may
+    then read or write past a buffer's end. Checked for every param before any state is made, so a
+    refusal changes nothing."""
+    for p, state in zip(params, states):
+        for key in keys:
+            buf = state.get(key)
+            if buf is not None and torch.is_tensor(buf) and buf.shape != p.shape:
+                i = next(i for i, q in enumerate(group["params"]) if q is p)
+                raise RuntimeError(
+                    f"state {key!r} of param {i} of param group {group_index} has shape {tuple(buf.shape)}, but the "
+                    f"param has {tuple(p.shape)}: the param was resized after its state was made. Start its state "
+                    f"afresh (del optimizer.state[param]) or load a checkpoint made for the new shape")
 
 
 def grad_divisors(max_norm, plans, noise: StepNoise, grad_scale) -> dict:

@@ -34,6 +34,7 @@ class Participants:
     grads: list[torch.Tensor | None]
     devices: list[torch.device]
     dtypes: list[torch.dtype]
+    shapes: list[torch.Size]
 
     @classmethod
     def of(cls, group_params, reads_rows: bool) -> Participants:
@@ -46,7 +47,7 @@ class Participants:
                     for p, g in zip(params, grads)]
             params = [p for p, k in zip(params, keep) if k]
             grads = [g for g, k in zip(grads, keep) if k]
-        return cls(params, grads, [p.device for p in params], [p.dtype for p in params])
+        return cls(params, grads, [p.device for p in params], [p.dtype for p in params], [p.shape for p in params])
 
     def grads_look_valid(self, dtensor_cls) -> bool:
         """True when every grad is dense, of its param's dtype, device and shape, every param is
@@ -55,14 +56,13 @@ class Participants:
             return False  # a DTensor's grad must also be placed like it: checked per tensor
         if not all(dtype.is_floating_point for dtype in set(self.dtypes)):
             return False
-        params, grads, devices, dtypes = self.params, self.grads, self.devices, self.dtypes
+        grads, devices, dtypes, shapes = self.grads, self.devices, self.dtypes, self.shapes
         if any(g is None for g in grads):  # params stepped from grad_sample alone: no grad to check
             present = [i for i, g in enumerate(grads) if g is not None]
-            params, grads = [params[i] for i in present], [grads[i] for i in present]
-            devices, dtypes = [devices[i] for i in present], [dtypes[i] for i in present]
+            grads, devices = [grads[i] for i in present], [devices[i] for i in present]
+            dtypes, shapes = [dtypes[i] for i in present], [shapes[i] for i in present]
         return (not any(g.is_sparse for g in grads) and [g.dtype for g in grads] == dtypes
-                and [g.device for g in grads] == devices
-                and [g.shape for g in grads] == [p.shape for p in params])
+                and [g.device for g in grads] == devices and [g.shape for g in grads] == shapes)
 
 
 @dataclass
@@ -87,6 +87,7 @@ class GroupLists:
                  quantization=None, scale_fields: dict | None = None):
         self.settings = settings
         self.params, self.devices, self.dtypes = participants.params, participants.devices, participants.dtypes
+        self.shapes = participants.shapes
         scale_fields = scale_fields or {}
         self.values = {key: [state.get(key) for state in states] for key in (*fields.values(), *scale_fields.values())}
         shards = [dtensor_cls is not None and isinstance(p, dtensor_cls) for p in self.params]
@@ -111,11 +112,12 @@ class GroupLists:
 
     def fits(self, settings, participants: Participants, states) -> bool:
         """Whether building the lists from ``states`` now would give these again: the same settings,
-        the same params on the same devices with the same dtypes (``p.data = ...`` changes them in
-        place), and the very same state entries (``load_state_dict`` replaces them all, a user may
-        replace one; what the step reads of the state is these entries alone)."""
+        the same params on the same devices with the same dtypes and shapes (``p.data = ...`` changes
+        them in place), and the very same state entries (``load_state_dict`` replaces them all, a user
+        may replace one; what the step reads of the state is these entries alone)."""
         return (settings == self.settings and _same_objects(participants.params, self.params)
                 and participants.dtypes == self.dtypes and participants.devices == self.devices
+                and participants.shapes == self.shapes
                 and all(_same_objects([state.get(key) for state in states], values)
                         for key, values in self.values.items()))
 

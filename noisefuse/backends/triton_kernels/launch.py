@@ -23,6 +23,7 @@ _BLOCK_T = 128  # tensors per program of the coefficient launch
 # The modules of @triton.jit functions the kernels call, each importing the ones before it.
 _JIT_MODULES = (philox_triton, grad, kernels)
 _ROW_NOISES = (NOISE_CODES["diag_fisher"], NOISE_CODES["multiplicative"])
+_LIST_NAMES = ("grads", "exp_avgs", "neg_exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps", "beta1_prods")
 _interpreted = None
 
 
@@ -99,10 +100,36 @@ def _is_dense(t: torch.Tensor) -> bool:
     return True
 
 
+def _check_shapes(lists, scale_columns, block_size) -> None:
+    """Every grad and state tensor must have its param's shape, and every list of 8-bit scales one
+    float per block: the kernels walk each param's ``numel`` elements in all of its tensors, so a
+    smaller one (a param resized by ``p.data = ...`` after its state was made) would be read and
+    written past its end. Checked on every call: unlike the layout, a size is not implied by the
+    table's key (a tensor of another size may come to lie at a freed tensor's address)."""
+    params = lists[0]
+    shapes = [p.shape for p in params]
+    for k, lst in enumerate(lists[1:8]):
+        if lst and len(lst) != len(params):
+            raise RuntimeError(f"backend='triton': {len(params)} params but {len(lst)} {_LIST_NAMES[k]}")
+    for k, lst in enumerate(lists[1:6]):
+        if lst and [t.shape for t in lst] != shapes:
+            i = next(i for i, (t, shape) in enumerate(zip(lst, shapes)) if t.shape != shape)
+            kind = "grad" if k == 0 else f"state tensor ({_LIST_NAMES[k]})"
+            raise RuntimeError(f"backend='triton': the {kind} of param {i} has shape {tuple(lst[i].shape)} but the "
+                               f"param has {tuple(shapes[i])}; state made for another shape cannot be stepped")
+    for k, column in enumerate(scale_columns):
+        if column and [s.numel() for s in column] != [-(-p.numel() // block_size) for p in params]:
+            i = next(i for i, (s, p) in enumerate(zip(column, params)) if s.numel() != -(-p.numel() // block_size))
+            raise RuntimeError(f"backend='triton': the scales of state list {k} of param {i} hold {column[i].numel()} "
+                               f"values; a param of {params[i].numel()} elements in blocks of {block_size} needs "
+                               f"{-(-params[i].numel() // block_size)}")
+
+
 def _check_layout(lists, state_dtype) -> None:
     """Every tensor of a row must be dense and laid out like its param: the kernels walk
     ``numel`` consecutive elements from each data pointer. Grads have the params' dtype, the four
-    state lists ``state_dtype``; the counters (steps, Demon products) are one float64 element each."""
+    state lists ``state_dtype``; the counters (steps, Demon products) are one float64 element each.
+    Shapes are ``_check_shapes``'s."""
     for name, counters in (("step", lists[6]), ("beta1_prod", lists[7])):
         for i, c in enumerate(counters):
             if c.dtype != torch.float64 or c.numel() != 1 or c.device != lists[0][i].device:
@@ -279,10 +306,11 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
     _check_lr_tensor(lr_tensor, device)
     state_dtype = _state_dtype(dtype, exp_avgs, stochastic_rounding, stochastic_state_rounding, offsets, len(params),
                                block_size)
-    grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
-    grad_samples = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
     lists = [params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods, grad_samples]
     scale_columns = _blockwise_lists(lists, state_scales, code_books, block_size, device)
+    _check_shapes(lists, scale_columns, block_size)
+    lists[1] = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
+    lists[8] = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
     block, num_warps = tables.launch_shape(device)
     block = max(block, block_size)  # powers of two: a multiple of the quantization block
     draws = noise_kind or stochastic_rounding or stochastic_state_rounding  # per-element: global offsets
