@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import torch
 from torch.optim import Optimizer
+from torch.optim.optimizer import required
 
 from .. import backends
 from ..backends.family import Family, Hyper
@@ -16,7 +17,7 @@ from ..demon import Demon, as_demon
 from ..noise import StepNoise, as_noise, consumes_grad_sample
 from ..random.rounding import Rounding
 from ..state.blockwise import SCALES_SUFFIX, as_blockwise
-from .precision import (check_saved_8bit_state, check_state_dtype, check_state_rounding, ensure_8bit_state,
+from .precision import (COUNTERS, check_saved_8bit_state, check_state_dtype, check_state_rounding, ensure_8bit_state,
                         ensure_float_state, keep_state_dtypes, may_round_state, rounds_state)
 from .step_lists import GroupLists, Participants
 
@@ -48,10 +49,14 @@ def common_hyper(group, demon: Demon | None) -> dict:
                 demon_delay=demon.delay if demon else 0.0)
 
 
-def check_lr(lr):
+def check_lr(lr, read_tensor=True):
+    """``read_tensor=False`` (at each step) checks a tensor lr's size, not its value: reading it
+    would synchronise with the device, and cannot happen in a captured step."""
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
             raise ValueError("lr as a Tensor must have exactly one element")
+        if not read_tensor:
+            return
         lr = lr.item()
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0.0):
         raise ValueError(f"Invalid lr: {lr!r} (must be a finite number >= 0)")
@@ -99,13 +104,13 @@ class FusedOptimizer(Optimizer):
     def __init__(self, params, defaults, *, demon=None, noise=None, backend="auto", seed=None,
                  maximize=False, capturable=False, state_dtype=None, state_rounding=None, stochastic_rounding=False,
                  max_grad_norm=None):
-        demon = as_demon(demon)
+        demon = demon if demon is required else as_demon(demon)
         if seed is None:
             # Drawn from torch's default generator, so torch.manual_seed makes runs reproducible.
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"Invalid seed: {seed!r} (must be an int in [0, 2**64))")
-        defaults = dict(defaults, demon=demon.as_dict() if demon else None, noise=noise,
+        defaults = dict(defaults, demon=demon.as_dict() if isinstance(demon, Demon) else demon, noise=noise,
                         backend=backend, seed=seed, maximize=maximize, capturable=capturable,
                         state_dtype=state_dtype, state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
                         max_grad_norm=max_grad_norm)
@@ -124,17 +129,29 @@ class FusedOptimizer(Optimizer):
         """Maps each used field of BUFFER_FIELDS to the state key that holds it."""
         raise NotImplementedError
 
-    def _check_group(self, group) -> None:
+    def _check_group(self, group, read_lr=True) -> None:
+        """Raises ValueError naming the first invalid hyperparameter of ``group`` (KeyError for a
+        missing one). ``read_lr=False``: a tensor lr's value is not read (see ``check_lr``)."""
         raise NotImplementedError
 
     # ----- torch.optim.Optimizer ----------------------------------------------------------------
     def add_param_group(self, param_group):
+        """As ``torch.optim.Optimizer.add_param_group``: the group may set any hyperparameter, and must
+        set those the constructor was not given (torch's ``required``). ``total_steps`` and ``delay``
+        in a group are its Demon (``demon=Demon(total_steps, delay)``). A group that fails a check is
+        not added."""
+        param_group = _with_group_demon(param_group, self.defaults, len(self.param_groups))
+        for name, default in self.defaults.items():
+            if default is required and name not in param_group:
+                spelt = "total_steps (or demon=)" if name == "demon" else repr(name)
+                raise ValueError(f"{type(self).__name__}: param group {len(self.param_groups)} needs {spelt}: it was "
+                                 "given neither to the constructor nor in the group")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
             self._check_common(group)
             self._check_group(group)
-        except (ValueError, NotImplementedError):
+        except (ValueError, TypeError, NotImplementedError):
             self.param_groups.pop()
             raise
         for device in {p.device for p in group["params"]}:
@@ -179,12 +196,18 @@ class FusedOptimizer(Optimizer):
         bfloat16-state checkpoint resumes with float32 state, and float32 state stays exact rather
         than being rounded through the param dtype as torch's loader rounds every state tensor)."""
         self._check_state_dict_fits(state_dict)
+        self._check_state_dict_is_ours(state_dict)
         state_dtypes = [group["state_dtype"] for group in self.param_groups]
+        backend_names = [group["backend"] for group in self.param_groups]
         # The kept lists would no longer fit the new state (GroupLists.fits), but would hold the
         # old state tensors alive until the next step: drop them now.
         self._step_lists.clear()
         super().load_state_dict(state_dict)
         keep_state_dtypes(self, state_dict, state_dtypes)
+        # Where the step runs is this process's choice, as the device is: a checkpoint saved with
+        # backend="triton" on a GPU resumes on a CPU machine.
+        for group, name in zip(self.param_groups, backend_names):
+            group["backend"] = name
 
     def _check_state_dict_fits(self, state_dict):
         for key in ("state", "param_groups"):
@@ -212,6 +235,29 @@ class FusedOptimizer(Optimizer):
                 if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
                     raise ValueError(f"state {key!r} of param {index} has shape {tuple(value.shape)}, "
                                      f"but the param has shape {tuple(param.shape)}")
+
+    def _check_state_dict_is_ours(self, state_dict):
+        """Refuses, before anything changes, a checkpoint of another optimizer (its groups fail this
+        class's checks: AdaPNM's three betas in PNM, torch's Adam in AdaPNM, torch's SGD in
+        DemonSGD, which lacks a Demon), and state that no step could use: a buffer this class does
+        not keep, a missing, negative, fractional or non-finite step counter, a Demon product
+        outside [0, 1], 8-bit scales that are negative or not finite. torch.optim checkpoints are
+        not converted: they are refused with the first difference named."""
+        name = type(self).__name__
+        for gi, saved in enumerate(state_dict["param_groups"]):
+            # The group as __setstate__ would complete it (checkpoints older than some keys).
+            group = {**COMMON_DEFAULTS, **self._group_defaults_for_old_checkpoints(),
+                     **{k: v for k, v in saved.items() if k != "params"}}
+            try:
+                self._check_group_at_step(gi, group, read_lr=True)
+            except ValueError as exc:
+                raise ValueError(f"not a {name} checkpoint (or a damaged one): {exc}") from None
+            keys = set(self._state_keys(group).values())
+            allowed = keys | {key + SCALES_SUFFIX for key in keys} | set(COUNTERS)
+            for index in saved["params"]:
+                state = state_dict["state"].get(index)
+                if state:
+                    _check_saved_state(name, state, allowed, f"param {index!r} (param group {gi})")
 
     def _check_common(self, group):
         if group["backend"] not in backends.NAMES:
@@ -248,6 +294,8 @@ class FusedOptimizer(Optimizer):
         # Two phases: the plan checks and forms everything (every group's backends, scalars, state
         # and calls) and writes no param; then the launches. A bad input in any group raises
         # before the first param or state value is written.
+        for gi, group in enumerate(self.param_groups):
+            self._check_group_at_step(gi, group)
         plans = []
         for gi, group in enumerate(self.param_groups):
             participants = self._params_with_grad(gi, group)
@@ -276,6 +324,19 @@ class FusedOptimizer(Optimizer):
         return loss
 
     # ----- helpers ------------------------------------------------------------------------------
+    def _check_group_at_step(self, gi, group, read_lr=False) -> None:
+        """Group ``gi``'s hyperparameters as the step reads them: a checkpoint, or a hand edit of
+        ``param_groups``, may have changed them since ``add_param_group`` checked them. A few
+        comparisons per group; the error names the group and the key."""
+        try:
+            self._check_group(group, read_lr=read_lr)
+            if group["demon"] is not None:
+                as_demon(group["demon"])
+        except KeyError as exc:
+            raise ValueError(f"{type(self).__name__}: param group {gi} has no {exc.args[0]!r}") from None
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{type(self).__name__}: param group {gi}: {exc}") from None
+
     @staticmethod
     def _call_extras(gi, group, params, noise: StepNoise, module, device, dtype, quantized, tensors) -> dict:
         """The noise and rounding arguments of the call over ``tensors`` (its bucket of group
@@ -405,6 +466,31 @@ class FusedOptimizer(Optimizer):
             state["beta1_prod"] = prod.to(device=step_device, dtype=torch.float64)
 
 
+def _check_saved_state(name, state, allowed, where) -> None:
+    """One param's saved state: only keys in ``allowed``, valid counters, valid 8-bit scales."""
+    unknown = sorted(set(state) - allowed)
+    if unknown:
+        raise ValueError(f"not a {name} checkpoint: the state of {where} has {unknown[0]!r}, which {name} does "
+                         f"not keep (it keeps {', '.join(sorted(allowed))})")
+    if "step" not in state:
+        raise ValueError(f"the state of {where} has no 'step': its buffers cannot be stepped without their count")
+    for key in COUNTERS:
+        if key not in state:
+            continue
+        try:
+            value = float(state[key])
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"state {key!r} of {where} must be one number, got {state[key]!r}") from None
+        if key == "step" and not (math.isfinite(value) and value >= 0 and value == int(value)):
+            raise ValueError(f"state 'step' of {where} is {value!r}: a step count is a whole number >= 0")
+        if key == "beta1_prod" and not 0.0 <= value <= 1.0:
+            raise ValueError(f"state 'beta1_prod' of {where} is {value!r}: a product of betas is in [0, 1]")
+    for key, value in state.items():
+        if key.endswith(SCALES_SUFFIX) and torch.is_tensor(value) and value.numel() and not bool(
+                (torch.isfinite(value) & (value >= 0)).all()):
+            raise ValueError(f"state {key!r} of {where} holds a negative or non-finite 8-bit scale")
+
+
 def _check_state_shapes(group_index, group, params, states, keys) -> None:
     """Every state buffer a step reads has its param's shape: ``p.data = ...`` may resize a param
     whose state was made for its old shape (model surgery, a grown vocabulary), and no backend may
@@ -419,6 +505,23 @@ def _check_state_shapes(group_index, group, params, states, keys) -> None:
                     f"state {key!r} of param {i} of param group {group_index} has shape {tuple(buf.shape)}, but the "
                     f"param has {tuple(p.shape)}: the param was resized after its state was made. Start its state "
                     f"afresh (del optimizer.state[param]) or load a checkpoint made for the new shape")
+
+
+def _with_group_demon(param_group, defaults, index):
+    """``param_group`` with its ``total_steps``/``delay`` (DemonSGD's and DemonAdam's spelling) as
+    ``demon``; a group that gives both spellings is refused."""
+    if not isinstance(param_group, dict) or not ({"total_steps", "delay"} & param_group.keys()):
+        return param_group
+    group = dict(param_group)
+    if "demon" in group:
+        raise ValueError(f"param group {index}: give total_steps/delay or demon, not both")
+    # What the group leaves out comes from the constructor's Demon, if it has one.
+    inherited = None if defaults["demon"] is None or defaults["demon"] is required else as_demon(defaults["demon"])
+    total_steps = group.pop("total_steps", inherited.total_steps if inherited else None)
+    if total_steps is None:
+        raise ValueError(f"param group {index} sets delay but no total_steps, and the optimizer has no Demon")
+    group["demon"] = Demon(total_steps, group.pop("delay", inherited.delay if inherited else 0.0)).as_dict()
+    return group
 
 
 def grad_divisors(max_norm, plans, noise: StepNoise, grad_scale) -> dict:

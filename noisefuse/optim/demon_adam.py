@@ -48,8 +48,10 @@ class DemonAdam(FusedOptimizer):
                          state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
                          max_grad_norm=max_grad_norm)
 
-    def _check_group(self, group):
-        check_lr(group["lr"])
+    def _check_group(self, group, read_lr=True):
+        check_lr(group["lr"], read_lr)
+        if group["demon"] is None:
+            raise ValueError("DemonAdam decays its momentum: demon must be set (total_steps)")
         check_betas(group["betas"], ("beta1", "beta2"))
         check_unit("beta1 (betas[0])", group["betas"][0])
         check_unit("beta2 (betas[1])", group["betas"][1])

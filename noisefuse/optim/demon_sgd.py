@@ -3,15 +3,17 @@ from __future__ import annotations
 
 from ..backends.family import Family, Hyper
 from ..demon import Demon
-from .base import FusedOptimizer, common_hyper, check_bool, check_lr, check_nonneg, check_unit
+from .base import FusedOptimizer, required, common_hyper, check_bool, check_lr, check_nonneg, check_unit
 
 
 def demon_argument(cls_name, total_steps, delay, demon):
-    """``total_steps``/``delay`` and ``demon=`` are two spellings of one thing: take exactly one."""
+    """``total_steps``/``delay`` and ``demon=`` are two spellings of one thing: take at most one.
+    Neither: every param group must then give its own (``total_steps`` or ``demon``; torch's
+    ``required``), as a group may give any hyperparameter."""
     if total_steps is not None and demon is not None:
         raise ValueError(f"{cls_name}: give total_steps or demon=, not both")
     if total_steps is None and demon is None:
-        raise ValueError(f"{cls_name}: total_steps is required (the number of steps over which momentum decays)")
+        return required
     return Demon(total_steps, delay) if demon is None else demon
 
 
@@ -44,12 +46,10 @@ class DemonSGD(FusedOptimizer):
             max_grad_norm: as in :class:`noisefuse.PNM`.
     """
 
-    def __init__(self, params, lr=None, momentum=0.9, total_steps=None, nesterov=False, weight_decay=0.0,
+    def __init__(self, params, lr=required, momentum=0.9, total_steps=None, nesterov=False, weight_decay=0.0,
                  decoupled=False, *, delay=0.0, demon=None, noise=None, backend="auto", seed=None,
                  maximize=False, capturable=False, state_dtype=None,
                  state_rounding=None, stochastic_rounding=False, max_grad_norm=None):
-        if lr is None:
-            raise TypeError("DemonSGD() missing required argument: 'lr'")
         demon = demon_argument("DemonSGD", total_steps, delay, demon)
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         decoupled=decoupled)
@@ -58,8 +58,10 @@ class DemonSGD(FusedOptimizer):
                          state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
                          max_grad_norm=max_grad_norm)
 
-    def _check_group(self, group):
-        check_lr(group["lr"])
+    def _check_group(self, group, read_lr=True):
+        check_lr(group["lr"], read_lr)
+        if group["demon"] is None:
+            raise ValueError("DemonSGD decays its momentum: demon must be set (total_steps)")
         check_unit("momentum", group["momentum"])
         check_nonneg("weight_decay", group["weight_decay"])
         check_bool("nesterov", group["nesterov"])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..backends.family import Family, Hyper
-from .base import FusedOptimizer, common_hyper, check_betas, check_bool, check_lr, check_nonneg, check_unit
+from .base import FusedOptimizer, required, common_hyper, check_betas, check_bool, check_lr, check_nonneg, check_unit
 
 
 class PNM(FusedOptimizer):
@@ -48,19 +48,17 @@ class PNM(FusedOptimizer):
             the norm taken over the unscaled (AMP) gradients before noise, on the device.
     """
 
-    def __init__(self, params, lr=None, betas=(0.9, 1.0), weight_decay=0.0, decoupled=True, *,
+    def __init__(self, params, lr=required, betas=(0.9, 1.0), weight_decay=0.0, decoupled=True, *,
                  demon=None, noise=None, backend="auto", seed=None, maximize=False, capturable=False, state_dtype=None,
                  state_rounding=None, stochastic_rounding=False, max_grad_norm=None):
-        if lr is None:
-            raise TypeError("PNM() missing required argument: 'lr'")
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decoupled=decoupled)
         super().__init__(params, defaults, demon=demon, noise=noise, backend=backend, seed=seed,
                          maximize=maximize, capturable=capturable, state_dtype=state_dtype,
                          state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
                          max_grad_norm=max_grad_norm)
 
-    def _check_group(self, group):
-        check_lr(group["lr"])
+    def _check_group(self, group, read_lr=True):
+        check_lr(group["lr"], read_lr)
         check_betas(group["betas"], ("beta1", "beta0"))
         check_unit("beta1 (betas[0])", group["betas"][0])
         check_nonneg("beta0 (betas[1])", group["betas"][1])
