@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from .backends.family import demon_beta
@@ -25,9 +26,11 @@ class Demon:
     delay: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int) or self.total_steps <= 0:
-            raise ValueError(f"Demon total_steps must be a positive int, got {self.total_steps!r}")
-        if not (isinstance(self.delay, (int, float)) and 0.0 <= self.delay < 1.0):
+        steps = self.total_steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
+            raise ValueError(f"Demon total_steps must be a positive int, got {steps!r}")
+        object.__setattr__(self, "total_steps", int(steps))  # a NumPy integer too (frozen dataclass)
+        if isinstance(self.delay, bool) or not (isinstance(self.delay, numbers.Real) and 0.0 <= self.delay < 1.0):
             raise ValueError(f"Demon delay must be a fraction in [0, 1), got {self.delay!r}")
 
     def beta(self, beta_init: float, step: int) -> float:
@@ -51,6 +54,6 @@ def as_demon(value) -> Demon | None:
         return value
     if isinstance(value, dict):
         return Demon(**value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return Demon(value)
     raise ValueError(f"demon must be None, an int (total steps) or nf.Demon(...), got {value!r}")

@@ -4,6 +4,7 @@ naming it, and leaves every param and every state entry as it was."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -233,3 +234,91 @@ def test_add_param_group_with_a_misspelt_key_keeps_nothing(key, value):
     assert len(opt.param_groups) == 1
     opt.param_groups[0]["params"][0].grad = torch.ones(3)
     opt.step()  # later steps are unaffected
+
+
+# ----- finding 5: every layout torch.optim steps, steps on every backend --------------------------------
+def _layouts():
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(10, 5, 2, generator=g)
+    wide = torch.randn(6, 8, generator=g)
+    square = torch.randn(7, 4, generator=g)
+    return {
+        "strided_last_dim": lambda: base[..., 0],  # torch's test_forloop_goes_right_direction
+        "every_other_column": lambda: wide[:, ::2],
+        "transposed": lambda: square.t(),  # dense, not row-major
+        "size_one_dim": lambda: torch.randn(1, 5, generator=g).t(),  # [5, 1] with strides (1, 5)
+    }
+
+
+def _layout_backends():
+    names = ["auto", "foreach"]
+    if nf.backends.get("native").available(torch.device("cpu")):
+        names.append("native")
+    return names + ["triton"]
+
+
+@pytest.mark.parametrize("backend", _layout_backends())
+@pytest.mark.parametrize("layout", sorted(_layouts()))
+@pytest.mark.parametrize("state", ["float", "8bit"])
+def test_every_layout_steps_like_the_reference(backend, layout, state, monkeypatch):
+    if backend == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for name in ("native", "triton"):
+        monkeypatch.setattr(nf.backends.get(name), "_warned_layout", False)
+    kw = {"state_dtype": nf.state.Blockwise8bit(block_size=16, min_numel=0)} if state == "8bit" else {}
+    results = []
+    for which in ("reference", backend):
+        p = _layouts()[layout]().detach().requires_grad_()
+        opt = nf.AdaPNM([p], lr=0.01, backend=which, **kw)
+        for step in range(3):
+            # A grad laid out unlike its param where the param is dense (a hand-assigned contiguous
+            # grad of a transposed param); torch's own layout where it is a view.
+            p.grad = make_grads([p], step)[0].contiguous()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the layout warning: tested apart
+                opt.step()
+        results.append((p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}))
+    (p_ref, s_ref), (p_got, s_got) = results
+    torch.testing.assert_close(p_got, p_ref, atol=1e-6, rtol=1e-5)
+    for key in s_ref:
+        assert s_got[key].shape == s_ref[key].shape, key
+        if state == "float":
+            torch.testing.assert_close(s_got[key], s_ref[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+# ----- finding 7: the smaller ones -----------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "foreach"])
+def test_zero_dim_param_with_clipping_and_a_one_element_grad_scale(backend):
+    """A 0-d param's gradient divided by a [1]-shaped divisor (the clip, or AMP's scale) stays 0-d."""
+    results = []
+    for which in ("foreach", backend):
+        a, z = torch.nn.Parameter(torch.linspace(-1, 1, 4)), torch.nn.Parameter(torch.tensor(1.5))
+        opt = nf.AdaPNM([a, z], max_grad_norm=0.5, backend=which)
+        for step in range(3):
+            a.grad, z.grad = torch.linspace(0, 3, 4) * (step + 1), torch.tensor(0.3)
+            opt.grad_scale, opt.found_inf = torch.tensor([2.0]), torch.tensor([0.0])
+            opt.step()
+        results.append((a.detach(), z.detach()))
+    assert results[1][1].shape == ()
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
+
+
+def test_a_param_listed_twice_is_refused():
+    a = torch.ones(3, requires_grad=True)
+    with pytest.raises(ValueError, match="param group 0 lists a param more than once"):
+        nf.PNM([a, a], lr=0.1)
+    opt = nf.PNM((p for p in [a]), lr=0.1)  # a generator is read once
+    assert opt.param_groups[0]["params"] == [a]
+
+
+def test_numpy_scalars_are_numbers():
+    np = pytest.importorskip("numpy")
+    a = torch.ones(3, requires_grad=True)
+    opt = nf.DemonSGD([a], lr=np.float32(0.1), total_steps=np.int64(10), seed=np.int64(3))
+    assert opt.param_groups[0]["seed"] == 3 and type(opt.param_groups[0]["seed"]) is int
+    assert opt.param_groups[0]["demon"] == {"total_steps": 10, "delay": 0.0}
+    a.grad = torch.ones(3)
+    opt.step()
+    torch.testing.assert_close(a.detach(), torch.full((3,), 0.9))

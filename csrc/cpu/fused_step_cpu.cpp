@@ -70,7 +70,7 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   // Host memory: reading the AMP scalars and the counters costs no synchronisation.
   if (found_inf.has_value() && *found_inf->const_data_ptr<float>() != 0.f) return;
   if (lr_tensor.has_value()) h.lr = *lr_tensor->const_data_ptr<float>();
-  const std::vector<at::Tensor> rows = rows_like_params(l, noise);
+  const std::vector<at::Tensor> grad_sources = grad_sources_like_params(l, noise);
   const at::Tensor weights =
       nh.kind == kMultiplicativeNoise ? sample_weights->contiguous() : at::Tensor();
 
@@ -86,7 +86,7 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
     const TensorScalars sc = tensor_scalars(h, *steps[i].const_data_ptr<double>(), prod);
     const bool pos_is_first = !l.pn() || sc.odd;  // PN: exp_avgs is "pos" at odd steps
     tensors[i] = CpuTensor{params[i].data_ptr(),
-                           rows.empty() ? grads[i].const_data_ptr() : rows[i].const_data_ptr(),
+                           grad_sources.empty() ? grads[i].const_data_ptr() : grad_sources[i].const_data_ptr(),
                            (pos_is_first ? exp_avgs : neg_exp_avgs)[i].data_ptr(),
                            l.pn() ? (pos_is_first ? neg_exp_avgs : exp_avgs)[i].const_data_ptr() : nullptr,
                            l.second_moment() ? exp_avg_sqs[i].data_ptr() : nullptr,

@@ -33,10 +33,23 @@ void check_scalar(const at::Tensor& t, const std::string& name, const c10::Devic
   TORCH_CHECK(t.device() == device, kOp, name, " is on ", t.device(), " but params are on ", device);
 }
 
+// Whether `a` and `b` (of one shape) put every element at the same offset: strides equal in every
+// dimension of more than one element (a size-1 dimension's stride is never used; torch may set
+// it either way, e.g. a [5, 1] param with strides (1, 5) and its state's (1, 1)).
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() <= 1) return true;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
 // A tensor updated element-wise alongside params[i]: same device, shape and memory layout, so the
 // kernels can walk all of them as flat arrays of numel elements, and dtype `dtype` (the param's,
-// or the call's state dtype for the state lists).
-void check_like_param(const at::Tensor& t, const char* name, size_t i, const at::Tensor& p, at::ScalarType dtype) {
+// or the call's state dtype for the state lists). A grad may have any strided layout
+// (`any_layout`): grad_sources_like_params copies it into its param's when it differs.
+void check_like_param(const at::Tensor& t, const char* name, size_t i, const at::Tensor& p, at::ScalarType dtype,
+                      bool any_layout = false) {
   TORCH_CHECK(t.defined(), kOp, name, "[", i, "] is undefined");
   TORCH_CHECK(t.device() == p.device(), kOp, name, "[", i, "] is on ", t.device(), " but params[", i, "] is on ",
               p.device());
@@ -46,14 +59,15 @@ void check_like_param(const at::Tensor& t, const char* name, size_t i, const at:
   TORCH_CHECK(t.sizes() == p.sizes(), kOp, name, "[", i, "] has shape ", t.sizes(), " but params[", i, "] has ",
               p.sizes());
   TORCH_CHECK(t.layout() == at::kStrided, kOp, name, "[", i, "] must be a dense (strided) tensor");
+  if (any_layout) return;
   TORCH_CHECK(t.is_non_overlapping_and_dense(), kOp, name, "[", i,
               "] is not dense (a view with gaps or overlaps); pass a contiguous tensor");
-  TORCH_CHECK(t.numel() <= 1 || t.strides() == p.strides(), kOp, name, "[", i, "] has strides ", t.strides(),
-              " but params[", i, "] has ", p.strides(), "; the kernels need one memory layout per index");
+  TORCH_CHECK(same_layout(t, p), kOp, name, "[", i, "] has strides ", t.strides(), " but params[", i, "] has ",
+              p.strides(), "; the kernels need one memory layout per index");
 }
 
 // A grad_sample: [B, *param.shape], the param's dtype and device, strided; any memory layout
-// (rows_like_params copies it into the param's layout when it differs).
+// (grad_sources_like_params copies it into the param's layout when it differs).
 void check_rows(const at::Tensor& rows, size_t i, const at::Tensor& p, int64_t batch) {
   TORCH_CHECK(rows.defined(), kOp, "grad_samples[", i, "] is undefined");
   TORCH_CHECK(rows.device() == p.device(), kOp, "grad_samples[", i, "] is on ", rows.device(), " but params[", i,
@@ -164,9 +178,19 @@ void check_blockwise(const FusedStepLists& l, const BlockwiseArgs& b, const Nois
 
 }  // namespace
 
-std::vector<at::Tensor> rows_like_params(const FusedStepLists& l, const NoiseArgs& a) {
+std::vector<at::Tensor> grad_sources_like_params(const FusedStepLists& l, const NoiseArgs& a) {
   std::vector<at::Tensor> out;
-  if (!noise_reads_rows(static_cast<int>(a.kind))) return out;
+  if (!noise_reads_rows(static_cast<int>(a.kind))) {
+    bool all_alike = true;
+    for (size_t i = 0; i < l.params.size() && all_alike; ++i) all_alike = same_layout(l.grads[i], l.params[i]);
+    if (all_alike) return out;
+    out.reserve(l.params.size());
+    for (size_t i = 0; i < l.params.size(); ++i) {
+      const at::Tensor& g = l.grads[i];
+      out.push_back(same_layout(g, l.params[i]) ? g : at::empty_like(l.params[i]).copy_(g));
+    }
+    return out;
+  }
   out.reserve(l.params.size());
   for (size_t i = 0; i < l.params.size(); ++i) {
     const at::Tensor& p = l.params[i];
@@ -254,7 +278,7 @@ StepHyper check_fused_step_inputs(const FusedStepLists& l, int64_t momentum, dou
     TORCH_CHECK(p.scalar_type() == p0.scalar_type(), kOp, "params[", i, "] has dtype ", p.scalar_type(),
                 " but params[0] has ", p0.scalar_type(), " (one call updates one dtype)");
     check_like_param(p, "params", i, p, dtype);
-    if (!rows) check_like_param(l.grads[i], "grads", i, p, dtype);
+    if (!rows) check_like_param(l.grads[i], "grads", i, p, dtype, /*any_layout=*/true);
     check_like_param(l.exp_avgs[i], "exp_avgs", i, p, state);
     if (!l.neg_exp_avgs.empty()) check_like_param(l.neg_exp_avgs[i], "neg_exp_avgs", i, p, state);
     if (!l.exp_avg_sqs.empty()) check_like_param(l.exp_avg_sqs[i], "exp_avg_sqs", i, p, state);

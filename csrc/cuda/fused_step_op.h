@@ -56,11 +56,11 @@ inline void fused_step_device(at::TensorList params, at::TensorList grads, at::T
   const DeviceScalars scalars{device_ptr(grad_scale), device_ptr(found_inf), device_ptr(lr_tensor)};
   // Copies (rows in another layout than their param, strided weights) are stream-ordered before
   // the launches and freed to the caching allocator only after them.
-  const std::vector<at::Tensor> rows = rows_like_params(l, noise);
+  const std::vector<at::Tensor> grad_sources = grad_sources_like_params(l, noise);
   const at::Tensor weights = nh.kind == kMultiplicativeNoise ? sample_weights->contiguous() : at::Tensor();
   const LaunchNoise launch{nh, noise.uses_offsets() ? offsets : at::IntArrayRef(),
                            weights.defined() ? weights.const_data_ptr<float>() : nullptr};
-  const std::vector<at::TensorList> lists = l.elementwise(rows.empty() ? grads : at::TensorList(rows));
+  const std::vector<at::TensorList> lists = l.elementwise(grad_sources.empty() ? grads : at::TensorList(grad_sources));
   if (blockwise.enabled()) {  // float32 or bfloat16 params (validated)
     if (params[0].scalar_type() == at::kFloat) {
       return launch_blockwise<float, kRoundNone>(lists, l, blockwise, h, launch, scalars);

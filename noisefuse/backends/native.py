@@ -89,8 +89,10 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
                noise: NoiseStep | None = None, rounding: Rounding | None = None) -> None:
     if not ts.params:
         return  # with no tensor argument the dispatcher could not choose a kernel
-    if stream.layout_needs_foreach(ts, noise, rounding):
-        stream.step_with_foreach(sys.modules[__name__], family, hyper, ts, grad_scale, found_inf, noise, rounding)
+    reason = stream.layout_needs_foreach(ts, noise, rounding)
+    if reason is not None:
+        stream.step_with_foreach(sys.modules[__name__], family, hyper, ts, grad_scale, found_inf, noise, rounding,
+                                 reason)
         return
     reads_rows = noise is not None and noise.consumes_grad_sample
     torch.ops.noisefuse.fused_step_(

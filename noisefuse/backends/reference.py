@@ -50,7 +50,7 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
         reads_rows = noise is not None and noise.consumes_grad_sample
         g = (ts.grad_samples[i] if reads_rows else ts.grads[i]).to(dt)
         if grad_scale is not None:
-            g = g / grad_scale.to(device=g.device, dtype=dt)
+            g = g / grad_scale.to(device=g.device, dtype=dt).reshape(())  # one element, maybe [1]: a 0-d grad stays 0-d
         if hyper.maximize:
             g = -g
         if noise is not None:

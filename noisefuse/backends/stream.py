@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import warnings
 
+import torch
+
 from ..noise.step import NoiseStep
 from ..random.philox import seed_as_int64
 from ..random.rounding import Rounding
@@ -23,12 +25,45 @@ def rounds(rounding: Rounding | None) -> bool:
     return rounding is not None and (rounding.params or rounding.state)
 
 
-def layout_needs_foreach(ts: StepTensors, noise: NoiseStep | None, rounding: Rounding | None) -> bool:
-    """Whether the call draws per element, or keeps 8-bit state (blocks of the row-major index), and
-    has a param that is not row-major contiguous."""
-    per_element = rounds(rounding) or (noise is not None and noise.kind in ("isotropic", "diag_fisher"))
-    per_element = per_element or ts.quantization is not None
-    return per_element and not all(p.is_contiguous() for p in ts.params)
+def is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill ``numel`` consecutive slots (any dimension order): what the
+    fused kernels walk."""
+    if t.is_contiguous() or t.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` (of one shape) put every element at the same offset: equal strides in
+    every dimension of more than one element (a size-1 dimension's stride is never used)."""
+    return a.stride() == b.stride() or a.numel() <= 1 or all(
+        sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n != 1)
+
+
+def layout_needs_foreach(ts: StepTensors, noise: NoiseStep | None, rounding: Rounding | None) -> str | None:
+    """Why the fused kernels cannot step the call, or None when they can: a param that is not dense
+    (a strided view: the kernels walk ``numel`` consecutive elements), or one that is not row-major
+    contiguous when the call draws per element or keeps 8-bit state (both indexed by the row-major
+    position, which the kernels walk as memory order). Costs one ``is_contiguous`` per param."""
+    if all(p.is_contiguous() for p in ts.params):
+        return None
+    row_major = [f"noise={noise.kind!r}"] if noise is not None and noise.kind in ("isotropic", "diag_fisher") else []
+    row_major += ["stochastic rounding"] if rounds(rounding) else []
+    row_major += ["8-bit state"] if ts.quantization is not None else []
+    for p in ts.params:
+        if p.is_contiguous():
+            continue
+        where = f"a param of shape {tuple(p.shape)} and strides {p.stride()}"
+        if not is_dense(p):
+            return f"{where} is not dense (a strided view)"
+        if row_major:
+            return f"{where} is not row-major contiguous, and the call has {' and '.join(row_major)}"
+    return None
 
 
 # The state lists in the kernels' order, as ``state_scales`` concatenates their scales.
@@ -63,16 +98,14 @@ def stream_kwargs(ts: StepTensors, noise: NoiseStep | None, rounding: Rounding |
     return kwargs
 
 
-def step_with_foreach(backend, family, hyper, ts, grad_scale, found_inf, noise, rounding) -> None:
-    """Steps a call that ``layout_needs_foreach`` with foreach, warning once per ``backend`` module
-    (its ``_warned_layout`` flag)."""
+def step_with_foreach(backend, family, hyper, ts, grad_scale, found_inf, noise, rounding, reason: str) -> None:
+    """Steps a call that ``layout_needs_foreach`` with foreach (torch's ops step any layout), warning
+    once per ``backend`` module (its ``_warned_layout`` flag) with the ``reason``."""
     if not backend._warned_layout:
         backend._warned_layout = True
         name = backend.__name__.rsplit(".", 1)[-1]
-        what = f"noise={noise.kind!r}" if noise is not None else "stochastic rounding" if rounds(rounding) \
-            else "8-bit state"
-        warnings.warn(f"backend={name!r}: params that are not contiguous (e.g. channels_last) with "
-                      f"{what} are stepped by the foreach backend", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"backend={name!r}: {reason}; its call is stepped by the foreach backend (same results, not "
+                      "fused). Contiguous params are stepped fused.", RuntimeWarning, stacklevel=4)
     from . import foreach
 
     foreach.fused_step(family, hyper, ts, grad_scale=grad_scale, found_inf=found_inf, noise=noise,

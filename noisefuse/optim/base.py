@@ -4,6 +4,7 @@ update."""
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from dataclasses import replace
 
@@ -58,17 +59,22 @@ def check_lr(lr, read_tensor=True):
         if not read_tensor:
             return
         lr = lr.item()
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0.0):
+    if not (_is_real(lr) and math.isfinite(lr) and lr >= 0.0):
         raise ValueError(f"Invalid lr: {lr!r} (must be a finite number >= 0)")
 
 
+def _is_real(value) -> bool:
+    """A real number, NumPy's scalars included (torch.optim takes them); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_unit(name, value):
-    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+    if not (_is_real(value) and 0.0 <= value < 1.0):
         raise ValueError(f"Invalid {name}: {value!r} (must be in [0, 1))")
 
 
 def check_nonneg(name, value):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0.0):
+    if not (_is_real(value) and math.isfinite(value) and value >= 0.0):
         raise ValueError(f"Invalid {name}: {value!r} (must be a finite number >= 0)")
 
 
@@ -108,8 +114,9 @@ class FusedOptimizer(Optimizer):
         if seed is None:
             # Drawn from torch's default generator, so torch.manual_seed makes runs reproducible.
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
-        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
             raise ValueError(f"Invalid seed: {seed!r} (must be an int in [0, 2**64))")
+        seed = int(seed)  # a NumPy integer too
         defaults = dict(defaults, demon=demon.as_dict() if isinstance(demon, Demon) else demon, noise=noise,
                         backend=backend, seed=seed, maximize=maximize, capturable=capturable,
                         state_dtype=state_dtype, state_rounding=state_rounding, stochastic_rounding=stochastic_rounding,
@@ -141,6 +148,7 @@ class FusedOptimizer(Optimizer):
         in a group are its Demon (``demon=Demon(total_steps, delay)``). A group that fails a check is
         not added."""
         param_group = _with_group_demon(param_group, self.defaults, len(self.param_groups))
+        _refuse_duplicates(param_group, len(self.param_groups))
         for name, default in self.defaults.items():
             if default is required and name not in param_group:
                 spelt = "total_steps (or demon=)" if name == "demon" else repr(name)
@@ -505,6 +513,18 @@ def _check_state_shapes(group_index, group, params, states, keys) -> None:
                     f"state {key!r} of param {i} of param group {group_index} has shape {tuple(buf.shape)}, but the "
                     f"param has {tuple(p.shape)}: the param was resized after its state was made. Start its state "
                     f"afresh (del optimizer.state[param]) or load a checkpoint made for the new shape")
+
+
+def _refuse_duplicates(param_group, index) -> None:
+    """A param listed twice in a group would be stepped twice per step (torch.optim only warns,
+    and its backends then differ): refused. Across groups torch.optim refuses it itself."""
+    params = param_group["params"]
+    if isinstance(params, (torch.Tensor, set)):
+        return  # one tensor; or a set, which torch.optim refuses
+    param_group["params"] = params = list(params)  # a generator is read once, here
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError(f"param group {index} lists a param more than once: each would be stepped once per time "
+                         "it is listed")
 
 
 def _with_group_demon(param_group, defaults, index):

@@ -80,9 +80,10 @@ StepHyper check_fused_step_inputs(const FusedStepLists& lists, int64_t momentum,
                                   const BlockwiseArgs& blockwise, c10::DeviceType device_type,
                                   NoiseHyper* noise_out);
 
-// The grad_sample rows as the kernels read them: row b of tensor i at data_ptr + b * numel, laid out
-// like params[i]. Rows already in that layout are returned as they are, others copied (the user's
-// tensors are only read). Empty unless the noise reads rows.
-std::vector<at::Tensor> rows_like_params(const FusedStepLists& lists, const NoiseArgs& noise);
+// The tensors the kernels read the gradient from, laid out like their params: the grad_sample rows
+// when the noise reads them (row b of tensor i at data_ptr + b * numel), else the grads. Those
+// already in that layout are returned as they are, others copied (the user's tensors are only
+// read). Empty when the grads are read as given (every one laid out like its param).
+std::vector<at::Tensor> grad_sources_like_params(const FusedStepLists& lists, const NoiseArgs& noise);
 
 }  // namespace noisefuse

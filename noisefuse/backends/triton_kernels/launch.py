@@ -15,6 +15,7 @@ import triton.language as tl
 
 from ...noise.step import NOISE_CODES
 from ...random import philox_triton
+from ..stream import is_dense, same_layout
 from . import grad, kernels, tables
 
 _STORAGE = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
@@ -88,18 +89,6 @@ def split(x: float) -> tuple[float, float]:
     return hi, lo
 
 
-def _is_dense(t: torch.Tensor) -> bool:
-    """Whether ``t``'s elements fill ``numel`` consecutive slots (any dimension order)."""
-    if t.is_contiguous() or t.numel() == 0:
-        return True
-    expected = 1
-    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 def _check_shapes(lists, scale_columns, block_size) -> None:
     """Every grad and state tensor must have its param's shape, and every list of 8-bit scales one
     float per block: the kernels walk each param's ``numel`` elements in all of its tensors, so a
@@ -136,11 +125,11 @@ def _check_layout(lists, state_dtype) -> None:
                 raise RuntimeError(f"backend='triton': the {name} counter of param {i} must be one float64 element "
                                    f"on {lists[0][i].device}, got {c.dtype} {tuple(c.shape)} on {c.device}")
     for i, p in enumerate(lists[0]):
-        if not _is_dense(p):
+        if not is_dense(p):
             raise RuntimeError(f"backend='triton' needs dense params; param {i} has strides {p.stride()}")
         for k, lst in enumerate(lists[1:6]):
             dtype = p.dtype if k == 0 else state_dtype
-            if lst and (lst[i].stride() != p.stride() or lst[i].dtype != dtype):
+            if lst and (not same_layout(lst[i], p) or lst[i].dtype != dtype):
                 raise RuntimeError(
                     f"backend='triton': a {'grad' if k == 0 else 'state'} tensor of param {i} has dtype "
                     f"{lst[i].dtype} and strides {lst[i].stride()}; expected {dtype} and its param's {p.stride()}")
@@ -309,7 +298,7 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
     lists = [params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods, grad_samples]
     scale_columns = _blockwise_lists(lists, state_scales, code_books, block_size, device)
     _check_shapes(lists, scale_columns, block_size)
-    lists[1] = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
+    lists[1] = [g if same_layout(g, p) else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
     lists[8] = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
     block, num_warps = tables.launch_shape(device)
     block = max(block, block_size)  # powers of two: a multiple of the quantization block
