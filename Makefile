@@ -28,7 +28,7 @@ $(VENV)/.torch-stamp:
 # are installed against a pin of the installed torch, so that none of them replaces it.
 $(VENV)/.deps-stamp: $(VENV)/.torch-stamp pyproject.toml
 	$(PYTHON) -m pip install -q pytest pytest-timeout pytest-xdist pytorch_optimizer matplotlib tqdm pytest-benchmark \
-		scikit-learn
+		scikit-learn hypothesis
 	$(PYTHON) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
 	$(PYTHON) -m pip install -q -c $(VENV)/torch-pin.txt $(INTEGRATIONS)
 	touch $@
