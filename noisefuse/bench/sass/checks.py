@@ -1,0 +1,57 @@
+"""The invariants the report holds noisefuse's step kernels to (issue #21), as functions of the
+report's rows, so that tests/test_sass_report.py and the README state the same thing.
+
+- ``no_fp64_in_hot_loop``: no FP64 instruction (nor conversion to or from F64) on the hot loop's
+  path, for every variant whose math is float32 (all but float64 params, whose math is float64 by
+  design: docs/backends/native.md, "One kernel family").
+- ``no_local_memory_in_hot_loop``: no LDL/STL (spills, stack arrays) on the hot loop's path.
+- ``vector_128bit_on_aligned_path``: the hot loop (the aligned path) moves its operands with
+  128-bit global accesses (LDG.E.128/STG.E.128).
+- ``at_most_64_registers``: at most 64 registers on sm_90 and sm_80 (two 512-thread blocks per SM)
+  for every variant without noise and without stochastic rounding.
+- ``bandwidth_bound_h100``: the estimated core time at most 70% of the memory time on an H100 for
+  every float32- and bfloat16-state variant without noise.
+
+Only noisefuse's step kernels are held to them; torch's rows are there to compare."""
+from __future__ import annotations
+
+CORE_OVER_MEMORY = 0.7
+MAX_REGISTERS = 64
+
+
+def _steps(rows):
+    return [r for r in rows if r["variant"]["library"] == "noisefuse" and r["variant"]["noise"] is not None]
+
+
+def _hot(r):
+    return r["arch"]["sm_90"].get("hot_loop")
+
+
+def violations(rows: list[dict]) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    """({invariant: [{label, value}]}, {invariant: variants checked})."""
+    bad: dict[str, list[dict]] = {}
+    checked: dict[str, int] = {}
+
+    def check(name, subset, ok, value):
+        checked[name] = len(subset)
+        bad[name] = [{"label": r["variant"]["label"], "value": value(r)} for r in subset if not ok(r)]
+
+    steps = _steps(rows)
+    check("hot_loop_found", steps, lambda r: _hot(r) is not None, lambda r: "no loop with global accesses")
+    found = [r for r in steps if _hot(r) is not None]
+    f32_math = [r for r in found if r["variant"]["param_dtype"] != "float64"]
+    check("no_fp64_in_hot_loop", f32_math, lambda r: _hot(r)["fp64_in_loop"] == 0,
+          lambda r: f"{_hot(r)['fp64_in_loop']} FP64 instructions")
+    check("no_local_memory_in_hot_loop", found, lambda r: _hot(r)["local_in_loop"] == 0,
+          lambda r: f"{_hot(r)['local_in_loop']} LDL/STL")
+    check("vector_128bit_on_aligned_path", found, lambda r: _hot(r)["widest_access_bytes"] == 16,
+          lambda r: "widest global access " + ", ".join(sorted(_hot(r)["global_accesses"])))
+    plain = [r for r in steps if r["variant"]["noise"] == "none" and r["variant"]["rounding"] == "none"]
+    check("at_most_64_registers", plain,
+          lambda r: all(a["registers"] <= MAX_REGISTERS for a in r["arch"].values()),
+          lambda r: " / ".join(f"{a['registers']} ({arch})" for arch, a in r["arch"].items()) + " registers")
+    bw = [r for r in found if r["variant"]["noise"] == "none" and r["variant"]["state_dtype"] in ("float32", "bfloat16")]
+    check("bandwidth_bound_h100", bw,
+          lambda r: r["estimate"]["H100 SXM"]["core_over_memory"] <= CORE_OVER_MEMORY,
+          lambda r: f"core/memory {r['estimate']['H100 SXM']['core_over_memory']:.2f}")
+    return bad, checked
