@@ -57,9 +57,9 @@ def blocks_per_sm(registers: int, shared: int, threads: int, arch: str) -> dict:
     """Blocks of ``threads`` per SM and what limits them."""
     warps = -(-threads // 32)
     regs_per_warp = -(-max(registers, 1) // REG_UNIT) * REG_UNIT * 32
-    limits = {"registers": (REGS_PER_SM // regs_per_warp) // warps,
-              "threads": THREADS_PER_SM // (warps * 32),
+    limits = {"threads": THREADS_PER_SM // (warps * 32),  # first: it names a tie
               "blocks": BLOCKS_PER_SM,
+              "registers": (REGS_PER_SM // regs_per_warp) // warps,
               "shared": SMEM_PER_SM[arch] // (shared + RESERVED_SMEM)}
     n = min(limits.values())
     return {"blocks": n, "limited_by": min(limits, key=limits.get), "warps": n * warps}

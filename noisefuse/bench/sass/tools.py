@@ -54,7 +54,8 @@ def install(names: list[str]) -> None:
     """pip-install the packages of ``names`` into this interpreter's environment (printed first)."""
     pkgs = [PACKAGES[n] for n in names]
     print(f"noisefuse.bench.sass: installing {' '.join(pkgs)} into {sys.prefix} with pip", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *pkgs], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--timeout", "15", "--retries", "1", *pkgs],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         raise ToolMissing(f"pip install {' '.join(pkgs)} failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
 
