@@ -12,17 +12,19 @@ from .variants import Variant, algorithm_bytes
 SLOW_CONVERSIONS = ("F2F", "F2I", "I2F")  # F2FP/I2FP pack and unpack on the ALU
 
 
-def inner_trips(v: Variant, instrs: list[parse.Instr], inner: parse.Loop, rows: int, block_size: int) -> tuple[int, str]:
+def inner_trips(v: Variant, instrs: list[parse.Instr], inner: parse.Loop, path: list[int], rows: int,
+                block_size: int) -> tuple[int, str]:
     """How many times an inner loop of the hot loop runs per pass, and why: the 8-bit kernel's scale
     reduction (the loop with a barrier) log2(block_size / kIlp) rounds; a loop that loads from global
-    memory (grad_sample rows) ``rows`` over the rows it loads per pass; anything else once."""
-    body = instrs[inner.head:inner.latch + 1]
-    if any(i.base == "BAR" for i in body):
+    memory (grad_sample rows) ``rows`` over the rows its path loads per pass (its loads of their widest
+    width: one vector per row, the weights are narrower); anything else once."""
+    if any(instrs[i].base == "BAR" for i in range(inner.head, inner.latch + 1)):
         n = int(math.log2(block_size // v.elements_per_thread))
         return n, f"scale reduction: log2({block_size}/{v.elements_per_thread}) rounds"
-    loads = sum(1 for i in body if parse.classify(i) == "ldg")
+    loads = [parse.access_bytes(instrs[i]) for i in path if parse.classify(instrs[i]) == "ldg"]
     if loads:
-        return max(1, rows // loads), f"grad_sample rows: {rows} rows / {loads} loads per pass"
+        per_pass = loads.count(max(loads))
+        return max(1, rows // per_pass), f"grad_sample rows: {rows} rows / {per_pass} per pass"
     return 1, "unknown trip count: counted once"
 
 
@@ -36,33 +38,42 @@ def hot_loop_stats(k: Kernel, v: Variant, rows: int, block_size: int) -> dict | 
     classes = Counter(longest.classes)
     slow = sum(1 for i in longest.indices if instrs[i].base in ("MUFU",) + SLOW_CONVERSIONS)
     total = longest.instructions
+    sass_bytes = parse.global_bytes(instrs, longest.indices)
     inner_info = []
     for inner in parse.inner_loops(instrs, labels, lp, longest.indices):
-        trips, why = inner_trips(v, instrs, inner, rows, block_size)
         ipath = parse.loop_paths(instrs, labels, inner)["longest"]
+        trips, why = inner_trips(v, instrs, inner, ipath.indices, rows, block_size)
         extra = trips - 1
         for c, n in ipath.classes.items():
             classes[c] += extra * n
         slow += extra * sum(1 for i in ipath.indices if instrs[i].base in ("MUFU",) + SLOW_CONVERSIONS)
         total += extra * ipath.instructions
+        inner_bytes = parse.global_bytes(instrs, ipath.indices)
+        sass_bytes = {key: sass_bytes[key] + extra * inner_bytes[key] for key in sass_bytes}
         inner_info.append({"addr": [instrs[inner.head].addr, instrs[inner.latch].addr],
                            "instructions": ipath.instructions, "trips": trips, "why": why})
     ept = v.elements_per_thread
     per_elem = {c: classes.get(c, 0) / ept for c in parse.CLASSES}
     per_elem["total"] = total / ept
     per_elem["slow"] = slow / ept
-    sass_bytes = parse.global_bytes(instrs, longest.indices)
-    for info in inner_info:  # the rows of every extra pass
-        inner = next(x for x in parse.loops(instrs, labels) if instrs[x.head].addr == info["addr"][0])
-        b = parse.global_bytes(instrs, list(range(inner.head, inner.latch + 1)))
-        sass_bytes = {key: sass_bytes[key] + (info["trips"] - 1) * b[key] for key in sass_bytes}
     return {"addr": [instrs[lp.head].addr, instrs[lp.latch].addr], "widest_access_bytes": width,
             "path_instructions": {"longest": longest.instructions, "shortest": paths["shortest"].instructions,
                                   "body": lp.latch - lp.head + 1},
             "inner_loops": inner_info, "per_element": per_elem,
             "global_accesses": parse.widths(instrs, longest.indices),
             "sass_bytes_per_element": {key: val / ept for key, val in sass_bytes.items()},
-            "fp64_in_loop": classes.get("fp64", 0), "local_in_loop": classes.get("local", 0)}
+            "fp64_in_loop": classes.get("fp64", 0), "local_in_loop": classes.get("local", 0),
+            "body": body_stats(instrs, labels, lp)}
+
+
+def body_stats(instrs: list[parse.Instr], labels: dict[str, int], lp: parse.Loop) -> dict:
+    """What the loop's whole body holds, cold code included: FP64 and local-memory instructions, slow-path
+    calls, and the instructions of the trig slow path."""
+    body = range(lp.head, lp.latch + 1)
+    never = parse.cold(instrs, labels)
+    return {"instructions": len(body), "fp64": sum(parse.classify(instrs[i]) == "fp64" for i in body),
+            "local": sum(parse.classify(instrs[i]) == "local" for i in body),
+            "calls": sum(instrs[i].base == "CALL" for i in body), "trig_slow_path": sum(i in never for i in body)}
 
 
 def row(by_arch: dict[str, Kernel], v: Variant, rows: int, block_size: int) -> dict:

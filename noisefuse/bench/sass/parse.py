@@ -14,8 +14,13 @@ outermost, and among disjoint ones the one with the most such accesses. Its inst
 along one path from its head to its back edge (``loop_paths``), not over its whole body: the
 compiler lays out both sides of a runtime-uniform branch (torch's kernel has two copies of its math)
 and slow-path calls (the division's and sqrt's ``CALL.REL.NOINC``) inside the loop, and only one side
-runs. Blocks that hold a CALL are taken as never run; the longest remaining path is the estimate
-(the most expensive runtime options), the shortest is recorded beside it. Loops nested in the hot
+runs. Of the paths, those with most accesses of the loop's widest width, then most bytes, then
+fewest access instructions are the aligned path (the 8-bit kernel branches per thread between vector
+and per-lane accesses inside one loop, and stores its codes and scales conditionally). Cold code is
+taken as never run: blocks that hold a CALL, and the inlined Payne-Hanek argument
+reduction of sinf/cosf (the code a ``@!P BRA`` skips when P = |x| >= 105615: a loop over a constant
+table with a local array and FP64 arithmetic, reached only for huge arguments). The longest remaining
+path is the estimate (the most expensive runtime options), the shortest is recorded beside it. Loops nested in the hot
 loop are counted once per pass of the path and reported apart (``inner``), so that the caller can
 scale them by their trip count."""
 from __future__ import annotations
@@ -172,27 +177,57 @@ def _blocks(instrs: list[Instr], labels: dict[str, int], lp: Loop) -> list[tuple
     return [(a, b - 1) for a, b in zip(starts, starts[1:])]
 
 
-def _path(instrs, labels, lp: Loop, longest: bool, skip_calls: bool) -> list[int] | None:
-    """Instruction indices of the longest (or shortest) path from the loop's head to its latch over
-    forward edges inside the loop; blocks with a CALL left out when ``skip_calls``."""
-    blocks = _blocks(instrs, labels, lp)
-    start_of = {a: k for k, (a, _) in enumerate(blocks)}
-    best: dict[int, tuple[int, list[int]]] = {}
-    for k, (a, b) in enumerate(blocks):
-        body = list(range(a, b + 1))
-        if skip_calls and any(instrs[i].base == "CALL" for i in body):
+TRIG_SLOW_THRESHOLD = "105615"  # sinf/cosf take the Payne-Hanek reduction at |x| >= 105615
+
+
+def cold(instrs: list[Instr], labels: dict[str, int]) -> set[int]:
+    """Indices of instructions in the trig slow path: those between ``@!Pn BRA L`` and L where Pn was
+    set by ``FSETP.GE.AND Pn, PT, |R|, 105615`` a few instructions before."""
+    out: set[int] = set()
+    for ins in instrs:
+        if ins.base != "BRA" or not ins.pred.startswith("@!P") or ins.target not in labels:
             continue
+        pred = ins.pred[2:]
+        for prev in instrs[max(0, ins.index - 12):ins.index]:
+            if (prev.base == "FSETP" and prev.operands.startswith(pred + ",") and "|" in prev.operands
+                    and prev.operands.rstrip().split(",")[-2].strip() == TRIG_SLOW_THRESHOLD):
+                out.update(range(ins.index + 1, labels[ins.target]))
+    return out
+
+
+def _path(instrs, labels, lp: Loop, longest: bool, skip_cold: bool) -> list[int] | None:
+    """Instruction indices of a path from the loop's head to its latch over forward edges inside the
+    loop: the one with most accesses of the loop's widest global width, then most bytes accessed,
+    then fewest access instructions (the aligned side of a branch between one vector access and
+    per-lane ones moving the same bytes), then the longest (or shortest); cold blocks (a CALL, the
+    trig slow path) left out when ``skip_cold``."""
+    blocks = _blocks(instrs, labels, lp)
+    never = cold(instrs, labels) if skip_cold else set()
+    width = max((access_bytes(i) for i in instrs[lp.head:lp.latch + 1] if is_global(i)), default=0)
+    start_of = {a: k for k, (a, _) in enumerate(blocks)}
+    preds: dict[int, list[int]] = {}
+    for k in range(len(blocks)):
+        for s in _successors(instrs, labels, blocks, start_of, k, lp):
+            preds.setdefault(s, []).append(k)
+    sign = 1 if longest else -1
+    # block: (wide accesses, bytes accessed, -accesses, sign * length, indices), compared in that order
+    best: dict[int, tuple[int, int, int, int, list[int]]] = {}
+    for k, (a, b) in enumerate(blocks):  # forward edges only: address order is a topological order
+        body = list(range(a, b + 1))
+        if skip_cold and (a in never or any(instrs[i].base == "CALL" for i in body)):
+            continue
+        accesses = [access_bytes(instrs[i]) for i in body if is_global(instrs[i])]
+        wide = accesses.count(width)
+        here = (wide, sum(accesses), -len(accesses), sign * len(body), body)
         if k == 0:
-            here = (len(body), body)
-        else:
-            preds = [p for p in best if k in _successors(instrs, labels, blocks, start_of, p, lp)]
-            if not preds:
-                continue
-            pick = (max if longest else min)(preds, key=lambda p: best[p][0])
-            here = (best[pick][0] + len(body), best[pick][1] + body)
-        best[k] = here
+            best[k] = here
+            continue
+        reached = [p for p in preds.get(k, []) if p in best]
+        if reached:
+            prev = max((best[p] for p in reached), key=lambda t: t[:4])
+            best[k] = tuple(x + y for x, y in zip(prev, here))
     last = next((k for k, (a, b) in enumerate(blocks) if a <= lp.latch <= b), None)
-    return best[last][1] if last in best else None
+    return best[last][4] if last in best else None
 
 
 def _successors(instrs, labels, blocks, start_of, k, lp: Loop) -> set[int]:
@@ -210,8 +245,8 @@ def _successors(instrs, labels, blocks, start_of, k, lp: Loop) -> set[int]:
 
 
 def loop_paths(instrs: list[Instr], labels: dict[str, int], lp: Loop) -> dict[str, PathCount]:
-    """{"longest": ..., "shortest": ...} paths through the loop, slow-path calls skipped where the
-    latch stays reachable without them."""
+    """{"longest": ..., "shortest": ...} paths through the loop, cold code skipped where the latch
+    stays reachable without it."""
     out = {}
     for name, longest in (("longest", True), ("shortest", False)):
         idx = _path(instrs, labels, lp, longest, True) or _path(instrs, labels, lp, longest, False) or []
