@@ -103,6 +103,47 @@ def test_global_bytes_count_an_access_under_both_predicates_once():
     assert parse.widths(instrs, idx) == {"LDG.E.128": 2, "STG.E.128": 2}
 
 
+# One loop whose threads choose between a vector load and per-lane loads (the 8-bit kernel), with
+# a conditional narrow store after it and an inlined trig slow path (|x| >= 105615) before it.
+LANES = """
+.L_x_0:
+        /*0000*/                   FSETP.GE.AND P1, PT, |R35|, 105615, PT ;
+        /*0010*/              @!P1 BRA `(.L_x_9) ;
+        /*0020*/                   I2F.F64.S64 R10, R12 ;
+        /*0030*/                   DMUL R10, R10, UR6 ;
+        /*0040*/                   STL [R1], R10 ;
+.L_x_9:
+        /*0050*/              @P2 BRA `(.L_x_1) ;
+        /*0060*/                   LDG.E.U16 R2, desc[UR4][R10.64] ;
+        /*0070*/                   LDG.E.U16 R3, desc[UR4][R10.64+0x2] ;
+        /*0080*/                   LDG.E.U16 R4, desc[UR4][R10.64+0x4] ;
+        /*0090*/                   LDG.E.U16 R5, desc[UR4][R10.64+0x6] ;
+        /*00a0*/                   BRA `(.L_x_2) ;
+.L_x_1:
+        /*00b0*/                   LDG.E.64 R2, desc[UR4][R10.64] ;
+.L_x_2:
+        /*00c0*/                   FADD R2, R2, R3 ;
+        /*00d0*/              @P3 BRA `(.L_x_3) ;
+        /*00e0*/                   STG.E desc[UR4][R8.64], R2 ;
+.L_x_3:
+        /*00f0*/              @P4 BRA `(.L_x_0) ;
+        /*0100*/                   EXIT ;
+"""
+
+
+def test_the_aligned_path_takes_the_vector_side_the_stores_and_not_the_trig_slow_path():
+    instrs, labels = parse.parse(LANES)
+    assert parse.cold(instrs, labels) == {2, 3, 4}
+    lp, width = parse.hot_loop(instrs, labels)
+    assert width == 8
+    path = parse.loop_paths(instrs, labels, lp)["longest"]
+    assert parse.widths(instrs, path.indices) == {"LDG.E.64": 1, "STG.E": 1}
+    assert path.classes["fp64"] == 0 and path.classes["local"] == 0
+    v = Variant("noisefuse", "blockwise_step", "bfloat16", "8-bit", "single", "none", "isotropic", "none")
+    hot = analyze.hot_loop_stats(extract.Kernel("noisefuse", "sm_90", "k", "k", 32, 0, 0, 0, 0, LANES), v, 32, 256)
+    assert hot["body"] == {"instructions": 16, "fp64": 2, "local": 1, "calls": 0, "trig_slow_path": 3}
+
+
 NESTED = """
 .L_x_0:
         /*0000*/                   LDG.E.128 R8, desc[UR4][R16.64] ;
@@ -188,7 +229,7 @@ def _row(label="f32/f32 single v", regs=40, noise="none", rounding="none", state
     v = Variant("noisefuse", "fused_step", param, state, "single", "v", noise, rounding).as_dict()
     v["label"] = label
     hot = {"fp64_in_loop": fp64, "local_in_loop": local, "widest_access_bytes": widest,
-           "global_accesses": {"LDG.E.128": 4}}
+           "global_accesses": {"LDG.E.128": 4, **({"LDG.E.U16": 4} if label == "split" else {})}}
     return {"variant": v, "arch": {"sm_90": {"registers": regs, "hot_loop": hot}, "sm_80": {"registers": regs}},
             "estimate": {"H100 SXM": {"core_over_memory": ratio}}}
 
@@ -198,7 +239,7 @@ def test_checks_name_each_violation():
             _row("sr big", regs=100, rounding="params"), _row("slow", ratio=0.9), _row("f16 slow", ratio=0.9,
                                                                                          state="float16"),
             _row("dbl", fp64=12, param="float64", state="float64"), _row("fp64", fp64=2), _row("spill", local=3),
-            _row("narrow", widest=8)]
+            _row("narrow", widest=8), _row("split")]
     bad, checked = checks.violations(rows)
     names = {k: [b["label"] for b in v] for k, v in bad.items()}
     assert names["at_most_64_registers"] == ["big"]  # noise and stochastic rounding are exempt
@@ -206,7 +247,8 @@ def test_checks_name_each_violation():
     assert names["no_fp64_in_hot_loop"] == ["fp64"]  # float64 math is exempt
     assert names["no_local_memory_in_hot_loop"] == ["spill"]
     assert names["vector_128bit_on_aligned_path"] == ["narrow"]
-    assert checked["at_most_64_registers"] == 8 and bad["at_most_64_registers"][0]["value"].startswith("72 (sm_90)")
+    assert names["full_vectors_on_aligned_path"] == ["split"]
+    assert checked["at_most_64_registers"] == 9 and bad["at_most_64_registers"][0]["value"].startswith("72 (sm_90)")
 
 
 def test_tools_are_found_in_cuda_home(tmp_path, monkeypatch):
@@ -260,7 +302,8 @@ def _violations(rows, name):
 
 
 @pytest.mark.parametrize("invariant", ["hot_loop_found", "no_fp64_in_hot_loop", "no_local_memory_in_hot_loop",
-                                       "vector_128bit_on_aligned_path", "at_most_64_registers",
+                                       "vector_128bit_on_aligned_path", "full_vectors_on_aligned_path",
+                                       "at_most_64_registers",
                                        "bandwidth_bound_h100"])
 def test_invariant_holds_for_every_variant(sass_rows, invariant):
     bad, n = _violations(sass_rows, invariant)

@@ -6,7 +6,13 @@ report's rows, so that tests/test_sass_report.py and the README state the same t
   design: docs/backends/native.md, "One kernel family").
 - ``no_local_memory_in_hot_loop``: no LDL/STL (spills, stack arrays) on the hot loop's path.
 - ``vector_128bit_on_aligned_path``: the hot loop (the aligned path) moves its operands with
-  128-bit global accesses (LDG.E.128/STG.E.128).
+  128-bit global accesses (LDG.E.128/STG.E.128), as the issue states it: with kIlp = 4 elements per
+  thread only 4-byte operands make 128 bits, so a variant whose operands are all 2-byte (bfloat16,
+  float16) or 8-bit codes fails it by construction.
+- ``full_vectors_on_aligned_path``: every global access on the aligned path moves a whole pack of
+  kIlp elements of an operand (4 x its size: 16 bytes for float32, 8 for bfloat16, 4 for 8-bit
+  codes; 128-bit halves of a float64 pack) or a 4-byte per-block or per-row value (8-bit scales, multiplicative weights); none is split
+  into per-lane accesses.
 - ``at_most_64_registers``: at most 64 registers on sm_90 and sm_80 (two 512-thread blocks per SM)
   for every variant without noise and without stochastic rounding.
 - ``bandwidth_bound_h100``: the estimated core time at most 70% of the memory time on an H100 for
@@ -25,6 +31,24 @@ def _steps(rows):
 
 def _hot(r):
     return r["arch"]["sm_90"].get("hot_loop")
+
+
+SIZES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "8-bit": 1}
+WIDTHS = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
+
+
+def _width(opcode: str) -> int:
+    return next((WIDTHS[m] for m in opcode.split(".")[1:] if m in WIDTHS), 4)
+
+
+def _split(r) -> list[str]:
+    """The hot path's global opcodes whose width is no operand's pack nor an allowed 4-byte value."""
+    v = r["variant"]
+    # a pack wider than 16 bytes (4 float64) takes 128-bit accesses, the widest there are
+    allowed = {min(16, 4 * SIZES[v["param_dtype"]]), min(16, 4 * SIZES[v["state_dtype"]])}
+    if v["state_dtype"] == "8-bit" or v["noise"] == "multiplicative":
+        allowed.add(4)  # scales, weights
+    return sorted(op for op in _hot(r)["global_accesses"] if _width(op) not in allowed)
 
 
 def violations(rows: list[dict]) -> tuple[dict[str, list[dict]], dict[str, int]]:
@@ -46,6 +70,8 @@ def violations(rows: list[dict]) -> tuple[dict[str, list[dict]], dict[str, int]]
           lambda r: f"{_hot(r)['local_in_loop']} LDL/STL")
     check("vector_128bit_on_aligned_path", found, lambda r: _hot(r)["widest_access_bytes"] == 16,
           lambda r: "widest global access " + ", ".join(sorted(_hot(r)["global_accesses"])))
+    check("full_vectors_on_aligned_path", found, lambda r: not _split(r),
+          lambda r: "narrower than a pack: " + ", ".join(_split(r)))
     plain = [r for r in steps if r["variant"]["noise"] == "none" and r["variant"]["rounding"] == "none"]
     check("at_most_64_registers", plain,
           lambda r: all(a["registers"] <= MAX_REGISTERS for a in r["arch"].values()),
