@@ -209,6 +209,9 @@ def test_decode_reads_template_parameters():
                         "FusedAdamMathFunctor<float, 5, (at::native::ADAM_MODE)1, true>, float const*>(...)")
     assert v.label() == "torch AdamW amsgrad f32"
     assert decode("torch", "multi_tensor_apply_kernel<X, at::native::FusedSgdMathFunctor<float, 2>, double>") is None
+    v = decode("noisefuse", "void noisefuse::cuda::advance_counters_kernel<noisefuse::cuda::TensorTable<10, true> >"
+                            "(noisefuse::cuda::TensorTable<10, true>, noisefuse::StepHyper, float const*)")
+    assert (v.is_step, v.label()) == (False, "advance_counters (10 lists, offsets)")
 
 
 def test_algorithm_bytes_match_the_hand_counts_of_docs_benchmarks():

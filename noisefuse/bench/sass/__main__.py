@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
+import hashlib
 import importlib.metadata
 import json
 import subprocess
@@ -23,13 +25,29 @@ def torch_wanted(name: str) -> bool:
         f"Fused{k}MathFunctorI{t}" in name for k in ("Adam", "Sgd") for t in ("f", "N3c108BFloat16"))
 
 
+def _rows_cache(cache: Path, path: Path, archs, label: str, rows: int, block_size: int, paths) -> Path:
+    """Where the analysed rows of one library are cached: keyed by what the SASS cache is keyed by,
+    the options, and the source of the modules that turn SASS into rows."""
+    st = Path(path).resolve().stat()
+    here = Path(__file__).parent
+    code = b"".join((here / f"{m}.py").read_bytes() for m in ("parse", "analyze", "model", "variants"))
+    key = hashlib.sha1(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{archs}|{label}|{rows}|{block_size}|"
+                       f"{tools.version(paths['cuobjdump'])}".encode() + code).hexdigest()[:16]
+    return cache / f"rows-{Path(path).name}-{label}-{key}.json.gz"
+
+
 def collect(module: Path, torch_lib: Path | None, archs, paths, cache: Path, rows: int, block_size: int) -> list[dict]:
-    """Rows of every decoded variant: noisefuse's first, then torch's."""
+    """Rows of every decoded variant: noisefuse's first, then torch's (cached, see _rows_cache)."""
     sources = [("noisefuse", module, lambda n: True, "all")]
     if torch_lib is not None:
         sources.append(("torch", torch_lib, torch_wanted, "fused-optim"))
     out = []
     for library, path, want, label in sources:
+        cached = _rows_cache(cache, path, archs, label, rows, block_size, paths)
+        if cached.exists():
+            out += json.loads(gzip.decompress(cached.read_bytes()))
+            continue
+        first = len(out)
         by_variant: dict[str, dict] = {}
         variants = {}
         for arch in archs:
@@ -43,6 +61,8 @@ def collect(module: Path, torch_lib: Path | None, archs, paths, cache: Path, row
         for key, by_arch in by_variant.items():
             if "sm_90" in by_arch:
                 out.append(row(dict(sorted(by_arch.items(), reverse=True)), variants[key], rows, block_size))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(gzip.compress(json.dumps(out[first:]).encode(), 6))
     return out
 
 
@@ -109,7 +129,7 @@ def main(argv=None) -> int:
         print(f"{name}: {len(bad)} of {doc['invariants']['checked'][name]} violate" +
               "".join(f"\n  {b['label']}: {b['value']}" for b in bad))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.out / "results.json").write_text(report.dumps(doc))
     from noisefuse.bench import render
     render.main([str(args.out)])
     return 0

@@ -28,12 +28,13 @@ def inner_trips(v: Variant, instrs: list[parse.Instr], inner: parse.Loop, path: 
     return 1, "unknown trip count: counted once"
 
 
-def hot_loop_stats(k: Kernel, v: Variant, rows: int, block_size: int) -> dict | None:
-    instrs, labels = parse.parse(k.sass)
+def hot_loop_stats(k: Kernel, v: Variant, rows: int, block_size: int, parsed=None) -> dict | None:
+    instrs, labels = parsed or parse.parse(k.sass)
     lp, width = parse.hot_loop(instrs, labels)
     if lp is None:
         return None
-    paths = parse.loop_paths(instrs, labels, lp)
+    never = parse.cold(instrs, labels)
+    paths = parse.loop_paths(instrs, labels, lp, never)
     longest = paths["longest"]
     classes = Counter(longest.classes)
     slow = sum(1 for i in longest.indices if instrs[i].base in ("MUFU",) + SLOW_CONVERSIONS)
@@ -41,7 +42,7 @@ def hot_loop_stats(k: Kernel, v: Variant, rows: int, block_size: int) -> dict | 
     sass_bytes = parse.global_bytes(instrs, longest.indices)
     inner_info = []
     for inner in parse.inner_loops(instrs, labels, lp, longest.indices):
-        ipath = parse.loop_paths(instrs, labels, inner)["longest"]
+        ipath = parse.loop_paths(instrs, labels, inner, never)["longest"]
         trips, why = inner_trips(v, instrs, inner, ipath.indices, rows, block_size)
         extra = trips - 1
         for c, n in ipath.classes.items():
@@ -63,14 +64,13 @@ def hot_loop_stats(k: Kernel, v: Variant, rows: int, block_size: int) -> dict | 
             "global_accesses": parse.widths(instrs, longest.indices),
             "sass_bytes_per_element": {key: val / ept for key, val in sass_bytes.items()},
             "fp64_in_loop": classes.get("fp64", 0), "local_in_loop": classes.get("local", 0),
-            "body": body_stats(instrs, labels, lp)}
+            "body": body_stats(instrs, lp, never)}
 
 
-def body_stats(instrs: list[parse.Instr], labels: dict[str, int], lp: parse.Loop) -> dict:
+def body_stats(instrs: list[parse.Instr], lp: parse.Loop, never: set[int]) -> dict:
     """What the loop's whole body holds, cold code included: FP64 and local-memory instructions, slow-path
-    calls, and the instructions of the trig slow path."""
+    calls, and the instructions of the trig slow path (``never``)."""
     body = range(lp.head, lp.latch + 1)
-    never = parse.cold(instrs, labels)
     return {"instructions": len(body), "fp64": sum(parse.classify(instrs[i]) == "fp64" for i in body),
             "local": sum(parse.classify(instrs[i]) == "local" for i in body),
             "calls": sum(instrs[i].base == "CALL" for i in body), "trig_slow_path": sum(i in never for i in body)}
@@ -80,14 +80,15 @@ def row(by_arch: dict[str, Kernel], v: Variant, rows: int, block_size: int) -> d
     """The report's row of one variant from its kernel on each architecture (sm_90 first)."""
     out = {"variant": v.as_dict(), "mangled": next(iter(by_arch.values())).mangled, "arch": {}}
     for arch, k in by_arch.items():
-        instrs, _ = parse.parse(k.sass)
+        parsed = parse.parse(k.sass)
+        instrs = parsed[0]
         info = {"registers": k.registers, "stack": k.stack, "local": k.local, "shared": k.shared,
                 "instructions": len(instrs),
                 "local_accesses": sum(1 for i in instrs if parse.classify(i) == "local")}
         if v.block_threads:
             info["occupancy"] = model.blocks_per_sm(k.registers, k.shared, v.block_threads, arch)
         if v.is_step:
-            info["hot_loop"] = hot_loop_stats(k, v, rows, block_size)
+            info["hot_loop"] = hot_loop_stats(k, v, rows, block_size, parsed)
         out["arch"][arch] = info
     alg = algorithm_bytes(v, rows, block_size)
     out["bytes_per_element"] = alg

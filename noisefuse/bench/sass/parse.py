@@ -53,10 +53,10 @@ class Instr:
     opcode: str  # with modifiers: 'LDG.E.128'
     operands: str
     target: str | None  # a branch's label
+    base: str = ""  # the opcode without modifiers: 'LDG'
 
-    @property
-    def base(self) -> str:
-        return self.opcode.split(".")[0]
+    def __post_init__(self):
+        self.base = self.opcode.split(".")[0]
 
 
 def parse(text: str) -> tuple[list[Instr], dict[str, int]]:
@@ -81,8 +81,17 @@ def parse(text: str) -> tuple[list[Instr], dict[str, int]]:
     return instrs, labels
 
 
+_CLASS_OF: dict[str, str] = {}
+
+
 def classify(ins: Instr) -> str:
-    base, op = ins.base, ins.opcode
+    cls = _CLASS_OF.get(ins.opcode)
+    if cls is None:
+        cls = _CLASS_OF[ins.opcode] = _classify(ins.base, ins.opcode)
+    return cls
+
+
+def _classify(base: str, op: str) -> str:
     if base == "LDG" or (base == "LD" and ".E" in op):
         return "ldg"
     if base in ("STG", "RED", "ATOMG", "ATOM") or (base == "ST" and ".E" in op):
@@ -181,28 +190,31 @@ TRIG_SLOW_THRESHOLD = "105615"  # sinf/cosf take the Payne-Hanek reduction at |x
 
 
 def cold(instrs: list[Instr], labels: dict[str, int]) -> set[int]:
-    """Indices of instructions in the trig slow path: those between ``@!Pn BRA L`` and L where Pn was
-    set by ``FSETP.GE.AND Pn, PT, |R|, 105615`` a few instructions before."""
+    """Indices of instructions in the trig slow path: those between ``@!Pn BRA L`` and L where the
+    last instruction to set Pn before the branch (within 64) is ``FSETP.GE.AND Pn, PT, |R|, 105615``."""
     out: set[int] = set()
     for ins in instrs:
         if ins.base != "BRA" or not ins.pred.startswith("@!P") or ins.target not in labels:
             continue
         pred = ins.pred[2:]
-        for prev in instrs[max(0, ins.index - 12):ins.index]:
-            if (prev.base == "FSETP" and prev.operands.startswith(pred + ",") and "|" in prev.operands
-                    and prev.operands.rstrip().split(",")[-2].strip() == TRIG_SLOW_THRESHOLD):
-                out.update(range(ins.index + 1, labels[ins.target]))
+        for prev in reversed(instrs[max(0, ins.index - 64):ins.index]):
+            if prev.operands.startswith(pred + ","):  # the predicate's last definition
+                fields = [f.strip() for f in prev.operands.split(",")]
+                if prev.base == "FSETP" and len(fields) >= 2 and "|" in prev.operands \
+                        and fields[-2] == TRIG_SLOW_THRESHOLD:
+                    out.update(range(ins.index + 1, labels[ins.target]))
+                break
     return out
 
 
-def _path(instrs, labels, lp: Loop, longest: bool, skip_cold: bool) -> list[int] | None:
+def _path(instrs, labels, lp: Loop, longest: bool, never: set[int] | None) -> list[int] | None:
     """Instruction indices of a path from the loop's head to its latch over forward edges inside the
     loop: the one with most accesses of the loop's widest global width, then most bytes accessed,
     then fewest access instructions (the aligned side of a branch between one vector access and
     per-lane ones moving the same bytes), then the longest (or shortest); cold blocks (a CALL, the
-    trig slow path) left out when ``skip_cold``."""
+    trig slow path) left out unless ``never`` (the cold instructions, ``cold``) is None."""
     blocks = _blocks(instrs, labels, lp)
-    never = cold(instrs, labels) if skip_cold else set()
+    skip_cold = never is not None
     width = max((access_bytes(i) for i in instrs[lp.head:lp.latch + 1] if is_global(i)), default=0)
     start_of = {a: k for k, (a, _) in enumerate(blocks)}
     preds: dict[int, list[int]] = {}
@@ -244,12 +256,14 @@ def _successors(instrs, labels, blocks, start_of, k, lp: Loop) -> set[int]:
     return succ
 
 
-def loop_paths(instrs: list[Instr], labels: dict[str, int], lp: Loop) -> dict[str, PathCount]:
-    """{"longest": ..., "shortest": ...} paths through the loop, cold code skipped where the latch
-    stays reachable without it."""
+def loop_paths(instrs: list[Instr], labels: dict[str, int], lp: Loop, never: set[int] | None = None
+               ) -> dict[str, PathCount]:
+    """{"longest": ..., "shortest": ...} paths through the loop, cold code (``never``, by default
+    ``cold(instrs, labels)``) skipped where the latch stays reachable without it."""
+    never = cold(instrs, labels) if never is None else never
     out = {}
     for name, longest in (("longest", True), ("shortest", False)):
-        idx = _path(instrs, labels, lp, longest, True) or _path(instrs, labels, lp, longest, False) or []
+        idx = _path(instrs, labels, lp, longest, never) or _path(instrs, labels, lp, longest, None) or []
         out[name] = PathCount(len(idx), Counter(classify(instrs[i]) for i in idx), idx)
     return out
 

@@ -4,11 +4,21 @@
 Every number is an ESTIMATE from machine code (model.py), never a measurement."""
 from __future__ import annotations
 
+import json
+
 KIND = "sass-report"
 
 HEAD = ["variant", "regs sm_90 / sm_80", "blocks/SM", "spills: stack B, LDL+STL", "instr/elem", "fp32", "int",
         "MUFU+cvt", "fp64", "LDS/STS+BAR", "branch", "global accesses per iteration", "B/elem: algorithm / SASS",
         "core/memory H100", "est. % of bandwidth H100 / H200"]
+
+
+def dumps(doc: dict) -> str:
+    """results.json's text: one line per row (a diff between two reports then reads per variant)."""
+    head = {k: v for k, v in doc.items() if k != "rows"}
+    body = json.dumps(head, indent=1)[:-2]
+    rows = ",\n".join(json.dumps(r, separators=(",", ":")) for r in doc["rows"])
+    return f'{body},\n "rows": [\n{rows}\n ]\n}}\n'
 
 
 def _n(x: float) -> str:
@@ -60,6 +70,18 @@ def groups(doc: dict) -> list[tuple[str, list[dict]]]:
     return [(title, rs) for title, rs in out if rs]
 
 
+def _listed(bad: list[dict], most: int = 20) -> str:
+    """The violations, each with its value; past ``most`` counted per dtype pair instead."""
+    if not bad:
+        return ""
+    if len(bad) <= most:
+        return ": " + "; ".join(f"{b['label']} ({b['value']})" for b in bad)
+    counts: dict[str, int] = {}
+    for b in bad:
+        counts[b["label"].split()[0]] = counts.get(b["label"].split()[0], 0) + 1
+    return ": " + ", ".join(f"{n} {dtypes}" for dtypes, n in counts.items()) + " (results.json lists each)"
+
+
 def render(doc: dict) -> str:
     """The generated block of a SASS results folder's README (noisefuse/bench/render.py's markers)."""
     from noisefuse.bench.render import BEGIN, END
@@ -75,8 +97,7 @@ def render(doc: dict) -> str:
     for title, rows in groups(doc):
         parts.append(f"**{title}** ({len(rows)} kernels)\n\n{table(rows)}")
     v = doc["invariants"]
-    lines = [f"- {name}: {len(bad)} of {v['checked'][name]} variants violate it" +
-             (": " + "; ".join(f"{b['label']} ({b['value']})" for b in bad) if bad else "")
+    lines = [f"- `{name}`: {len(bad)} of {v['checked'][name]} variants violate it" + _listed(bad)
              for name, bad in v["violations"].items()]
     parts.append("**Invariants** (tests/test_sass_report.py)\n\n" + "\n".join(lines))
     parts.append(END)

@@ -34,6 +34,7 @@ class Variant:
     rounding: str | None = None  # which stores are rounded stochastically to bfloat16
     block_threads: int = BLOCK_THREADS
     elements_per_thread: int = ILP  # per iteration of the hot loop
+    detail: str = ""  # what tells apart kernels of one name (the counter kernel's table type)
 
     @property
     def eight_bit(self) -> bool:
@@ -46,7 +47,7 @@ class Variant:
     def label(self) -> str:
         """A short row label: 'f32/bf16 pn v+ams iso sr:state'."""
         if not self.is_step:
-            return self.kernel
+            return f"{self.kernel} {self.detail}".strip()
         if self.library == "torch":
             name = {"torch_adamw": "AdamW" + (" amsgrad" if self.second_moment == "v+amsgrad" else ""),
                     "torch_sgd": "SGD momentum"}[self.kernel]
@@ -102,7 +103,10 @@ def decode(library: str, demangled: str) -> Variant | None:
             return Variant("noisefuse", "blockwise_step", DTYPES[scalar], "8-bit", "pn" if _int(pn) else "single",
                            SECOND[_int(second)], NOISE[_int(noise)], ROUNDING[_int(rnd)])
         if "advance_counters_kernel<" in demangled:
-            return Variant("noisefuse", "advance_counters", block_threads=0, elements_per_thread=1)
+            table = _args(demangled, "advance_counters_kernel")[0]
+            lists, offsets = _args(table, "TensorTable")
+            return Variant("noisefuse", "advance_counters", block_threads=0, elements_per_thread=1,
+                           detail=f"({lists} lists{', offsets' if offsets == 'true' else ''})")
         if "sample_weights_kernel" in demangled:
             return Variant("noisefuse", "sample_weights", block_threads=WEIGHT_THREADS, elements_per_thread=1)
         return None
