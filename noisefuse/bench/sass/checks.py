@@ -11,8 +11,8 @@ report's rows, so that tests/test_sass_report.py and the README state the same t
   float16) or 8-bit codes fails it by construction.
 - ``full_vectors_on_aligned_path``: every global access on the aligned path moves a whole pack of
   kIlp elements of an operand (4 x its size: 16 bytes for float32, 8 for bfloat16, 4 for 8-bit
-  codes; 128-bit halves of a float64 pack) or a 4-byte per-block or per-row value (8-bit scales, multiplicative weights); none is split
-  into per-lane accesses.
+  codes; 128-bit halves of a float64 pack) or a 4-byte per-block or per-row value (8-bit scales,
+  multiplicative weights); none is split into per-lane accesses.
 - ``at_most_64_registers``: at most 64 registers on sm_90 and sm_80 (two 512-thread blocks per SM)
   for every variant without noise and without stochastic rounding.
 - ``bandwidth_bound_h100``: the estimated core time at most 70% of the memory time on an H100 for
@@ -76,7 +76,8 @@ def violations(rows: list[dict]) -> tuple[dict[str, list[dict]], dict[str, int]]
     check("at_most_64_registers", plain,
           lambda r: all(a["registers"] <= MAX_REGISTERS for a in r["arch"].values()),
           lambda r: " / ".join(f"{a['registers']} ({arch})" for arch, a in r["arch"].items()) + " registers")
-    bw = [r for r in found if r["variant"]["noise"] == "none" and r["variant"]["state_dtype"] in ("float32", "bfloat16")]
+    bw = [r for r in found
+          if r["variant"]["noise"] == "none" and r["variant"]["state_dtype"] in ("float32", "bfloat16")]
     check("bandwidth_bound_h100", bw,
           lambda r: r["estimate"]["H100 SXM"]["core_over_memory"] <= CORE_OVER_MEMORY,
           lambda r: f"core/memory {r['estimate']['H100 SXM']['core_over_memory']:.2f}")

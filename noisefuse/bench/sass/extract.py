@@ -44,7 +44,8 @@ class Kernel:
 def run(cmd: list, cwd: Path | None = None) -> str:
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} ... failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
+        raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} ... failed ({proc.returncode}): "
+                           f"{proc.stderr.strip()[-400:]}")
     return proc.stdout
 
 

@@ -65,7 +65,8 @@ def groups(doc: dict) -> list[tuple[str, list[dict]]]:
     out = [("torch's fused kernels (the baselines)", torch),
            ("noisefuse, no noise", [r for r in steps if r["variant"]["noise"] == "none"])]
     for noise in ("isotropic", "diag_fisher", "multiplicative"):
-        out.append((f"noisefuse, {noise.replace('_', '-')} noise", [r for r in steps if r["variant"]["noise"] == noise]))
+        title = f"noisefuse, {noise.replace('_', '-')} noise"
+        out.append((title, [r for r in steps if r["variant"]["noise"] == noise]))
     out.append(("noisefuse, other kernels", [r for r in nf if r["variant"]["noise"] is None]))
     return [(title, rs) for title, rs in out if rs]
 
