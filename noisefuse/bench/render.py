@@ -21,6 +21,7 @@ COUNTERPART = {"PNM": ("pytorch_optimizer", "PNM", ("loop", "foreach")),
                "DemonSGD": ("torch", "SGD", ("fused", "foreach")),
                "DemonAdam": ("torch", "AdamW", ("fused", "foreach"))}
 FUSED = ("native", "triton")
+SASS_KIND = "sass-report"  # noisefuse/bench/sass/report.py's KIND
 NAMES = {"AdaPNM": "AdaPNM (amsgrad)"}
 
 
@@ -100,7 +101,11 @@ def noise_table(section: dict) -> str:
 
 def render(doc: dict) -> str:
     """The generated block: the run's line, a table per (preset, dtype), the noise section, the
-    number of notes (report.txt has them)."""
+    number of notes (report.txt has them). A static SASS report (``python -m noisefuse.bench.sass``)
+    has its own tables (noisefuse/bench/sass/report.py)."""
+    if doc.get("kind") == SASS_KIND:
+        from noisefuse.bench.sass import report as sass_report
+        return sass_report.render(doc)
     parts = [BEGIN, f"Run: {machine_line(doc)}."]
     for case in doc["cases"]:
         rows = [r for r in doc["rows"] if r["preset"] == case["preset"] and r["dtype"] == case["dtype"]]
@@ -117,6 +122,8 @@ def render(doc: dict) -> str:
 
 def updated_readme(old: str | None, doc: dict) -> str:
     block = render(doc)
+    if old is None and doc.get("kind") == SASS_KIND:
+        return f"# Static SASS report (estimates, not measurements), {doc['machine']['date'][:10]}\n\n{block}"
     if old is None:
         kind = "GPU" if doc["machine"].get("gpu") else "CPU"
         return f"# {kind} results, {doc['machine']['date'][:10]}\n\n{block}"
