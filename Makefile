@@ -14,7 +14,7 @@ TEST_ARGS  ?=
 EXT_SOURCES := setup.py $(filter-out csrc/emulation/%,$(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h \
                csrc/*/*.cuh csrc/include/noisefuse/*.h))
 
-.PHONY: test bench bench-kernels gpu-check gpu-bundle compat build venv clean
+.PHONY: test bench bench-kernels sass-report gpu-check gpu-bundle compat build venv clean
 
 venv: $(VENV)/.deps-stamp
 
@@ -28,7 +28,7 @@ $(VENV)/.torch-stamp:
 # are installed against a pin of the installed torch, so that none of them replaces it.
 $(VENV)/.deps-stamp: $(VENV)/.torch-stamp pyproject.toml
 	$(PYTHON) -m pip install -q pytest pytest-timeout pytest-xdist pytorch_optimizer matplotlib tqdm pytest-benchmark \
-		scikit-learn hypothesis
+		scikit-learn hypothesis nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 	$(PYTHON) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
 	$(PYTHON) -m pip install -q -c $(VENV)/torch-pin.txt $(INTEGRATIONS)
 	touch $@
@@ -57,6 +57,12 @@ test: build
 
 bench: build
 	$(PYTHON) -m noisefuse.bench $(BENCH_ARGS)
+
+# The static SASS report of every CUDA kernel variant beside torch's fused AdamW/SGD (an estimate from
+# machine code, docs/backends/native.md): SASS_ARGS="--out benchmarks/results/<folder>" writes a results folder.
+SASS_ARGS ?=
+sass-report: build
+	$(PYTHON) -m noisefuse.bench.sass $(SASS_ARGS)
 
 # The pytest-benchmark suite of the individual fused kernels (not part of `make test`).
 bench-kernels: build

@@ -187,7 +187,8 @@ std::vector<at::Tensor> grad_sources_like_params(const FusedStepLists& l, const 
     out.reserve(l.params.size());
     for (size_t i = 0; i < l.params.size(); ++i) {
       const at::Tensor& g = l.grads[i];
-      out.push_back(same_layout(g, l.params[i]) ? g : at::empty_like(l.params[i]).copy_(g));
+      const at::Tensor& p = l.params[i];
+      out.push_back(same_layout(g, p) ? g : at::empty_strided(p.sizes(), p.strides(), g.options()).copy_(g));
     }
     return out;
   }
