@@ -30,7 +30,8 @@ from noisefuse.random.philox import seed_as_int64
 from noisefuse.random.rounding import Rounding
 from test_native import (BF16_STATE_CASES, BF16_STATE_OFFSETS, DTYPES, FAMILIES, ROUNDING_SEED, STATE_LISTS,
                          assert_bfloat16_stores_like_the_reference, assert_same, assert_same_bits, assert_same_mixed,
-                         clone, exact_update_family, misalign, op_args, step_tensors)
+                         clone, exact_update_family, misalign, op_args, step_tensors,
+                         transposed_grads_and_size_one_strides)
 from test_native_noise import assert_native_normals_are_the_stream
 
 pytestmark = pytest.mark.skipif(not native.available(torch.device("cpu")),
@@ -219,6 +220,18 @@ def test_misaligned_views_beside_aligned_tensors(offset):
     for index in (1, 4):
         misalign(ts, index)
     ts.max_exp_avg_sqs[3] = torch.cat([torch.zeros(offset), ts.max_exp_avg_sqs[3]])[offset:]
+    expected = clone(ts)
+    for _ in range(3):
+        reference.fused_step(family, hyper, expected)
+        emulated_step(family, hyper, ts)
+    assert_same(expected, ts, torch.float32)
+
+
+def test_grads_of_another_layout_and_size_one_strides():
+    """The CUDA op reads a grad laid out unlike its param in the param's layout (a copy made on the
+    stream), and takes a size-1 dimension's stride as any: test_native's case, emulated."""
+    family, hyper = FAMILIES["pn_ams"]
+    ts = transposed_grads_and_size_one_strides(family, hyper)
     expected = clone(ts)
     for _ in range(3):
         reference.fused_step(family, hyper, expected)

@@ -289,6 +289,34 @@ def test_unaligned_and_channels_last_tensors():
     assert nchw.params[0].is_contiguous(memory_format=torch.channels_last)
 
 
+def transposed_grads_and_size_one_strides(family, hyper):
+    """Tensors the op takes as torch.optim does (issue #20, finding 5): a grad laid out unlike its
+    param (a transposed, and a strided-view grad of [7, 9] params, read in the params' layout), and
+    a [5, 1] param with strides (1, 5) whose state has (1, 1) (a size-1 dimension's stride is
+    never used)."""
+    ts = step_tensors(family, hyper, sizes=(63, 63, 5))
+    for key, lst in vars(ts).items():
+        if lst and key not in ("steps", "beta1_prods", "grads"):
+            lst[0], lst[1] = lst[0].view(7, 9), lst[1].view(7, 9)
+            lst[2] = lst[2].view(5, 1) if key != "params" else lst[2].view(1, 5).t()
+    ts.grads[0] = ts.grads[0].view(9, 7).t()
+    ts.grads[1] = torch.zeros(7, 18).copy_(ts.grads[1].view(7, 9).repeat_interleave(2, dim=1))[:, ::2]
+    ts.grads[2] = ts.grads[2].view(5, 1)
+    return ts
+
+
+def test_grads_of_another_layout_and_size_one_strides():
+    family, hyper = FAMILIES["pn_ams"]
+    ts = transposed_grads_and_size_one_strides(family, hyper)
+    assert ts.params[2].stride() == (1, 5) and ts.exp_avgs[2].stride() == (1, 1)
+    grads = [g.clone() for g in ts.grads]
+    expected = clone(ts)
+    reference.fused_step(family, hyper, expected)
+    native.fused_step(family, hyper, ts)
+    assert_same(expected, ts, torch.float32)
+    assert all(torch.equal(g, h) for g, h in zip(ts.grads, grads))  # only read
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_opcheck(name):
     family, hyper = FAMILIES[name]
