@@ -139,7 +139,7 @@ def test_triton_launcher_checks_the_scales_of_8bit_state(interpreter):
     p, g = torch.randn(130), torch.randn(130)
     codes = torch.zeros(130, dtype=torch.uint8)
     scales = torch.full((2 + PAD,), SENTINEL)  # 130 elements in blocks of 64 need 3
-    with pytest.raises(RuntimeError, match="scales of state list 0 of param 0 hold 2 values"):
+    with pytest.raises(RuntimeError, match=r"scales of state list 0 of param 0 are torch.float32 \(2,\)"):
         launch.fused_step([p], [g], [codes], [], [], [], [torch.zeros((), dtype=torch.float64)], [], momentum=1,
                           lr=0.1, beta1=0.9, beta2=0.999, beta0=0.0, eps=1e-8, weight_decay=0.0, decoupled=True,
                           nesterov=False, maximize=False, demon_total_steps=0, demon_delay=0.0,

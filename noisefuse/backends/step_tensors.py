@@ -29,6 +29,9 @@ class StepTensors:
     # ``scales[field]`` each buffer's float32 scales, one per block of its flat index.
     quantization: object = None
     scales: dict = field(default_factory=dict)
+    # Whether every param is row-major contiguous, when the caller knows (the optimizer works it out
+    # once per build of a group's lists); None: not known, the backend looks.
+    all_contiguous: bool | None = None
 
     def __len__(self) -> int:
         return len(self.params)

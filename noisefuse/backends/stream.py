@@ -49,8 +49,9 @@ def layout_needs_foreach(ts: StepTensors, noise: NoiseStep | None, rounding: Rou
     """Why the fused kernels cannot step the call, or None when they can: a param that is not dense
     (a strided view: the kernels walk ``numel`` consecutive elements), or one that is not row-major
     contiguous when the call draws per element or keeps 8-bit state (both indexed by the row-major
-    position, which the kernels walk as memory order). Costs one ``is_contiguous`` per param."""
-    if all(p.is_contiguous() for p in ts.params):
+    position, which the kernels walk as memory order). Free when the call says its params are all
+    contiguous (``StepTensors.all_contiguous``), else one ``is_contiguous`` per param."""
+    if ts.all_contiguous or (ts.all_contiguous is None and all(p.is_contiguous() for p in ts.params)):
         return None
     row_major = [f"noise={noise.kind!r}"] if noise is not None and noise.kind in ("isotropic", "diag_fisher") else []
     row_major += ["stochastic rounding"] if rounds(rounding) else []

@@ -105,6 +105,10 @@ class GroupLists:
             lists = {field: _take(self.values[state_key], indices) for field, state_key in fields.items()}
             bucket_shards = _take(shards, indices)
             tensors = StepTensors(params=_take(self.params, indices), **lists)
+            # Layouts change with `p.data = ...`, which keeps a param's shape only for a view of the
+            # same size (a transpose): then the op's own checks refuse it, naming it.
+            tensors.all_contiguous = all((local_tensor(p) if shard else p).is_contiguous()
+                                         for p, shard in zip(tensors.params, bucket_shards))
             if key[2]:
                 tensors.quantization = quantization
                 tensors.scales = {field: _take(self.values[k], indices) for field, k in scale_fields.items()}
@@ -134,7 +138,8 @@ class GroupLists:
                 # shards, taken at each step (FSDP2 may give a param a new local tensor).
                 for name in _SHARDED_FIELDS:
                     lists[name] = [local_tensor(t) if shard else t for t, shard in zip(lists[name], bucket.shards)]
-            calls[key] = StepTensors(**lists, quantization=bucket.tensors.quantization, scales=bucket.tensors.scales)
+            calls[key] = StepTensors(**lists, quantization=bucket.tensors.quantization, scales=bucket.tensors.scales,
+                                     all_contiguous=bucket.tensors.all_contiguous)
         return calls
 
 

@@ -89,29 +89,31 @@ def split(x: float) -> tuple[float, float]:
     return hi, lo
 
 
-def _check_shapes(lists, scale_columns, block_size) -> None:
-    """Every grad and state tensor must have its param's shape, and every list of 8-bit scales one
-    float per block: the kernels walk each param's ``numel`` elements in all of its tensors, so a
+def _check_lengths(lists) -> None:
+    """One tensor per param in every list that is used (``tables.get`` pairs them by position)."""
+    for k, lst in enumerate(lists[1:8]):
+        if lst and len(lst) != len(lists[0]):
+            raise RuntimeError(f"backend='triton': {len(lists[0])} params but {len(lst)} {_LIST_NAMES[k]}")
+
+
+def _check_shapes(lists) -> None:
+    """Every grad and state tensor must have its param's shape (the 8-bit scales' counts are
+    ``_check_blockwise_layout``'s): the kernels walk each param's ``numel`` elements in all of its tensors, so a
     smaller one (a param resized by ``p.data = ...`` after its state was made) would be read and
-    written past its end. Checked on every call: unlike the layout, a size is not implied by the
-    table's key (a tensor of another size may come to lie at a freed tensor's address)."""
+    written past its end. Checked with the layout, once per table: a table is keyed by every
+    tensor's data pointer and every param's size, so a resized param, or state replaced by new
+    tensors, gets a new table. (Not seen: a tensor resized in place, or one of another size that
+    comes to lie at a freed state tensor's address with every other pointer unchanged; the
+    optimizer checks its state's shapes whenever its state entries change.) Per call, the check
+    would cost as much as the table lookup itself (~100 ns a tensor and list)."""
     params = lists[0]
     shapes = [p.shape for p in params]
-    for k, lst in enumerate(lists[1:8]):
-        if lst and len(lst) != len(params):
-            raise RuntimeError(f"backend='triton': {len(params)} params but {len(lst)} {_LIST_NAMES[k]}")
     for k, lst in enumerate(lists[1:6]):
         if lst and [t.shape for t in lst] != shapes:
             i = next(i for i, (t, shape) in enumerate(zip(lst, shapes)) if t.shape != shape)
             kind = "grad" if k == 0 else f"state tensor ({_LIST_NAMES[k]})"
             raise RuntimeError(f"backend='triton': the {kind} of param {i} has shape {tuple(lst[i].shape)} but the "
                                f"param has {tuple(shapes[i])}; state made for another shape cannot be stepped")
-    for k, column in enumerate(scale_columns):
-        if column and [s.numel() for s in column] != [-(-p.numel() // block_size) for p in params]:
-            i = next(i for i, (s, p) in enumerate(zip(column, params)) if s.numel() != -(-p.numel() // block_size))
-            raise RuntimeError(f"backend='triton': the scales of state list {k} of param {i} hold {column[i].numel()} "
-                               f"values; a param of {params[i].numel()} elements in blocks of {block_size} needs "
-                               f"{-(-params[i].numel() // block_size)}")
 
 
 def _check_layout(lists, state_dtype) -> None:
@@ -297,14 +299,15 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
                                block_size)
     lists = [params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, beta1_prods, grad_samples]
     scale_columns = _blockwise_lists(lists, state_scales, code_books, block_size, device)
-    _check_shapes(lists, scale_columns, block_size)
+    _check_lengths(lists)
     lists[1] = [g if same_layout(g, p) else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
     lists[8] = [_rows_like(p, rows) for p, rows in zip(params, grad_samples)]
     block, num_warps = tables.launch_shape(device)
     block = max(block, block_size)  # powers of two: a multiple of the quantization block
     draws = noise_kind or stochastic_rounding or stochastic_state_rounding  # per-element: global offsets
     table = tables.get(lists, offsets if draws else (), block, scale_columns, block_size)
-    if not table.layout_checked:  # once per table: layouts change only with new pointers
+    if not table.layout_checked:  # once per table: see _check_shapes
+        _check_shapes(lists)
         _check_layout(lists, state_dtype)
         if block_size:
             _check_blockwise_layout(lists, scale_columns, block_size)
