@@ -1,0 +1,383 @@
+"""PyTorch's generic optimizer checks, for the four optimizers on every backend.
+
+torch checks each of its optimizers with the generic tests of ``TestOptimRenewed`` (torch's
+test/test_optim.py), fed by ``torch.testing._internal.common_optimizers`` (an ``OptimizerInfo`` and
+an ``optim_inputs_func`` of constructor kwargs per optimizer). That harness cannot drive ours: the
+test class is not shipped in the wheel, and common_optimizers imports expecttest and describes
+torch.optim's classes only. So the same checks are written here, each named after torch's test it
+follows, with ``OPTIM_INPUTS`` in the role of ``optim_inputs_func``; and every check that steps a
+backend also compares it with the reference backend (tolerances: cases.TOLERANCES).
+
+Sampling (the file's budget is ~3 minutes on two cores): reference, foreach and native run every
+input of every check; Triton's interpreter takes ~50 ms a step, so it runs one input per check and
+optimizer, a different one in each check (``inputs_for``), which covers them all across the file.
+Left out, as they do not apply on a CPU: the CUDA, multi-GPU and peak-memory tests, the
+foreach/fused flags (our ``backend=``), differentiable=True (not supported) and complex params
+(refused here: ``test_complex_and_sparse_are_refused``)."""
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import warnings
+import zlib
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
+
+import noisefuse as nf
+from cases import ALL_BACKENDS, TOLERANCES, assert_same_state, make_grads, make_params, on_cpu
+
+# optim_inputs_func: each optimizer's constructor kwargs, from its plainest to its richest point.
+OPTIM_INPUTS = {
+    "PNM": (nf.PNM, [
+        dict(lr=0.05),
+        dict(lr=0.05, betas=(0.8, 0.5), weight_decay=0.1, decoupled=False),
+        dict(lr=0.05, weight_decay=0.05, maximize=True, demon=nf.Demon(20, delay=0.1)),
+    ]),
+    "AdaPNM": (nf.AdaPNM, [
+        dict(lr=0.05),
+        dict(lr=0.05, weight_decay=0.1, amsgrad=False, betas=(0.8, 0.99, 0.5)),
+        dict(lr=0.05, weight_decay=0.1, decoupled=False, maximize=True, demon=15, max_grad_norm=1.0),
+    ]),
+    "DemonSGD": (nf.DemonSGD, [
+        dict(lr=0.01, total_steps=20),
+        dict(lr=0.01, momentum=0.8, total_steps=20, nesterov=True, weight_decay=0.1, delay=0.2),
+        dict(lr=0.01, total_steps=30, weight_decay=0.1, decoupled=True, maximize=True),
+    ]),
+    "DemonAdam": (nf.DemonAdam, [
+        dict(lr=0.05, total_steps=20),
+        dict(lr=0.05, betas=(0.95, 0.99), total_steps=25, weight_decay=0.1, decoupled=True, amsgrad=True),
+        dict(lr=0.05, total_steps=20, weight_decay=0.1, maximize=True, delay=0.3, eps=1e-3),
+    ]),
+}
+NAMES = sorted(OPTIM_INPUTS)
+F32 = TOLERANCES[torch.float32]
+
+# Non-dense params on the fused backends are stepped by foreach, with one warning (docs/integration.md).
+pytestmark = pytest.mark.filterwarnings("ignore:.*stepped by the foreach backend")
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request, monkeypatch):
+    return on_cpu(request.param, monkeypatch)
+
+
+def inputs_for(name, backend, request):
+    """Every input of ``name``; for Triton one, chosen by the test's name (see the module docstring)."""
+    inputs = OPTIM_INPUTS[name][1]
+    if backend != "triton":
+        return inputs
+    return [inputs[zlib.crc32(request.node.originalname.encode()) % len(inputs)]]
+
+
+def make(name, params, backend, **kwargs):
+    return OPTIM_INPUTS[name][0](params, backend=backend, seed=3, **kwargs)
+
+
+def clones(params):
+    return [p.detach().clone().requires_grad_() for p in params]
+
+
+def set_grads(params, step):
+    for p, g in zip(params, make_grads(params, step)):
+        p.grad = g
+
+
+def steps(opt, params, first, last):
+    for step in range(first, last):
+        set_grads(params, step)
+        opt.step()
+
+
+def assert_close_at_scale(opt_a, opt_b, params_a, params_b):
+    """float32 tolerance relative to each tensor's largest element. In a closure-driven run the
+    grads depend on the params, so the backends' last-ulp differences feed back; and momentum built
+    up while the loss is large, then cancelled, keeps the absolute rounding error of its largest
+    values (a few float32 ulps of max|t|), which an element-wise rtol would not allow."""
+    atol, rtol = F32
+    for i, (pa, pb) in enumerate(zip(params_a, params_b)):
+        pairs = [("param", pa.detach(), pb.detach())]
+        assert opt_a.state[pa].keys() == opt_b.state[pb].keys(), f"param {i}"
+        pairs += [(key, value, opt_b.state[pb][key]) for key, value in opt_a.state[pa].items()]
+        for key, va, vb in pairs:
+            scale = va.abs().max().item() if va.numel() else 0.0
+            torch.testing.assert_close(va.double(), vb.double(), atol=atol + rtol * scale, rtol=rtol,
+                                       msg=lambda m: f"param {i} {key}: {m}")
+
+
+def assert_identical(opt_a, opt_b, params_a, params_b):
+    """Params and every state entry equal bit for bit, of the same dtypes."""
+    for i, (pa, pb) in enumerate(zip(params_a, params_b)):
+        assert pa.dtype == pb.dtype and torch.equal(pa, pb), f"param {i}"
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert sa.keys() == sb.keys(), f"param {i}: {sorted(sa)} vs {sorted(sb)}"
+        for key, value in sa.items():
+            assert value.dtype == sb[key].dtype and torch.equal(value, sb[key]), f"param {i} state {key}"
+
+
+LAYOUTS = {  # weight (10, 5) and bias (10,) as torch's test builds them, and two more layouts
+    "contiguous": lambda g: (torch.randn(10, 5, generator=g), torch.randn(10, generator=g)),
+    "strided": lambda g: (torch.randn(10, 5, 2, generator=g)[..., 0], torch.randn(10, 2, generator=g)[..., 0]),
+    "every_other": lambda g: (torch.randn(10, 10, generator=g)[:, ::2], torch.randn(20, generator=g)[::2]),
+    "transposed": lambda g: (torch.randn(5, 10, generator=g).t(), torch.randn(10, generator=g)),
+}
+
+
+def weight_bias(layout="contiguous"):
+    g = torch.Generator().manual_seed(0)
+    weight, bias = (t.requires_grad_() for t in LAYOUTS[layout](g))
+    return weight, bias, torch.randn(5, generator=g)
+
+
+def loss_closure(opt, weight, bias, x):
+    def closure():
+        opt.zero_grad()
+        loss = (weight.mv(x) + bias).pow(2).sum()
+        loss.backward()
+        return loss
+    return closure
+
+
+def drive(name, kwargs, backend, layout="contiguous", groups=False, schedulers=(), steps_=20):
+    """torch's right-direction loop: ``steps_`` steps through a closure; (first loss, last loss,
+    params, optimizer)."""
+    weight, bias, x = weight_bias(layout)
+    params = [{"params": [weight]}, {"params": [bias], "lr": 0.01}] if groups else [weight, bias]
+    opt = make(name, params, backend, **kwargs)
+    scheds = [make_sched(opt) for make_sched in schedulers]
+    closure = loss_closure(opt, weight, bias, x)
+    first = closure().item()
+    for _ in range(steps_):
+        loss = opt.step(closure)
+        for sched in scheds:
+            sched.step(loss.item()) if isinstance(sched, ReduceLROnPlateau) else sched.step()
+    return first, closure().item(), [weight, bias], opt
+
+
+SCHEDULERS = (lambda o: StepLR(o, step_size=5, gamma=0.9), lambda o: ReduceLROnPlateau(o, patience=2))
+
+
+@pytest.mark.parametrize("layout, with_lrsched", [("contiguous", False), ("contiguous", True), ("strided", False),
+                                                  ("every_other", True), ("transposed", False)])
+@pytest.mark.parametrize("name", NAMES)
+def test_forloop_goes_right_direction(name, backend, layout, with_lrsched, request):
+    schedulers = SCHEDULERS if with_lrsched else ()
+    for kwargs in inputs_for(name, backend, request):
+        first, last, params, opt = drive(name, kwargs, backend, layout, schedulers=schedulers)
+        assert (last > first) if kwargs.get("maximize") else (last < first), kwargs
+        _, _, ref_params, ref = drive(name, kwargs, "reference", layout, schedulers=schedulers)
+        assert_close_at_scale(ref, opt, ref_params, params)
+        assert all(p.stride() == q.stride() for p, q in zip(params, ref_params))  # stepped in place
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_group_with_lrscheduler_goes_right_direction(name, backend, request):
+    for kwargs in inputs_for(name, backend, request):
+        first, last, params, opt = drive(name, kwargs, backend, groups=True, schedulers=SCHEDULERS)
+        assert (last > first) if kwargs.get("maximize") else (last < first), kwargs
+        assert opt.param_groups[1]["lr"] < 0.01  # the scheduler moved the group's own lr
+        _, _, ref_params, ref = drive(name, kwargs, "reference", groups=True, schedulers=SCHEDULERS)
+        assert_close_at_scale(ref, opt, ref_params, params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tensor_lr(name, backend, request):
+    # A tensor lr (float32, as torch's schedulers keep it) steps as the same value given as a float.
+    for kwargs in inputs_for(name, backend, request):
+        lr = float(torch.tensor(kwargs["lr"], dtype=torch.float32))
+        runs = []
+        for value in (lr, torch.tensor(lr)):
+            params = make_params((0, 1, 10))
+            opt = make(name, params, backend, **dict(kwargs, lr=value))
+            sched = StepLR(opt, step_size=2, gamma=0.5)
+            for step in range(5):
+                set_grads(params, step)
+                opt.step()
+                sched.step()
+            runs.append((params, opt))
+        (pa, oa), (pb, ob) = runs
+        assert torch.is_tensor(ob.param_groups[0]["lr"])
+        assert_same_state(oa, ob, pa, pb, torch.float32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_is_noop_when_params_have_no_grad(name, backend, request):
+    # No grad at all: nothing moves, no state is made. A param whose grads stop: it and its state
+    # stay as they were while the others step on.
+    for kwargs in inputs_for(name, backend, request):
+        params = make_params((0, 1, 6, 7))
+        opt = make(name, params, backend, **kwargs)
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        assert all(torch.equal(p, b) for p, b in zip(params, before)) and len(opt.state) == 0
+        steps(opt, params, 0, 2)
+        frozen = params[2].detach().clone(), {k: v.clone() for k, v in opt.state[params[2]].items()}
+        moving = params[3].detach().clone()
+        for step in range(2, 4):
+            set_grads(params, step)
+            params[2].grad = None
+            opt.step()
+        assert torch.equal(params[2], frozen[0]) and not torch.equal(params[3], moving)
+        for key, value in frozen[1].items():
+            assert torch.equal(opt.state[params[2]][key], value), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_is_noop_for_zero_grads(name, backend, request):
+    for kwargs in inputs_for(name, backend, request):
+        params = make_params((0, 1, 9))
+        before = [p.detach().clone() for p in params]
+        opt = make(name, params, backend, **dict(kwargs, weight_decay=0.0))
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            opt.step()
+        assert all(torch.equal(p, b) for p, b in zip(params, before)), kwargs
+        assert opt.state[params[2]]["step"].item() == 3
+
+
+SHAPES = ((), (0,), (3, 0), (1,), (2, 3), (7,))  # 0-dim, 0-size, and small ones
+
+
+def run_shapes(name, kwargs, backend, dtype, skip_param=None):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in SHAPES]
+    opt = make(name, params, backend, **kwargs)
+    for step in range(6):
+        set_grads(params, step)
+        if step % 2 == 1:
+            params[4].grad = None  # per-param step counters diverge
+        grads = [None if p.grad is None else p.grad.clone() for p in params]
+        opt.step()
+        for p, g in zip(params, grads):  # test_grads_are_never_inplaced_into
+            assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+    return params, opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_foreach_matches_forloop(name, backend, dtype, request):
+    # torch's comparison of implementations, here every backend against the reference, with a
+    # 0-dim and two 0-size params among them, in every param dtype.
+    for kwargs in inputs_for(name, backend, request):
+        pa, oa = run_shapes(name, kwargs, "reference", dtype)
+        pb, ob = run_shapes(name, kwargs, backend, dtype)
+        assert pb[0].dim() == 0 and all(p.dtype == dtype for p in pb)
+        assert_same_state(oa, ob, pa, pb, dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_device_dtype(name, backend, request):
+    # One group, four dtypes: each (device, dtype) bucket is its own call.
+    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    for kwargs in inputs_for(name, backend, request):
+        runs = []
+        for b in ("reference", backend):
+            params = [p for dtype in dtypes for p in make_params((5, 1), dtype=dtype)]
+            opt = make(name, params, b, **kwargs)
+            steps(opt, params, 0, 4)
+            runs.append((params, opt))
+        (pa, oa), (pb, ob) = runs
+        for i, dtype in enumerate(dtypes):
+            assert_same_state(oa, ob, pa[2 * i:2 * i + 2], pb[2 * i:2 * i + 2], dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_closure_returns_the_loss_and_zero_grad(name, backend):
+    weight, bias, x = weight_bias()
+    opt = make(name, [weight, bias], backend, **OPTIM_INPUTS[name][1][0])
+    returned = []
+
+    def closure():
+        loss = (weight.mv(x) + bias).pow(2).sum()
+        loss.backward()
+        returned.append(loss)
+        return loss
+
+    assert opt.step(closure) is returned[-1] and opt.step() is None
+    grads = [weight.grad, bias.grad]
+    opt.zero_grad(set_to_none=False)  # zeroed in place: the same tensors
+    assert weight.grad is grads[0] and bias.grad is grads[1]
+    assert not weight.grad.any() and not bias.grad.any()
+    opt.zero_grad()  # set_to_none=True, torch's default
+    assert weight.grad is None and bias.grad is None
+
+
+def round_trips(sd):
+    """The ways torch's tests carry a state dict (test_state_dict_deterministic,
+    test_save_load_equality_with_weights_only, test_load_nontensor_step, test_can_load_older_state_dict)."""
+    def weights_only(sd):
+        buffer = io.BytesIO()
+        torch.save(sd, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=True)
+
+    def nontensor_step(sd):
+        sd = copy.deepcopy(sd)
+        for state in sd["state"].values():
+            state["step"] = state["step"].item()
+        return sd
+
+    def older(sd):  # without the group keys a later version added, where they hold their defaults
+        sd = copy.deepcopy(sd)
+        defaults = dict(nf.optim.base.COMMON_DEFAULTS, seed=3)
+        for group in sd["param_groups"]:
+            for key, value in defaults.items():
+                if key in group and group[key] == value and key != "backend":
+                    del group[key]
+        return sd
+
+    return {"deepcopy": copy.deepcopy, "weights_only": weights_only, "nontensor_step": nontensor_step, "older": older}
+
+
+@pytest.mark.parametrize("carry", sorted(round_trips({})))
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip_mid_run(name, backend, carry, request):
+    # Saved after 3 steps, loaded into a fresh optimizer on copies of the params: 3 more steps give
+    # the uninterrupted run's params and state bit for bit; the loaded dict is left as it was, and
+    # the loading optimizer's state_dict() is the saved one.
+    for kwargs in inputs_for(name, backend, request):
+        params = make_params((0, 1, 9))
+        straight = make(name, params, backend, **kwargs)
+        steps(straight, params, 0, 3)
+        resumed_params = clones(params)
+        resumed = make(name, resumed_params, backend, **dict(kwargs, lr=kwargs["lr"] * 3))
+        saved = round_trips(None)[carry](straight.state_dict())
+        untouched = copy.deepcopy(saved)
+        resumed.load_state_dict(saved)
+        assert_state_dicts_equal(saved, untouched)
+        assert_state_dicts_equal(resumed.state_dict(), straight.state_dict())
+        steps(straight, params, 3, 6)
+        steps(resumed, resumed_params, 3, 6)
+        assert_identical(straight, resumed, params, resumed_params)
+
+
+def assert_state_dicts_equal(a, b):
+    assert a.keys() == b.keys()
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for i, state in a["state"].items():
+        assert state.keys() == b["state"][i].keys()
+        for key, value in state.items():
+            other = b["state"][i][key]
+            assert type(value) is type(other) and (torch.equal(value, other) if torch.is_tensor(value)
+                                                   else value == other), (i, key)
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", NAMES)
+def test_deepcopy_copies_all_public_attrs(name, backend, copier):
+    # The copy holds copies of the params and steps on exactly as the original does.
+    params = make_params((0, 1, 9))
+    opt = make(name, params, backend, **OPTIM_INPUTS[name][1][-1])
+    steps(opt, params, 0, 2)
+    copied = copy.deepcopy(opt) if copier == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    public = lambda o: {k for k in o.__dict__ if not k.startswith("_")}  # noqa: E731
+    assert public(copied) == public(opt)
+    copied_params = copied.param_groups[0]["params"]
+    assert all(p is not q and torch.equal(p, q) for p, q in zip(params, copied_params))
+    steps(opt, params, 2, 4)
+    steps(copied, copied_params, 2, 4)
+    assert_identical(opt, copied, params, copied_params)
