@@ -381,3 +381,283 @@ def test_deepcopy_copies_all_public_attrs(name, backend, copier):
     steps(opt, params, 2, 4)
     steps(copied, copied_params, 2, 4)
     assert_identical(opt, copied, params, copied_params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_add_param_group(name, backend, request):
+    # A group added after 3 steps steps as it would have in the optimizer from the start (a param's
+    # state starts at its first grad), with the defaults for what it does not set.
+    for kwargs in inputs_for(name, backend, request):
+        runs = []
+        for added in (False, True):
+            a, b = make_params((6,)), make_params((0, 4), seed=1)
+            new_group = {"params": b, "lr": 0.02, "weight_decay": 0.0}
+            opt = make(name, a if added else [{"params": a}, new_group], backend, **kwargs)
+            steps(opt, a, 0, 3)
+            if added:
+                opt.add_param_group(new_group)
+            steps(opt, a + b, 3, 6)
+            runs.append((a + b, opt))
+        (pa, oa), (pb, ob) = runs
+        assert_identical(oa, ob, pa, pb)
+        group = ob.param_groups[1]
+        assert {k: v for k, v in group.items() if k not in ("params", "lr", "weight_decay")} == \
+               {k: v for k, v in ob.param_groups[0].items() if k not in ("params", "lr", "weight_decay")}
+        ref_params = [p.detach().clone().requires_grad_() for p in make_params((6,)) + make_params((0, 4), seed=1)]
+        ref = make(name, [{"params": ref_params[:1]}, dict(new_group, params=ref_params[1:])], "reference", **kwargs)
+        steps(ref, ref_params[:1], 0, 3)
+        steps(ref, ref_params, 3, 6)
+        assert_same_state(ref, ob, ref_params, pb, torch.float32)
+
+
+def group_kwargs(name, kwargs):
+    """``kwargs`` as one group's hyperparameters: max_grad_norm is one global norm (every group has
+    the optimizer's), and DemonSGD/DemonAdam take their Demon in a group as total_steps/delay."""
+    return {k: v for k, v in kwargs.items() if k != "max_grad_norm"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_groups_lr(name, backend, request):
+    # lr (and a Demon optimizer's total_steps) given only in the groups, none to the constructor: a
+    # group steps with its own; an lr of 0 leaves its param as it was, whatever its grad.
+    for kwargs in inputs_for(name, backend, request):
+        kwargs = group_kwargs(name, kwargs)
+        in_groups = {k: kwargs[k] for k in ("lr", "total_steps", "delay") if k in kwargs}
+        outer = {k: v for k, v in kwargs.items() if k not in in_groups}
+        params, frozen = make_params((0, 1, 8)), make_params((5,), seed=2)
+        opt = OPTIM_INPUTS[name][0]([dict(in_groups, params=params), dict(in_groups, params=frozen, lr=0.0)],
+                                    backend=backend, seed=3, **outer)
+        before = frozen[0].detach().clone()
+        steps(opt, params + frozen, 0, 4)
+        assert torch.equal(frozen[0], before)
+        alone = clones(make_params((0, 1, 8)))
+        ref = make(name, alone, "reference", **kwargs)
+        steps(ref, alone, 0, 4)
+        assert_same_state(ref, opt, alone, params, torch.float32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_groups_weight_decay(name, backend, request):
+    # Two groups, each with every hyperparameter of its own (the richer inputs), step as two
+    # optimizers with those hyperparameters do.
+    _, inputs = OPTIM_INPUTS[name]
+    first, second = (group_kwargs(name, kwargs) for kwargs in inputs[1:])
+    a, b = make_params((7, 1)), make_params((0, 9), seed=1)
+    opt = make(name, [dict(first, params=a), dict(second, params=b)], backend, **inputs[0])
+    steps(opt, a + b, 0, 5)
+    ra, rb = clones(make_params((7, 1))), clones(make_params((0, 9), seed=1))
+    refs = [make(name, ra, "reference", **first), make(name, rb, "reference", **second)]
+    for step in range(5):
+        set_grads(ra + rb, step)
+        for ref in refs:
+            ref.step()
+    assert_same_state(refs[0], opt, ra, a, torch.float32)
+    assert_same_state(refs[1], opt, rb, b, torch.float32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_maximize(name, backend, request):
+    # maximize=True with grads g steps as maximize=False with -g (the reference's run).
+    for kwargs in inputs_for(name, backend, request):
+        params, negated = make_params((0, 1, 9)), make_params((0, 1, 9))
+        opt = make(name, params, backend, **dict(kwargs, maximize=True))
+        ref = make(name, negated, "reference", **dict(kwargs, maximize=False))
+        for step in range(5):
+            set_grads(params, step)
+            for p, g in zip(negated, make_grads(negated, step)):
+                p.grad = -g
+            opt.step()
+            ref.step()
+        assert_same_state(ref, opt, negated, params, torch.float32)
+
+
+def test_optimizer_can_be_printed():
+    for name in NAMES:
+        cls, inputs = OPTIM_INPUTS[name]
+        opt = cls([{"params": make_params((2,))}, dict(group_kwargs(name, inputs[1]), params=make_params((3,)))],
+                  **inputs[0])
+        text = repr(opt)
+        assert text.startswith(f"{name} (") and "Parameter Group 0" in text and "Parameter Group 1" in text
+        for group in opt.param_groups:
+            for key in group:
+                assert key == "params" or f"{key}: " in text, key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_errors(name):
+    # test_errors: an invalid hyperparameter is refused by the constructor, with its name.
+    cls, inputs = OPTIM_INPUTS[name]
+    base = inputs[0]
+    bad = {"lr": -1.0, "weight_decay": -0.1}
+    bad.update({"PNM": {"betas": (1.0, 1.0)}, "AdaPNM": {"betas": (0.9, 1.0, 1.0), "eps": -1e-8},
+                "DemonSGD": {"momentum": 1.0}, "DemonAdam": {"betas": (0.9, -0.1), "eps": -1e-8}}[name])
+    for key, value in bad.items():
+        with pytest.raises(ValueError, match=key.rstrip("s")):
+            cls(make_params((2,)), **dict(base, **{key: value}))
+
+
+def test_step_all_hooks():
+    # torch's order: global pre, own pre, step, own post, global post; a pre hook may replace the
+    # step's arguments; a removed hook is not called.
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    for name in NAMES:
+        weight, bias, x = weight_bias()
+        opt = make(name, [weight, bias], "reference", **OPTIM_INPUTS[name][1][0])
+        closure, calls = loss_closure(opt, weight, bias, x), []
+        handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global pre")),
+                   register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post"))]
+        try:
+            handles.append(opt.register_step_post_hook(lambda o, a, k: calls.append("post")))
+            handles.append(opt.register_step_pre_hook(lambda o, a, k: calls.append(("pre", o is opt, a, k))))
+            opt.register_step_pre_hook(lambda o, a, k: (a, {"closure": closure}))  # a = (opt,)
+            loss = opt.step()
+        finally:
+            for handle in handles[:2]:
+                handle.remove()
+        assert calls == ["global pre", ("pre", True, (opt,), {}), "post", "global post"], name
+        assert torch.is_tensor(loss)  # the replaced arguments reached the step
+        for handle in handles[2:]:
+            handle.remove()
+        opt.step()
+        assert len(calls) == 4
+
+
+def test_state_dict_pre_and_post_hooks():
+    # test_state_dict_pre_hook / _post_hook: the pre hook sees the optimizer before packing, the
+    # post hook may change the packed dict and its return value is what state_dict() returns.
+    for name in NAMES:
+        params = make_params((3,))
+        opt = make(name, params, "reference", **OPTIM_INPUTS[name][1][0])
+        steps(opt, params, 0, 1)
+        opt.register_state_dict_pre_hook(lambda o: o.state.__setitem__("test", 1))
+
+        def post(o, sd):
+            sd["ran_pre_hook"] = sd["state"].pop("test", None) == 1
+            return sd
+        opt.register_state_dict_post_hook(post)
+        sd = opt.state_dict()
+        assert sd["ran_pre_hook"] is True and "test" not in sd["state"] and 0 in sd["state"], name
+
+
+def test_load_state_dict_pre_and_post_hooks():
+    # test_load_state_dict_pre_hook_and_prepend / _post_hook: pre hooks run before anything reads
+    # the dict, in place or returning a new one, prepended ones first; the post hook sees the
+    # optimizer loaded.
+    for name in NAMES:
+        params = make_params((3,))
+        opt = make(name, params, "reference", **OPTIM_INPUTS[name][1][0])
+        steps(opt, params, 0, 1)
+        sd, order = opt.state_dict(), []
+
+        def in_place(o, sd):
+            order.append("in place")
+            sd["param_groups"][0]["lr"] = 0.002
+
+        def copying(o, sd):
+            order.append("copying")
+            sd = copy.deepcopy(sd)
+            sd["param_groups"][0]["lr"] = 0.003
+            return sd
+
+        def post(o):
+            o.state["ran_post_hook"] = o.param_groups[0]["lr"] == 0.003
+
+        opt.register_load_state_dict_pre_hook(copying)
+        opt.register_load_state_dict_pre_hook(in_place, prepend=True)
+        opt.register_load_state_dict_post_hook(post)
+        opt.load_state_dict(sd)
+        assert order == ["in place", "copying"] and opt.param_groups[0]["lr"] == 0.003, name
+        assert opt.state["ran_post_hook"] is True
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_state_dict_pre_hook_may_adapt_the_checkpoint(name):
+    # torch: "a custom register_load_state_dict_pre_hook should be implemented to adapt the loaded
+    # dict": what the hook returns is what is loaded, and checked. Here a checkpoint whose state
+    # entries were saved under other names (a renamed buffer) is made whole by the hook; and the
+    # post hook sees the optimizer as it will step (the loading optimizer's backend, foreach, not
+    # the saving one's).
+    params = make_params((0, 1, 9))
+    source = make(name, params, "reference", **OPTIM_INPUTS[name][1][0])
+    steps(source, params, 0, 3)
+    good = source.state_dict()
+    renamed = copy.deepcopy(good)
+    for state in renamed["state"].values():
+        for key in list(state):
+            state["old_" + key] = state.pop(key)
+
+    def adapt(o, sd):
+        sd = copy.deepcopy(sd)
+        sd["state"] = {i: {k.removeprefix("old_"): v for k, v in s.items()} for i, s in sd["state"].items()}
+        return sd
+
+    seen = []
+    resumed = make(name, clones(params), "foreach", **OPTIM_INPUTS[name][1][0])
+    resumed.register_load_state_dict_pre_hook(adapt)
+    resumed.register_load_state_dict_post_hook(lambda o: seen.append(o.param_groups[0]["backend"]))
+    resumed.load_state_dict(renamed)
+    assert_state_dicts_equal(resumed.state_dict(), dict(good, param_groups=resumed.state_dict()["param_groups"]))
+    assert seen == ["foreach"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_found_inf_skips_everything_bit_for_bit(name, backend, request):
+    # GradScaler's skipped step (found_inf=1) leaves params, every state entry (counters, Demon
+    # products) and the noise and rounding streams as they were: the run equals one without it.
+    for kwargs in inputs_for(name, backend, request):
+        kwargs = dict(kwargs, noise=nf.noise.Isotropic(std=0.01), state_dtype=torch.bfloat16)
+        runs = []
+        for skipping in (False, True):
+            params = make_params((0, 1, 9))
+            opt = make(name, params, backend, **kwargs)
+            steps(opt, params, 0, 2)
+            if skipping:
+                set_grads(params, 2)
+                params[2].grad[0] = float("inf")
+                opt.grad_scale, opt.found_inf = torch.tensor([1024.0]), torch.tensor([1.0])
+                opt.step()
+                del opt.grad_scale, opt.found_inf
+            steps(opt, params, 3, 5)
+            runs.append((params, opt))
+        (pa, oa), (pb, ob) = runs
+        assert_identical(oa, ob, pa, pb)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_scaler(name, backend, request):
+    # torch.amp.GradScaler drives the step: scaled grads, unscaled inside it (grad_scale), an inf
+    # step skipped (found_inf); equal to the reference's unscaled run without that step.
+    for kwargs in inputs_for(name, backend, request):
+        weight, bias, x = weight_bias()
+        opt = make(name, [weight, bias], backend, **kwargs)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+        ref_params = clones([weight, bias])
+        ref = make(name, ref_params, "reference", **kwargs)
+        ref_closure = loss_closure(ref, *ref_params, x)
+        for step in range(5):
+            opt.zero_grad()
+            loss = (weight.mv(x) + bias).pow(2).sum() * (float("inf") if step == 2 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if step != 2:
+                ref.step(ref_closure)
+        assert scaler.get_scale() == 2.0**9  # one inf step: halved once
+        assert_close_at_scale(ref, opt, ref_params, [weight, bias])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_complex_and_sparse_are_refused(name, backend):
+    # torch.optim steps complex params (and refuses sparse grads); here both are refused at the step,
+    # naming the param, before anything is written (docs/integration.md).
+    for bad, match in ((torch.randn(3, dtype=torch.complex64), "param 0 of param group 1 is torch.complex64"),
+                       (torch.randn(3), "sparse gradients \\(param 0 of param group 1\\)")):
+        good = make_params((4,))
+        bad = bad.requires_grad_()
+        opt = make(name, [{"params": good}, {"params": [bad]}], backend, **OPTIM_INPUTS[name][1][0])
+        set_grads(good, 0)
+        bad.grad = torch.zeros_like(bad).to_sparse() if not bad.is_complex() else torch.ones_like(bad)
+        before = good[0].detach().clone()
+        with pytest.raises(RuntimeError, match=match):
+            opt.step()
+        assert torch.equal(good[0], before) and len(opt.state) == 0
