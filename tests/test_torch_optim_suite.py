@@ -241,7 +241,7 @@ def test_step_is_noop_for_zero_grads(name, backend, request):
 SHAPES = ((), (0,), (3, 0), (1,), (2, 3), (7,))  # 0-dim, 0-size, and small ones
 
 
-def run_shapes(name, kwargs, backend, dtype, skip_param=None):
+def run_shapes(name, kwargs, backend, dtype):
     g = torch.Generator().manual_seed(0)
     params = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in SHAPES]
     opt = make(name, params, backend, **kwargs)
@@ -305,34 +305,38 @@ def test_closure_returns_the_loss_and_zero_grad(name, backend):
     assert weight.grad is None and bias.grad is None
 
 
-def round_trips(sd):
-    """The ways torch's tests carry a state dict (test_state_dict_deterministic,
-    test_save_load_equality_with_weights_only, test_load_nontensor_step, test_can_load_older_state_dict)."""
-    def weights_only(sd):
-        buffer = io.BytesIO()
-        torch.save(sd, buffer)
-        buffer.seek(0)
-        return torch.load(buffer, weights_only=True)
-
-    def nontensor_step(sd):
-        sd = copy.deepcopy(sd)
-        for state in sd["state"].values():
-            state["step"] = state["step"].item()
-        return sd
-
-    def older(sd):  # without the group keys a later version added, where they hold their defaults
-        sd = copy.deepcopy(sd)
-        defaults = dict(nf.optim.base.COMMON_DEFAULTS, seed=3)
-        for group in sd["param_groups"]:
-            for key, value in defaults.items():
-                if key in group and group[key] == value and key != "backend":
-                    del group[key]
-        return sd
-
-    return {"deepcopy": copy.deepcopy, "weights_only": weights_only, "nontensor_step": nontensor_step, "older": older}
+def _weights_only(sd):
+    buffer = io.BytesIO()
+    torch.save(sd, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("carry", sorted(round_trips({})))
+def _nontensor_step(sd):
+    sd = copy.deepcopy(sd)
+    for state in sd["state"].values():
+        state["step"] = state["step"].item()
+    return sd
+
+
+def _older(sd):
+    """Without the group keys a later version added, where they hold their defaults."""
+    sd = copy.deepcopy(sd)
+    defaults = dict(nf.optim.base.COMMON_DEFAULTS, seed=3)
+    for group in sd["param_groups"]:
+        for key, value in defaults.items():
+            if key in group and group[key] == value:
+                del group[key]
+    return sd
+
+
+# The ways torch's tests carry a state dict: test_state_dict_deterministic (deepcopy),
+# test_save_load_equality_with_weights_only, test_load_nontensor_step, test_can_load_older_state_dict.
+ROUND_TRIPS = {"deepcopy": copy.deepcopy, "weights_only": _weights_only, "nontensor_step": _nontensor_step,
+               "older": _older}
+
+
+@pytest.mark.parametrize("carry", sorted(ROUND_TRIPS))
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip_mid_run(name, backend, carry, request):
     # Saved after 3 steps, loaded into a fresh optimizer on copies of the params: 3 more steps give
@@ -344,7 +348,7 @@ def test_state_dict_round_trip_mid_run(name, backend, carry, request):
         steps(straight, params, 0, 3)
         resumed_params = clones(params)
         resumed = make(name, resumed_params, backend, **dict(kwargs, lr=kwargs["lr"] * 3))
-        saved = round_trips(None)[carry](straight.state_dict())
+        saved = ROUND_TRIPS[carry](straight.state_dict())
         untouched = copy.deepcopy(saved)
         resumed.load_state_dict(saved)
         assert_state_dicts_equal(saved, untouched)
@@ -391,6 +395,10 @@ def test_can_load_from_to_named_state_dict(name):
         assert_identical(source, target, source.param_groups[0]["params"], ps)
 
 
+def public_attrs(obj):
+    return {k for k in obj.__dict__ if not k.startswith("_")}
+
+
 @pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
 @pytest.mark.parametrize("name", NAMES)
 def test_deepcopy_copies_all_public_attrs(name, backend, copier):
@@ -399,8 +407,7 @@ def test_deepcopy_copies_all_public_attrs(name, backend, copier):
     opt = make(name, params, backend, **OPTIM_INPUTS[name][1][-1])
     steps(opt, params, 0, 2)
     copied = copy.deepcopy(opt) if copier == "deepcopy" else pickle.loads(pickle.dumps(opt))
-    public = lambda o: {k for k in o.__dict__ if not k.startswith("_")}  # noqa: E731
-    assert public(copied) == public(opt)
+    assert public_attrs(copied) == public_attrs(opt)
     copied_params = copied.param_groups[0]["params"]
     assert all(p is not q and torch.equal(p, q) for p, q in zip(params, copied_params))
     steps(opt, params, 2, 4)
@@ -428,16 +435,16 @@ def test_add_param_group(name, backend, request):
         group = ob.param_groups[1]
         assert {k: v for k, v in group.items() if k not in ("params", "lr", "weight_decay")} == \
                {k: v for k, v in ob.param_groups[0].items() if k not in ("params", "lr", "weight_decay")}
-        ref_params = [p.detach().clone().requires_grad_() for p in make_params((6,)) + make_params((0, 4), seed=1)]
+        ref_params = clones(make_params((6,)) + make_params((0, 4), seed=1))
         ref = make(name, [{"params": ref_params[:1]}, dict(new_group, params=ref_params[1:])], "reference", **kwargs)
         steps(ref, ref_params[:1], 0, 3)
         steps(ref, ref_params, 3, 6)
         assert_same_state(ref, ob, ref_params, pb, torch.float32)
 
 
-def group_kwargs(name, kwargs):
-    """``kwargs`` as one group's hyperparameters: max_grad_norm is one global norm (every group has
-    the optimizer's), and DemonSGD/DemonAdam take their Demon in a group as total_steps/delay."""
+def group_kwargs(kwargs):
+    """``kwargs`` as one group's hyperparameters (DemonSGD/DemonAdam's total_steps and delay
+    included: a group's Demon), but max_grad_norm: one global norm, every group has the first's."""
     return {k: v for k, v in kwargs.items() if k != "max_grad_norm"}
 
 
@@ -446,7 +453,7 @@ def test_param_groups_lr(name, backend, request):
     # lr (and a Demon optimizer's total_steps) given only in the groups, none to the constructor: a
     # group steps with its own; an lr of 0 leaves its param as it was, whatever its grad.
     for kwargs in inputs_for(name, backend, request):
-        kwargs = group_kwargs(name, kwargs)
+        kwargs = group_kwargs(kwargs)
         in_groups = {k: kwargs[k] for k in ("lr", "total_steps", "delay") if k in kwargs}
         outer = {k: v for k, v in kwargs.items() if k not in in_groups}
         params, frozen = make_params((0, 1, 8)), make_params((5,), seed=2)
@@ -466,7 +473,7 @@ def test_param_groups_weight_decay(name, backend, request):
     # Two groups, each with every hyperparameter of its own (the richer inputs), step as two
     # optimizers with those hyperparameters do.
     _, inputs = OPTIM_INPUTS[name]
-    first, second = (group_kwargs(name, kwargs) for kwargs in inputs[1:])
+    first, second = (group_kwargs(kwargs) for kwargs in inputs[1:])
     a, b = make_params((7, 1)), make_params((0, 9), seed=1)
     opt = make(name, [dict(first, params=a), dict(second, params=b)], backend, **inputs[0])
     steps(opt, a + b, 0, 5)
@@ -499,7 +506,7 @@ def test_maximize(name, backend, request):
 def test_optimizer_can_be_printed():
     for name in NAMES:
         cls, inputs = OPTIM_INPUTS[name]
-        opt = cls([{"params": make_params((2,))}, dict(group_kwargs(name, inputs[1]), params=make_params((3,)))],
+        opt = cls([{"params": make_params((2,))}, dict(group_kwargs(inputs[1]), params=make_params((3,)))],
                   **inputs[0])
         text = repr(opt)
         assert text.startswith(f"{name} (") and "Parameter Group 0" in text and "Parameter Group 1" in text
