@@ -8,9 +8,10 @@ torch.optim's classes only. So the same checks are written here, each named afte
 follows, with ``OPTIM_INPUTS`` in the role of ``optim_inputs_func``; and every check that steps a
 backend also compares it with the reference backend (tolerances: cases.TOLERANCES).
 
-Sampling (the file's budget is ~3 minutes on two cores): reference, foreach and native run every
-input of every check; Triton's interpreter takes ~50 ms a step, so it runs one input per check and
-optimizer, a different one in each check (``inputs_for``), which covers them all across the file.
+Sampling (the file's budget is ~3 minutes on two cores; it takes ~80 s on two idle ones): reference,
+foreach and native run every input of every check; Triton's interpreter takes ~50 ms a step, so it
+runs one input per check and optimizer, a different one in each check (``inputs_for``), which
+covers them all across the file.
 Left out, as they do not apply on a CPU: the CUDA, multi-GPU and peak-memory tests, the
 foreach/fused flags (our ``backend=``), differentiable=True (not supported) and complex params
 (refused here: ``test_complex_and_sparse_are_refused``)."""
