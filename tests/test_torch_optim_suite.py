@@ -633,6 +633,26 @@ def test_load_state_dict_pre_hook_may_adapt_the_checkpoint(name):
     assert seen == ["foreach"]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_load_state_dict_pre_hook_result_is_what_is_loaded(name):
+    # A pre hook that returns a new dict: every entry of it is loaded, the step counters and the
+    # buffers too (as torch.optim.Adam loads them), not those of the dict it was given.
+    params = make_params((5,))
+    source = make(name, params, "reference", **OPTIM_INPUTS[name][1][0])
+    steps(source, params, 0, 2)
+
+    def changed(o, sd):
+        sd = copy.deepcopy(sd)
+        for key, value in sd["state"][0].items():
+            sd["state"][0][key] = torch.full_like(value, 10.0) if key == "step" else value * 0.5
+        return sd
+
+    resumed = make(name, clones(params), "reference", **OPTIM_INPUTS[name][1][0])
+    resumed.register_load_state_dict_pre_hook(changed)
+    resumed.load_state_dict(source.state_dict())
+    assert_state_dicts_equal(resumed.state_dict(), changed(None, source.state_dict()))
+
+
 STATES = {"bfloat16": torch.bfloat16, "8bit": nf.state.Blockwise8bit(block_size=16, min_numel=0)}
 
 
