@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+from collections import OrderedDict
 from dataclasses import replace
 
 import torch
@@ -203,6 +204,13 @@ class FusedOptimizer(Optimizer):
         the state, as the params' device does. The saved state is converted to it once, here (so a
         bfloat16-state checkpoint resumes with float32 state, and float32 state stays exact rather
         than being rounded through the param dtype as torch's loader rounds every state tensor)."""
+        # torch's order: the pre hooks first (they may adapt the checkpoint, and what they return is
+        # what loads), then the checks and the load, then the post hooks, which see the optimizer as
+        # it will step. torch.optim's own load runs with the hooks set aside, so each runs once.
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            state_dict = state_dict if result is None else result
         self._check_state_dict_fits(state_dict)
         self._check_state_dict_is_ours(state_dict)
         state_dtypes = [group["state_dtype"] for group in self.param_groups]
@@ -210,12 +218,19 @@ class FusedOptimizer(Optimizer):
         # The kept lists would no longer fit the new state (GroupLists.fits), but would hold the
         # old state tensors alive until the next step: drop them now.
         self._step_lists.clear()
-        super().load_state_dict(state_dict)
+        hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks = self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = hooks
         keep_state_dtypes(self, state_dict, state_dtypes)
         # Where the step runs is this process's choice, as the device is: a checkpoint saved with
         # backend="triton" on a GPU resumes on a CPU machine.
         for group, name in zip(self.param_groups, backend_names):
             group["backend"] = name
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def _check_state_dict_fits(self, state_dict):
         for key in ("state", "param_groups"):
