@@ -3,11 +3,13 @@
 
 #include <cstdint>
 
+#include "noisefuse/blockwise_codes.h"
+
 namespace noisefuse {
 
 struct BlockwiseCheck {
-  const float* points;     // 255 decision points (a row of the code books)
-  const uint8_t* buckets;  // their bucket table (code_buckets)
+  const float* points;  // 255 decision points (a row of the code books)
+  const CodeRow* row;   // the same row as encode_block reads it (code_rows)
   uint32_t scale_bits;     // the block's scale s >= 0, as float32 bits
   uint32_t first, last, stride;  // x takes the bit patterns first, first + stride, ... <= last
 };

@@ -18,8 +18,6 @@ void check_blockwise_codes(const BlockwiseCheck& a, int64_t* counts) {
   std::memcpy(&s, &a.scale_bits, sizeof(s));
   float products[255];  // the contract's P[k] = T[k] * s, formed apart from encode_block's
   for (int k = 0; k < 255; ++k) products[k] = a.points[k] * s;
-  alignas(64) float padded[kPaddedProducts];
-  prepare_products(a.points, s, padded);
   const float inverse = 1.f / s;
   const int64_t total = static_cast<int64_t>((a.last - a.first) / a.stride) + 1;
   constexpr int64_t kSpan = 4096;
@@ -34,7 +32,7 @@ void check_blockwise_codes(const BlockwiseCheck& a, int64_t* counts) {
         const uint32_t u = a.first + static_cast<uint32_t>((span * kSpan + j) * a.stride);
         std::memcpy(&x[j], &u, sizeof(float));
       }
-      encode_block(x, n, a.points, a.buckets, s, codes);
+      encode_block(x, n, *a.row, s, codes);
       int count = 0;  // #{k : P[k] < x}, walked from the last x (the x are monotone within a sign)
       for (int64_t j = 0; j < n; ++j) {
         const float v = x[j] != x[j] ? 0.f : x[j];
@@ -42,7 +40,7 @@ void check_blockwise_codes(const BlockwiseCheck& a, int64_t* counts) {
         while (count > 0 && !(products[count - 1] < v)) --count;
         int guess;
         local_wrong += codes[j] != count;
-        local_searched += s != 0.f && !code_by_bucket(padded, a.buckets, inverse, v, &guess);
+        local_searched += s != 0.f && !code_by_bucket(*a.row, s, inverse, v, &guess);
       }
     }
     wrong += local_wrong;

@@ -29,7 +29,7 @@ at::Tensor blockwise_codes_check(const at::Tensor& code_books, int64_t row, int6
   TORCH_CHECK(!avx2 || (noisefuse::cpu_avx2::kCompiled && has_avx2), "_blockwise_codes_check: no AVX2 build or CPU");
   const float* books = code_books.const_data_ptr<float>();
   const float* points = books + row * 256;
-  const noisefuse::BlockwiseCheck args{points, noisefuse::code_buckets(books) + row * noisefuse::kBucketTableStride,
+  const noisefuse::BlockwiseCheck args{points, noisefuse::code_rows(books) + row,
                                        static_cast<uint32_t>(scale_bits), static_cast<uint32_t>(first),
                                        static_cast<uint32_t>(last), static_cast<uint32_t>(stride)};
   at::Tensor out = at::zeros({4}, code_books.options().dtype(at::kLong));
@@ -39,8 +39,8 @@ at::Tensor blockwise_codes_check(const at::Tensor& code_books, int64_t row, int6
   } else {
     noisefuse::cpu_default::check_blockwise_codes(args, counts);
   }
-  uint8_t table[noisefuse::kBucketTableStride];
-  counts[3] = noisefuse::build_code_buckets(points, table);
+  noisefuse::CodeRow built;
+  counts[3] = noisefuse::build_code_row(points, &built);
   return out;
 }
 

@@ -113,7 +113,7 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                      weights.defined() ? weights.const_data_ptr<float>() : nullptr,
                      blockwise.block_size,
                      blockwise.enabled() ? code_books->const_data_ptr<float>() : nullptr,
-                     blockwise.enabled() ? code_buckets(code_books->const_data_ptr<float>()) : nullptr};
+                     blockwise.enabled() ? code_rows(code_books->const_data_ptr<float>()) : nullptr};
   if (use_avx2()) {
     cpu_avx2::run_cpu_step(step);
   } else {

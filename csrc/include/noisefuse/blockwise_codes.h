@@ -22,8 +22,10 @@
 // fast it comes. tests/test_blockwise_codes.py checks every float32 x against the count for many
 // scales, and how often the search runs (never for normal scales).
 //
-// The products sit in `padded` (kPaddedProducts floats, prepare_products): padded[0] = NaN stands for
-// P[-1] (no x fails `!(NaN >= x)`), padded[1 + k] = P[k], then +inf for P[255] and P[256].
+// The points sit in CodeRow::points padded: points[0] = NaN stands for T[-1] (its product is NaN, and
+// no x fails `!(NaN >= x)`), points[1 + k] = T[k], then +inf for T[255] and T[256] (products +inf,
+// as the scale is > 0 here: a block of scale 0 has the codes of zero_scale_code). Each product is
+// formed where it is compared, `points[i] * s`, the same float32 number as the contract's.
 #pragma once
 
 #include <cmath>
@@ -43,9 +45,14 @@ constexpr int kBucketMaxExponent = 1;    // r < 2: every point is at most 1
 constexpr int kBucketsPerSign = (kBucketMaxExponent - kBucketMinExponent) << kBucketMantissaBits;  // 3328
 constexpr int kBucketBias = (127 + kBucketMinExponent) << kBucketMantissaBits;  // the first bucket's index
 constexpr double kBucketMargin = 1.0 / (1 << 18);  // relative; the roundings are about 3 * 2^-24
-// One row's table: 2 signs of buckets, and room to read 4 bytes at the last (the AVX2 gather).
-constexpr int kBucketTableStride = 2 * kBucketsPerSign + 64;
-constexpr int kPaddedProducts = 264;  // NaN, P[0..254], +inf, +inf, and room (a multiple of 8)
+constexpr int kPaddedPoints = 264;  // NaN, T[0..254], +inf ...: room for a 16-byte load at index 255
+
+// One decision row of a code book, as the O(1) decision reads it: built once per book
+// (build_code_row), independent of any scale. Plain data, the same type in every build.
+struct CodeRow {
+  alignas(64) float points[kPaddedPoints];
+  uint8_t buckets[2 * kBucketsPerSign];  // g of each bucket: positive ratios, then negative ones
+};
 
 inline namespace NF_ISA_NS {
 
@@ -77,43 +84,38 @@ C10_HOST_DEVICE inline int code_bucket(float r) {
   return clamped + ((u >> 31) ? kBucketsPerSign : 0);
 }
 
-// padded (kPaddedProducts floats) from the 255 decision points of a row and the block's scale s.
-C10_HOST_DEVICE inline void prepare_products(const float* points, float s, float* padded) {
-  padded[0] = blockwise_bits_float(0x7fc00000u);  // NaN
-  for (int k = 0; k < 255; ++k) padded[1 + k] = points[k] * s;
-  for (int k = 256; k < kPaddedProducts; ++k) padded[k] = blockwise_bits_float(0x7f800000u);  // +inf
-}
-
-// The contract's search: `c = 0; for w = 128 ... 1: c += P[c + w - 1] < x ? w : 0` (x not NaN).
-C10_HOST_DEVICE inline int code_by_search(const float* padded, float x) {
+// The contract's search: `c = 0; for w = 128 ... 1: c += T[c + w - 1] * s < x ? w : 0` (x not NaN).
+C10_HOST_DEVICE inline int code_by_search(const CodeRow& row, float s, float x) {
   int c = 0;
-  for (int w = 128; w >= 1; w >>= 1) c += padded[c + w] < x ? w : 0;
+  for (int w = 128; w >= 1; w >>= 1) c += row.points[c + w] * s < x ? w : 0;
   return c;
 }
 
-// Whether the bucket's guess is the count; the guess in *code either way (x not NaN).
-C10_HOST_DEVICE inline bool code_by_bucket(const float* padded, const uint8_t* table, float inverse_scale, float x,
-                                           int* code) {
-  const int g = table[code_bucket(x * inverse_scale)];
-  *code = g + (padded[g + 1] < x ? 1 : 0);
-  return !(padded[g] >= x) && padded[g + 2] >= x;
+// Whether the bucket's guess is the count; the guess in *code either way (x not NaN, s > 0).
+C10_HOST_DEVICE inline bool code_by_bucket(const CodeRow& row, float s, float inverse_scale, float x, int* code) {
+  const int g = row.buckets[code_bucket(x * inverse_scale)];
+  *code = g + (row.points[g + 1] * s < x ? 1 : 0);
+  return !(row.points[g] * s >= x) && row.points[g + 2] * s >= x;
 }
 
-// The code of x (NaN counts as 0) in a block whose products are `padded` and whose scale s > 0 has
-// inverse_scale = 1 / s (rounded in any way: only the speed depends on it).
-C10_HOST_DEVICE inline uint8_t nearest_code(const float* padded, const uint8_t* table, float inverse_scale, float x) {
+// The code of x (NaN counts as 0) in a block of scale s > 0 whose inverse_scale is 1 / s (rounded in
+// any way, even 0 or inf: only the speed depends on it).
+C10_HOST_DEVICE inline uint8_t nearest_code(const CodeRow& row, float s, float inverse_scale, float x) {
   if (x != x) x = 0.f;
   int c;
-  if (!code_by_bucket(padded, table, inverse_scale, x, &c)) c = code_by_search(padded, x);
+  if (!code_by_bucket(row, s, inverse_scale, x, &c)) c = code_by_search(row, s, x);
   return static_cast<uint8_t>(c);
 }
 
 // The code of x in a block of scale 0: every product is +-0, so the count is 255 for x > 0, else 0.
 C10_HOST_DEVICE inline uint8_t zero_scale_code(float x) { return x > 0.f ? 255 : 0; }
 
-// Fills one row's table (kBucketTableStride bytes) from its 255 float32 decision points (sorted).
-// Returns the most points any widened bucket holds: 1 for both books (more would only cost searches).
-inline int build_code_buckets(const float* points, uint8_t* table) {
+// Fills `row` from its 255 float32 decision points (sorted). Returns the most points any widened
+// bucket holds: 1 for both books (more would only cost searches).
+inline int build_code_row(const float* points, CodeRow* row) {
+  row->points[0] = blockwise_bits_float(0x7fc00000u);  // NaN
+  for (int k = 0; k < 255; ++k) row->points[1 + k] = points[k];
+  for (int k = 256; k < kPaddedPoints; ++k) row->points[k] = blockwise_bits_float(0x7f800000u);  // +inf
   const auto below = [&](double bound) {  // #{k : T[k] < bound}
     int n = 0;
     while (n < 255 && static_cast<double>(points[n]) < bound) ++n;
@@ -135,11 +137,10 @@ inline int build_code_buckets(const float* points, uint8_t* table) {
       const int start = below(wide_a);
       int inside = 0;
       for (int k = start; k < 255 && static_cast<double>(points[k]) <= wide_b; ++k) ++inside;
-      table[negative * kBucketsPerSign + q] = static_cast<uint8_t>(start);
+      row->buckets[negative * kBucketsPerSign + q] = static_cast<uint8_t>(start);
       most = inside > most ? inside : most;
     }
   }
-  for (int k = 2 * kBucketsPerSign; k < kBucketTableStride; ++k) table[k] = 0;
   return most;
 }
 
