@@ -99,15 +99,15 @@ inline void encode_block(const float* x, int64_t n, const CodeRow& row, float s,
   const float inverse = 1.f / s;
   int64_t j = 0;
 #if defined(NF_BLOCKWISE_AVX2)
-  // Per 8 lanes: the buckets by vector ops; then per lane its table byte g and one 16-byte load of
-  // the points T[g - 1 ... g + 2] (row.points[g ... g + 3]), transposed into vectors of T[g - 1],
-  // T[g] and T[g + 1] and multiplied by s. Plain loads: on the Zen 4 VM a vgatherdps costs about 3x
-  // the loads and shuffles that replace it.
+  // Per 8 lanes: the buckets by vector ops; then per lane one 16-byte load of its bucket's record
+  // (T[g - 1], T[g], T[g + 1], g), transposed into vectors, the points multiplied by s. Plain loads:
+  // on the Zen 4 VM a vgatherdps costs about 3x the loads and shuffles that replace it.
   const __m256 s_v = _mm256_set1_ps(s), inverse_v = _mm256_set1_ps(inverse);
   const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), bias = _mm256_set1_epi32(kBucketBias);
   const __m256i zero = _mm256_setzero_si256(), last = _mm256_set1_epi32(kBucketsPerSign - 1);
   const __m256i negative_half = _mm256_set1_epi32(kBucketsPerSign);
-  alignas(32) int32_t bucket[8];
+  const char* records = reinterpret_cast<const char*>(row.records);
+  const auto record = [&](uint32_t offset) { return _mm_load_ps(reinterpret_cast<const float*>(records + offset)); };
   for (; j + 8 <= n; j += 8) {
     __m256 v = _mm256_loadu_ps(x + j);
     v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));  // NaN -> +0
@@ -116,32 +116,31 @@ inline void encode_block(const float* x, int64_t n, const CodeRow& row, float s,
     __m256i q = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_and_si256(r, magnitude), 23 - kBucketMantissaBits), bias);
     q = _mm256_min_epi32(_mm256_max_epi32(q, zero), last);
     q = _mm256_add_epi32(q, _mm256_and_si256(_mm256_srai_epi32(r, 31), negative_half));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(bucket), q);
-    uint64_t guesses = 0;  // g of lane l in byte l
-    __m128 around[8];      // T[g - 1], T[g], T[g + 1], T[g + 2] of lane l
-    for (int l = 0; l < 8; ++l) {
-      const uint32_t g = row.buckets[bucket[l]];
-      guesses |= static_cast<uint64_t>(g) << (8 * l);
-      around[l] = _mm_loadu_ps(row.points + g);
-    }
-    const __m256 q0 = _mm256_insertf128_ps(_mm256_castps128_ps256(around[0]), around[4], 1);
-    const __m256 q1 = _mm256_insertf128_ps(_mm256_castps128_ps256(around[1]), around[5], 1);
-    const __m256 q2 = _mm256_insertf128_ps(_mm256_castps128_ps256(around[2]), around[6], 1);
-    const __m256 q3 = _mm256_insertf128_ps(_mm256_castps128_ps256(around[3]), around[7], 1);
+    // The records' byte offsets, two lanes to a 64-bit extract (fewer uops than one vpextrd a lane).
+    const __m256i offsets = _mm256_slli_epi32(q, 4);
+    const __m128i low = _mm256_castsi256_si128(offsets), high = _mm256_extracti128_si256(offsets, 1);
+    const uint64_t o01 = _mm_cvtsi128_si64(low), o23 = _mm_extract_epi64(low, 1);
+    const uint64_t o45 = _mm_cvtsi128_si64(high), o67 = _mm_extract_epi64(high, 1);
+    const auto first = [](uint64_t pair) { return static_cast<uint32_t>(pair); };
+    const auto second = [](uint64_t pair) { return static_cast<uint32_t>(pair >> 32); };
+    const __m256 q0 = _mm256_insertf128_ps(_mm256_castps128_ps256(record(first(o01))), record(first(o45)), 1);
+    const __m256 q1 = _mm256_insertf128_ps(_mm256_castps128_ps256(record(second(o01))), record(second(o45)), 1);
+    const __m256 q2 = _mm256_insertf128_ps(_mm256_castps128_ps256(record(first(o23))), record(first(o67)), 1);
+    const __m256 q3 = _mm256_insertf128_ps(_mm256_castps128_ps256(record(second(o23))), record(second(o67)), 1);
     const __m256 t0 = _mm256_unpacklo_ps(q0, q1), t1 = _mm256_unpackhi_ps(q0, q1);
     const __m256 t2 = _mm256_unpacklo_ps(q2, q3), t3 = _mm256_unpackhi_ps(q2, q3);
     const __m256 below = _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0x44), s_v);  // P[g - 1]
     const __m256 at = _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0xee), s_v);     // P[g]
     const __m256 above = _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0x44), s_v);  // P[g + 1]
+    const __m256i g = _mm256_castps_si256(_mm256_shuffle_ps(t1, t3, 0xee));
     // code_by_bucket: c = g + [P[g] < x], right iff P[g - 1] < x <= P[g + 1].
     const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(at, v, _CMP_LT_OQ));  // true: all ones, -1
     const int wrong = _mm256_movemask_ps(
         _mm256_or_ps(_mm256_cmp_ps(below, v, _CMP_GE_OQ), _mm256_cmp_ps(above, v, _CMP_LT_OQ)));
-    // -1 lanes to -1 bytes (saturating packs), subtracted from the guesses' bytes: g <= 254 where
-    // P[g] < x, since P[255] = +inf, so no byte carries.
-    const __m128i half = _mm_packs_epi32(_mm256_castsi256_si128(up), _mm256_extracti128_si256(up, 1));
-    const __m128i c = _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(guesses)), _mm_packs_epi16(half, half));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), c);
+    // 8 codes < 256: int32 -> uint16 -> uint8 lanes, saturating packs that saturate nothing.
+    const __m256i c = _mm256_sub_epi32(g, up);
+    const __m128i half = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), _mm_packus_epi16(half, half));
     if (wrong != 0) {
       for (int l = 0; l < 8; ++l) {
         if (wrong & (1 << l)) codes[j + l] = static_cast<uint8_t>(code_by_search(row, s, x[j + l] != x[j + l] ? 0.f : x[j + l]));

@@ -52,6 +52,9 @@ constexpr int kPaddedPoints = 264;  // NaN, T[0..254], +inf ...: room for a 16-b
 struct CodeRow {
   alignas(64) float points[kPaddedPoints];
   uint8_t buckets[2 * kBucketsPerSign];  // g of each bucket: positive ratios, then negative ones
+  // Per bucket, what a guess reads: T[g - 1], T[g], T[g + 1] and g's bits (one 16-byte load; the CPU
+  // kernel's vector path; 104 KB, of which the buckets of a block's values are a few KB).
+  alignas(64) float records[2 * kBucketsPerSign][4];
 };
 
 inline namespace NF_ISA_NS {
@@ -137,7 +140,10 @@ inline int build_code_row(const float* points, CodeRow* row) {
       const int start = below(wide_a);
       int inside = 0;
       for (int k = start; k < 255 && static_cast<double>(points[k]) <= wide_b; ++k) ++inside;
-      row->buckets[negative * kBucketsPerSign + q] = static_cast<uint8_t>(start);
+      const int bucket = negative * kBucketsPerSign + q;
+      row->buckets[bucket] = static_cast<uint8_t>(start);
+      for (int i = 0; i < 3; ++i) row->records[bucket][i] = row->points[start + i];
+      row->records[bucket][3] = blockwise_bits_float(static_cast<uint32_t>(start));
       most = inside > most ? inside : most;
     }
   }
