@@ -16,7 +16,8 @@ namespace {
 at::Tensor blockwise_codes_check(const at::Tensor& code_books, int64_t row, int64_t scale_bits, int64_t first,
                                  int64_t last, int64_t stride, bool avx2) {
   TORCH_CHECK(code_books.scalar_type() == at::kFloat && code_books.is_contiguous() &&
-                  code_books.sizes() == at::IntArrayRef({4, 256}), "_blockwise_codes_check: code_books must be float32 [4, 256]");
+                  code_books.sizes() == at::IntArrayRef({4, 256}),
+              "_blockwise_codes_check: code_books must be float32 [4, 256]");
   TORCH_CHECK(0 <= row && row < 4, "_blockwise_codes_check: row in [0, 4)");
   TORCH_CHECK(0 <= scale_bits && scale_bits <= 0x7f7fffff, "_blockwise_codes_check: the scale must be finite and >= 0");
   TORCH_CHECK(0 <= first && first <= last && last <= 0xffffffffLL && stride >= 1,

@@ -89,8 +89,8 @@ inline float finite_absmax(const float* x, int64_t n) {
 
 // The codes of the block's n values x against a decision row of the code books (CodeRow,
 // noisefuse/blockwise_codes.h), for the block's scale s: an O(1) guess per value, checked by two
-// exact compares, with the search where the check fails. The AVX2 build
-// runs it on 8 lanes; the baseline build, and the AVX2 build's last few elements, per element.
+// exact compares, with the search where the check fails. The AVX2 build runs it on 8 lanes; the
+// baseline build, and the AVX2 build's last few elements, per element (nearest_code).
 inline void encode_block(const float* x, int64_t n, const CodeRow& row, float s, uint8_t* codes) {
   if (s == 0.f) {  // every product is +-0 (a block of zeros, or only NaN and infinities)
     for (int64_t j = 0; j < n; ++j) codes[j] = zero_scale_code(x[j]);
@@ -143,7 +143,7 @@ inline void encode_block(const float* x, int64_t n, const CodeRow& row, float s,
     _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), _mm_packus_epi16(half, half));
     if (wrong != 0) {
       for (int l = 0; l < 8; ++l) {
-        if (wrong & (1 << l)) codes[j + l] = static_cast<uint8_t>(code_by_search(row, s, x[j + l] != x[j + l] ? 0.f : x[j + l]));
+        if (wrong & (1 << l)) codes[j + l] = nearest_code(row, s, inverse, x[j + l]);
       }
     }
   }

@@ -20,7 +20,7 @@
 // products and ratio carry fewer bits; a point left out of the bucket), the code is the contract's
 // 8-step binary search instead. Either way the answer is the count; the bucket only decides how
 // fast it comes. tests/test_blockwise_codes.py checks every float32 x against the count for many
-// scales, and how often the search runs (never for normal scales).
+// scales, and how often the search runs (never for scales of 2^-100 and above).
 //
 // The points sit in CodeRow::points padded: points[0] = NaN stands for T[-1] (its product is NaN, and
 // no x fails `!(NaN >= x)`), points[1 + k] = T[k], then +inf for T[255] and T[256] (products +inf,
@@ -125,7 +125,8 @@ inline int build_code_row(const float* points, CodeRow* row) {
     return n;
   };
   const auto magnitude = [](int q) {  // the smallest |r| of bucket q (of either sign)
-    return static_cast<double>(blockwise_bits_float(static_cast<uint32_t>(q + kBucketBias) << (23 - kBucketMantissaBits)));
+    const uint32_t bits = static_cast<uint32_t>(q + kBucketBias) << (23 - kBucketMantissaBits);
+    return static_cast<double>(blockwise_bits_float(bits));
   };
   const double inf = std::numeric_limits<double>::infinity();
   const double tiny = 1e-300;  // widens the first bucket's 0 to either side
