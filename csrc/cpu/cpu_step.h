@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "noisefuse/blockwise_codes.h"
 #include "noisefuse/noise_element.h"
 #include "noisefuse/step_scalars.h"
 
@@ -46,12 +47,17 @@ struct CpuStep {
   const float* weights;  // multiplicative noise: the step's B weights, else null
   int64_t block_size;        // 8-bit state (state_dtype kCodes8): elements per scale, a power of two in [16, 2048]
   const float* code_books;   // 8-bit state: the float32 [4, 256] table (noisefuse/state/maps.py), else null
+  const CodeRow* code_rows;  // 8-bit state: code_rows(code_books), else null
 };
 
 // Elements per parallel work item: a multiple of every vector width and of the largest 8-bit block
 // (2048: blocks never straddle chunks), big enough that scheduling costs nothing next to the work,
 // small enough to balance a few large tensors over the threads.
 constexpr int64_t kCpuChunk = 32768;
+
+// The 4 rows of a [4, 256] code-book table as noisefuse/blockwise_codes.h reads them: built at the
+// first call with these books (bit for bit), then kept for the life of the process (code_rows.cpp).
+const CodeRow* code_rows(const float* code_books);
 
 namespace cpu_default {
 void run_cpu_step(const CpuStep& step);

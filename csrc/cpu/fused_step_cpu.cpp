@@ -13,6 +13,7 @@
 
 #define NF_CPU_KERNEL_NS cpu_default
 #include "fused_step_cpu_kernel.h"
+#include "blockwise_check_kernel.h"
 
 namespace noisefuse {
 namespace {
@@ -111,7 +112,8 @@ void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                      nh,
                      weights.defined() ? weights.const_data_ptr<float>() : nullptr,
                      blockwise.block_size,
-                     blockwise.enabled() ? code_books->const_data_ptr<float>() : nullptr};
+                     blockwise.enabled() ? code_books->const_data_ptr<float>() : nullptr,
+                     blockwise.enabled() ? code_rows(code_books->const_data_ptr<float>()) : nullptr};
   if (use_avx2()) {
     cpu_avx2::run_cpu_step(step);
   } else {

@@ -32,15 +32,18 @@
 #define CPU_CAPABILITY_AVX2
 #define NF_CPU_KERNEL_NS cpu_avx2
 #include "fused_step_cpu_kernel.h"
+#include "blockwise_check_kernel.h"
 
 namespace noisefuse::cpu_avx2 {
 const bool kCompiled = true;
 }
 #else
+#include "blockwise_check.h"
 #include "cpu_step.h"
 
 namespace noisefuse::cpu_avx2 {
 const bool kCompiled = false;
 void run_cpu_step(const CpuStep&) {}
+void check_blockwise_codes(const BlockwiseCheck&, int64_t*) {}
 }  // namespace noisefuse::cpu_avx2
 #endif

@@ -457,7 +457,8 @@ struct QuantizedKernel {
 
   const CpuTensor& t;
   int64_t block_size;
-  const float* books;  // [4, 256], rows CodeBookRow
+  const float* books;    // [4, 256], rows CodeBookRow
+  const CodeRow* rows;   // the same rows for the O(1) code decision (code_rows)
 
   static uint8_t* codes(void* buffer) { return static_cast<uint8_t*>(buffer); }
 
@@ -472,7 +473,7 @@ struct QuantizedKernel {
 
   void quantize(const float* x, int row, int64_t start, int64_t n, float* scales, uint8_t* codes_at) const {
     for (int64_t k = 0; k < n; k += block_size) {
-      quantize_block(x + k, std::min(block_size, n - k), books + row * kNumCodes, scales + (start + k) / block_size,
+      quantize_block(x + k, std::min(block_size, n - k), rows[row], scales + (start + k) / block_size,
                      codes_at + start + k);
     }
   }
@@ -539,7 +540,7 @@ void run_typed(const CpuStep& s) {
       const int64_t start = (chunk - first_chunk[i]) * kCpuChunk;
       const int64_t end = std::min(start + kCpuChunk, t.numel);
       if constexpr (kCodes) {
-        const QuantizedKernel<scalar_t, kPn, kSecond, kNoise> kernel{t, s.block_size, s.code_books};
+        const QuantizedKernel<scalar_t, kPn, kSecond, kNoise> kernel{t, s.block_size, s.code_books, s.code_rows};
         kernel.step_range(start, end, coefs[i], nz);
       } else {
         const Kernel kernel{static_cast<scalar_t*>(t.p),
