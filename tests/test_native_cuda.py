@@ -58,7 +58,8 @@ def test_stochastic_rounding_equals_the_reference_and_the_cpu_kernel(name, state
                       state_dtype=state_dtype)
     ts.offsets = [0, 1, 18, 2**33 + 5, 69651]
     expected, on_cpu = clone(ts), clone(ts)
-    on_cpu = type(ts)(**{k: [t.cpu() if torch.is_tensor(t) else t for t in v] for k, v in vars(on_cpu).items()})
+    on_cpu = type(ts)(**{k: [t.cpu() if torch.is_tensor(t) else t for t in v] if isinstance(v, list) else v
+                         for k, v in vars(on_cpu).items()})
     for _ in range(3):
         reference.fused_step(family, hyper, expected, rounding=Rounding(ROUNDING_SEED, params=True))
         native.fused_step(family, hyper, ts, rounding=Rounding(ROUNDING_SEED, params=True))
