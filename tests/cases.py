@@ -123,15 +123,20 @@ def on_cpu(backend, monkeypatch):
     return backend
 
 
-def saved_and_loaded(opt):
-    """``opt.state_dict()`` through ``torch.save`` and ``torch.load(weights_only=True)``, as a
-    checkpoint file would carry it."""
+def through_a_file(state_dict):
+    """``state_dict`` through ``torch.save`` and ``torch.load(weights_only=True)``, as a checkpoint
+    file would carry it."""
     import io
 
     buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
+    torch.save(state_dict, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
+
+
+def saved_and_loaded(opt):
+    """``opt.state_dict()`` as a checkpoint file would carry it (``through_a_file``)."""
+    return through_a_file(opt.state_dict())
 
 
 def trained(factory, params, steps=5):

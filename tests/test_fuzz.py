@@ -14,7 +14,6 @@ them). A failure prints the scenario (a plain dict) and a @reproduce_failure blo
 scenario goes to FOUND below."""
 from __future__ import annotations
 
-import io
 import os
 
 import pytest
@@ -23,7 +22,7 @@ from hypothesis import given, settings, strategies as st  # a test dependency (M
 
 import noisefuse as nf
 from blockwise_cases import assert_8bit_close
-from cases import ALL_BACKENDS, CONFIGS, assert_same_state, cpu_backends, make_grads, on_cpu
+from cases import ALL_BACKENDS, CONFIGS, assert_same_state, cpu_backends, make_grads, on_cpu, through_a_file
 from test_bf16_state import assert_bf16_state_close
 
 EXAMPLES = int(os.environ.get("NOISEFUSE_FUZZ_EXAMPLES", "100"))
@@ -117,13 +116,6 @@ def set_grads(s, params, step):
         p.grad = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype).copy_(g) if like_param else g
 
 
-def carried(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
 def run_reference(s):
     params = make_params(s)
     opt = make_optimizer(s, params, "reference")
@@ -139,7 +131,7 @@ def run_moved(s):
     opt = make_optimizer(s, params, first)
     for step in range(s["steps"]):
         if step == s["move"]["at"]:
-            saved = carried(opt.state_dict())
+            saved = through_a_file(opt.state_dict())
             opt = make_optimizer(s, params, second, seed=s["common"]["seed"] ^ 1)
             opt.load_state_dict(saved)
         set_grads(s, params, step)

@@ -18,7 +18,6 @@ foreach/fused flags (our ``backend=``), differentiable=True (not supported) and 
 from __future__ import annotations
 
 import copy
-import io
 import pickle
 import warnings
 import zlib
@@ -28,7 +27,8 @@ import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
 
 import noisefuse as nf
-from cases import ALL_BACKENDS, TOLERANCES, assert_same_state, make_grads, make_params, on_cpu
+from cases import (ALL_BACKENDS, TOLERANCES, assert_same_state, make_grads, make_params, on_cpu,
+                   through_a_file)
 
 # optim_inputs_func: each optimizer's constructor kwargs, from its plainest to its richest point.
 OPTIM_INPUTS = {
@@ -306,13 +306,6 @@ def test_closure_returns_the_loss_and_zero_grad(name, backend):
     assert weight.grad is None and bias.grad is None
 
 
-def _weights_only(sd):
-    buffer = io.BytesIO()
-    torch.save(sd, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
 def _nontensor_step(sd):
     sd = copy.deepcopy(sd)
     for state in sd["state"].values():
@@ -333,7 +326,7 @@ def _older(sd):
 
 # The ways torch's tests carry a state dict: test_state_dict_deterministic (deepcopy),
 # test_save_load_equality_with_weights_only, test_load_nontensor_step, test_can_load_older_state_dict.
-ROUND_TRIPS = {"deepcopy": copy.deepcopy, "weights_only": _weights_only, "nontensor_step": _nontensor_step,
+ROUND_TRIPS = {"deepcopy": copy.deepcopy, "weights_only": through_a_file, "nontensor_step": _nontensor_step,
                "older": _older}
 
 
