@@ -7,6 +7,8 @@
 #   2. tests: the CUDA and Triton tests in parallel (pytest-xdist), CUDA-graph tests included;
 #   3. memcheck, racecheck: compute-sanitizer over a chosen set of native CUDA tests (every
 #      kernel variant family once, a tail, several launch tables, noise, sample_weights);
+#   3b. ncu: Nsight Compute's counters of three kernels (instructions and DRAM bytes per element), the
+#      static SASS report's estimate checked against them (scripts/ncu_calibration.py);
 #   4. bench: the benchmark's GPU presets under a time budget of their own;
 #   5. pack: OUT_DIR gets three files whatever happened before: summary.txt (every step's status,
 #      time and limit, and the tail of each failed step's log), results.tar.gz (every log, the
@@ -186,6 +188,31 @@ for tool in memcheck racecheck; do
             --print-limit 30 "$PYTHON" -m pytest -q -p no:cacheprovider "${SANITIZED[@]}" -k "$SANITIZED_K"
     fi
 done
+
+# --- 3b. Nsight Compute: the static SASS report's estimate against the counters of three kernels -------
+# (scripts/ncu_calibration.py): the third step's update kernel of each, on one 64 MB tensor.
+NCU_KERNELS='regex:^(fused_step_kernel|blockwise_step_kernel)'
+ncu_pass() {
+    local config csvs=()
+    for config in adamw_fp32 adapnm_amsgrad_fp32 adapnm_8bit; do
+        if [[ $DRY_RUN -eq 1 ]]; then
+            "$PYTHON" scripts/ncu_calibration.py run "$config" --device cpu || return 1
+            continue
+        fi
+        ncu --clock-control none --kernel-name "$NCU_KERNELS" --launch-skip 2 --launch-count 1 \
+            --metrics "$("$PYTHON" scripts/ncu_calibration.py metrics)" \
+            --csv --page raw "$PYTHON" scripts/ncu_calibration.py run "$config" > "$WORK/ncu-$config.csv" || return 1
+        csvs+=("$WORK/ncu-$config.csv")
+    done
+    [[ $DRY_RUN -eq 1 ]] || "$PYTHON" scripts/ncu_calibration.py table "${csvs[@]}"
+}
+export -f ncu_pass
+export NCU_KERNELS
+if [[ $DRY_RUN -eq 0 ]] && ! command -v ncu > /dev/null; then
+    skip ncu "ncu is not on this machine"
+else
+    step ncu 60 bash -c ncu_pass
+fi
 
 # --- 4. the benchmark ---------------------------------------------------------------------------------
 step bench 170 "$PYTHON" -m noisefuse.bench "${BENCH[@]}"
