@@ -17,7 +17,7 @@ from noisefuse.backends import native
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("environment", "extension", "tests-collect", "tests", "memcheck-collect", "memcheck", "racecheck-collect",
-         "racecheck", "bench")
+         "racecheck", "ncu", "bench")
 STEP_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<status>passed|skipped|FAILED\(exit \d+\)|TIMED-OUT)\s+(?P<time>\d+) s"
                        r"\s+limit\s+(?P<limit>\d+) s")
 
@@ -43,7 +43,7 @@ def test_dry_run_packs_three_files_and_reports_every_step(tmp_path):
     assert list(found) == list(STEPS), summary
     for name in ("tests", "memcheck", "racecheck"):
         assert found[name]["status"] == "skipped"
-    for name in ("environment", "extension", "tests-collect", "memcheck-collect", "bench"):
+    for name in ("environment", "extension", "tests-collect", "memcheck-collect", "ncu", "bench"):
         assert found[name]["status"] == "passed", summary
     assert re.search(r"\d+ tests collected", summary) and "13/" in summary  # the sanitizers' chosen tests
     assert "the benchmark's report" in summary and "AdaPNM" in summary
