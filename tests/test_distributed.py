@@ -26,11 +26,9 @@ ZERO_KWARGS = {"adapnm": dict(lr=0.01, weight_decay=0.01, demon=20), "pnm": dict
                # bfloat16 state rounded stochastically: the bits are indexed by global element
                # index (a shard's start added), so a sharded run draws what the unsharded one does.
                "adapnm_bf16_state": dict(lr=0.01, weight_decay=0.01, state_dtype=torch.bfloat16),
-               # 8-bit state: blocks of each local tensor (min_numel=0: these params are tiny).
-               "adapnm_8bit": dict(lr=0.01, weight_decay=0.01, state_dtype=nf.state.Blockwise8bit(16, min_numel=0))}
-# Under FSDP2 the blocks of 8-bit state are each shard's own: the sharded run is the unsharded one
-# with every param cut into its shards, each stepped as a param of its own.
-BLOCKWISE = ("adapnm_8bit",)
+               # 8-bit state for the weights, whose rows are whole blocks of 16 (under FSDP2 each shard's
+               # blocks are then the unsharded param's, Blockwise8bit.quantizes); the biases are under min_numel.
+               "adapnm_8bit": dict(lr=0.01, weight_decay=0.01, state_dtype=nf.state.Blockwise8bit(16, min_numel=64))}
 OPTIMIZERS = {name: (lambda ps, backend, name=name: ZERO_CLASSES[name](ps, **ZERO_KWARGS[name], backend=backend, seed=3))
               for name in ZERO_CLASSES}
 
@@ -40,12 +38,13 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 def make_model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+    # Weights [32, 16] and [3, 32]: rows of whole blocks of 16; the second is cut unevenly by FSDP2.
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
 
 
 def batches():
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)) for _ in range(STEPS)]
+    return [(torch.randn(8, 16, generator=g), torch.randn(8, 3, generator=g)) for _ in range(STEPS)]
 
 
 def loss_of(model, x, y):
@@ -59,25 +58,6 @@ def single_process_run(opt_name, backend):
         opt.zero_grad()
         loss_of(model, x, y).backward()
         opt.step()
-    return [p.detach() for p in model.parameters()]
-
-
-def shard_wise_single_process_run(opt_name, backend):
-    """The single-process run of an optimizer that holds each param as WORLD separate pieces, the
-    shards of FSDP2's Shard(0) (torch.chunk along dim 0)."""
-    model = make_model()
-    pieces = [[c.detach().clone().requires_grad_() for c in p.chunk(WORLD)] for p in model.parameters()]
-    opt = OPTIMIZERS[opt_name]([c for cs in pieces for c in cs], backend)
-    for x, y in batches():
-        model.zero_grad()
-        loss_of(model, x, y).backward()
-        for p, cs in zip(model.parameters(), pieces):
-            for c, g in zip(cs, p.grad.chunk(WORLD)):
-                c.grad = g.clone()
-        opt.step()
-        with torch.no_grad():
-            for p, cs in zip(model.parameters(), pieces):
-                p.copy_(torch.cat(cs))
     return [p.detach() for p in model.parameters()]
 
 
@@ -114,16 +94,17 @@ def run_fsdp2(rank, opt_name, backend):
         loss_of(model, rank_slice(rank, x), rank_slice(rank, y)).backward()
         opt.step()
     assert type(next(iter(opt.state.values()))["step"]) is torch.Tensor
+    if opt_name == "adapnm_8bit":  # the weights' state is 8-bit, its scales cut with the rows
+        weights = [p for p in model.parameters() if p.dim() == 2]
+        assert all(opt.state[p]["exp_avg"].dtype == torch.uint8 for p in weights)
+        assert [tuple(opt.state[p]["exp_avg_scales"].shape) for p in weights] == [(32, 1), (3, 2)]
     return [p.full_tensor().detach() for p in model.parameters()]
 
 
 def worker(rank, init_file, cases):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     for mode, opt_name, backend in cases:
-        if mode == "fsdp2" and opt_name in BLOCKWISE:
-            expected = shard_wise_single_process_run(opt_name, backend)
-        else:
-            expected = single_process_run(opt_name, backend)
+        expected = single_process_run(opt_name, backend)
         if mode == "fsdp2":
             got = run_fsdp2(rank, opt_name, backend)
         else:

@@ -195,6 +195,17 @@ class FusedOptimizer(Optimizer):
     def _group_defaults_for_old_checkpoints(self) -> dict:
         return {}
 
+    def state_dict(self):
+        """As ``torch.optim.Optimizer.state_dict``, with plain values only in the param groups: a
+        ``state_dtype`` that is a ``torch.dtype`` is saved as its name (``"bfloat16"``), which
+        ``torch.distributed.checkpoint.state_dict`` can gather (``full_state_dict=True``) and every
+        loader reads back (``load_state_dict`` keeps this optimizer's own ``state_dtype``)."""
+        state_dict = super().state_dict()
+        for group in state_dict["param_groups"]:
+            if isinstance(group.get("state_dtype"), torch.dtype):
+                group["state_dtype"] = str(group["state_dtype"]).removeprefix("torch.")
+        return state_dict
+
     def load_state_dict(self, state_dict):
         """As ``torch.optim.Optimizer.load_state_dict``, but a dict that does not fit the params
         (wrong group sizes, a state tensor of another shape, an unknown param index) is rejected
@@ -509,6 +520,7 @@ def _check_saved_state(name, state, allowed, where) -> None:
         if key == "beta1_prod" and not 0.0 <= value <= 1.0:
             raise ValueError(f"state 'beta1_prod' of {where} is {value!r}: a product of betas is in [0, 1]")
     for key, value in state.items():
+        value = getattr(value, "_local_tensor", value)  # a DTensor's: each rank checks its own shard
         if key.endswith(SCALES_SUFFIX) and torch.is_tensor(value) and value.numel() and not bool(
                 (torch.isfinite(value) & (value >= 0)).all()):
             raise ValueError(f"state {key!r} of {where} holds a negative or non-finite 8-bit scale")

@@ -113,11 +113,13 @@ def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
                 field = fields.get(key)
                 if value.dtype == torch.uint8:
                     scales = saved[key + SCALES_SUFFIX]
+                    if _local(value) is value:
+                        scales = scales.reshape(-1)  # by rows in a full state dict of a Shard(0) run
                     if quantized and same_codes(spec, saved_spec):
                         state[key] = value.to(p.device)
                         state[key + SCALES_SUFFIX] = scales.to(p.device)
                         continue
-                    value = decode(value.to(p.device), scales.to(p.device), saved_spec, field)
+                    value = _decoded(value.to(p.device), scales.to(p.device), saved_spec, field)
                 elif state_dtype is None:
                     continue  # torch's loader has cast it to the param's dtype, as before
                 if quantized:
@@ -131,6 +133,16 @@ def keep_state_dtypes(optimizer, state_dict, state_dtypes) -> None:
                 codes = state.get(key[:-len(SCALES_SUFFIX)])
                 if codes is None or codes.dtype != torch.uint8:
                     del state[key]  # torch's loader copied the scales of codes decoded above
+
+def _decoded(codes, scales, spec: Blockwise8bit, field):
+    """``decode`` of each shard's own blocks, placed like the codes when they are a DTensor."""
+    local = _local(codes)
+    values = decode(local, _local(scales).reshape(-1), spec, field)
+    if local is codes:
+        return values
+    return type(codes).from_local(values, codes.device_mesh, codes.placements, run_check=False, shape=codes.shape,
+                                  stride=values.stride())
+
 
 def ensure_float_state(state, key, p, dtype) -> None:
     """``state[key]``: zeros like ``p`` of ``dtype`` when missing, converted once when of another dtype."""
@@ -152,21 +164,34 @@ def _local(t):
     return getattr(t, "_local_tensor", t)
 
 
+def _placed_scales(local_scales, codes, spec: Blockwise8bit):
+    """The scales of ``codes`` as the state keeps them: for a DTensor, a DTensor of
+    ``spec.scales_shape`` placed like its codes (``torch.distributed.checkpoint`` then saves and
+    reshards them with their rows); else the flat local tensor."""
+    if _local(codes) is codes:
+        return local_scales
+    shape = spec.scales_shape(codes)
+    local = local_scales.view(-1, *shape[1:])
+    return type(codes).from_local(local, codes.device_mesh, codes.placements, run_check=False, shape=shape,
+                                  stride=local.stride())
+
+
 def ensure_8bit_state(state, field, key, p, spec: Blockwise8bit) -> None:
     """``state[key]`` (uint8 codes like ``p``) and ``state[key + "_scales"]`` (float32, one per block
-    of the local tensor): zeros when missing; float state quantized once."""
+    of the local tensor, ``_placed_scales``): zeros when missing; float state quantized once."""
     buf, scales_key = state.get(key), key + SCALES_SUFFIX
     if buf is None:
         code = zero_code(spec, signed=field in SIGNED_FIELDS)
-        state[key] = torch.full_like(p, code, memory_format=torch.contiguous_format, dtype=torch.uint8)
-        state[scales_key] = torch.zeros(spec.num_blocks(_local(p).numel()), dtype=torch.float32, device=p.device)
+        codes = torch.full_like(p, code, memory_format=torch.contiguous_format, dtype=torch.uint8)
+        scales = torch.zeros(spec.num_blocks(_local(p).numel()), dtype=torch.float32, device=_local(p).device)
+        state[key], state[scales_key] = codes, _placed_scales(scales, codes, spec)
     elif buf.dtype != torch.uint8:
         local = _local(buf)
         codes, scales = encode(local.float(), spec, field)
         if local is not buf:  # a DTensor: the codes are placed like it
             codes = type(buf).from_local(codes, buf.device_mesh, buf.placements, run_check=False,
                                          shape=buf.shape, stride=codes.stride())
-        state[key], state[scales_key] = codes, scales
+        state[key], state[scales_key] = codes, _placed_scales(scales, codes, spec)
     else:
         check_8bit_buffer(key, buf, state.get(scales_key), spec)
 
@@ -177,14 +202,26 @@ def same_codes(a: Blockwise8bit | None, b: Blockwise8bit | None) -> bool:
 
 
 def check_8bit_buffer(key, codes, scales, spec: Blockwise8bit, where="") -> None:
-    """Codes of ``key`` with scales that fit them: float32, one per block of ``spec``."""
-    need = spec.num_blocks(_local(codes).numel())
-    if scales is None or not torch.is_tensor(scales) or scales.dtype != torch.float32 or scales.dim() != 1 \
-            or scales.numel() != need:
+    """Codes of ``key`` with scales that fit them: float32, one per block of ``spec`` in each local
+    tensor; placed like the codes and of ``spec.scales_shape`` when the codes are a DTensor."""
+    local_codes, local_scales = _local(codes), _local(scales)
+    need = spec.num_blocks(local_codes.numel())
+    shape = spec.scales_shape(codes)
+    fits = torch.is_tensor(scales) and scales.dtype == torch.float32 and local_scales.numel() == need
+    if fits and local_codes is not codes:
+        fits = local_scales is not scales and tuple(scales.shape) == shape and scales.placements == codes.placements
+    elif fits:  # flat, or by rows as a full state dict gathered from a Shard(0) run holds them
+        fits = local_scales is scales and (scales.dim() == 1 or (
+            scales.dim() == 2 and codes.dim() > 0 and scales.shape[0] == codes.shape[0]))
+    if not fits:
         got = "none" if scales is None else f"{tuple(scales.shape)} {scales.dtype}" if torch.is_tensor(scales) else \
             repr(scales)
-        raise ValueError(f"state {key!r}{where} holds {_local(codes).numel()} 8-bit codes, which in blocks of "
-                         f"{spec.block_size} need {need} float32 scales in {key + SCALES_SUFFIX!r}: it has {got}")
+        if torch.is_tensor(scales) and local_scales is not scales:
+            got += f" placed {tuple(scales.placements)}"
+        need = f"{need} float32 scales" if local_codes is codes else \
+            f"float32 scales {shape} placed {tuple(codes.placements)} ({need} in this shard)"
+        raise ValueError(f"state {key!r}{where} holds {local_codes.numel()} 8-bit codes, which in blocks of "
+                         f"{spec.block_size} need {need} in {key + SCALES_SUFFIX!r}: it has {got}")
 
 
 def check_saved_8bit_state(state, saved_state_dtype, where) -> None:

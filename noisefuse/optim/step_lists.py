@@ -138,7 +138,12 @@ class GroupLists:
                 # shards, taken at each step (FSDP2 may give a param a new local tensor).
                 for name in _SHARDED_FIELDS:
                     lists[name] = [local_tensor(t) if shard else t for t, shard in zip(lists[name], bucket.shards)]
-            calls[key] = StepTensors(**lists, quantization=bucket.tensors.quantization, scales=bucket.tensors.scales,
+            scales = bucket.tensors.scales
+            if bucket.shards is not None and scales:
+                # A shard's scales are its own blocks, flat as the kernels read them (Blockwise8bit.scales_shape).
+                scales = {field: [local_tensor(t).view(-1) if shard else t for t, shard in zip(ts, bucket.shards)]
+                          for field, ts in scales.items()}
+            calls[key] = StepTensors(**lists, quantization=bucket.tensors.quantization, scales=scales,
                                      all_contiguous=bucket.tensors.all_contiguous)
         return calls
 

@@ -19,6 +19,7 @@ quantizes it again:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,11 +62,41 @@ class Blockwise8bit:
                 "min_numel": self.min_numel}
 
     def quantizes(self, param) -> bool:
-        """Whether ``param``'s state is 8-bit (else float32): by its global element count."""
-        return param.numel() >= self.min_numel
+        """Whether ``param``'s state is 8-bit (else float32): by its global element count and, for a
+        DTensor param cut along dim 0 (FSDP2's ``Shard(0)``), whether its rows are whole blocks, so
+        that each shard's blocks are the global ones (``sharded_rows``)."""
+        if param.numel() < self.min_numel:
+            return False
+        rows = sharded_rows(param)
+        return rows is None or rows[1] % self.block_size == 0
+
+    def scales_shape(self, codes) -> tuple:
+        """The global shape of the scales of ``codes`` (shaped like their param): ``[num_blocks]``,
+        or ``[rows, row_length / block_size]`` for a param cut along dim 0, so that the scales are
+        cut with the same rows (state that ``torch.distributed.checkpoint`` reshards)."""
+        rows = sharded_rows(codes)
+        return (self.num_blocks(codes.numel()),) if rows is None else (rows[0], rows[1] // self.block_size)
 
     def num_blocks(self, numel: int) -> int:
         return -(-numel // self.block_size)
+
+
+def sharded_rows(t):
+    """(rows, row length) of a DTensor cut along dim 0 (``Shard(0)`` among its placements), else
+    None. Only ``Shard(0)`` and ``Replicate`` keep every block of 8-bit state within one shard: any
+    other placement is refused, naming it."""
+    placements = getattr(t, "placements", None)
+    if placements is None:
+        return None
+    refused = [pl for pl in placements if not (pl.is_replicate() or pl.is_shard(0))]
+    if refused:
+        raise NotImplementedError(
+            f"8-bit state supports DTensor params placed Shard(0) (FSDP2) or Replicate; this one is placed "
+            f"{tuple(placements)}: its blocks would cross shards. Use state_dtype=torch.bfloat16 or float32 state")
+    if not any(pl.is_shard(0) for pl in placements):
+        return None
+    rows = t.shape[0] if t.dim() else 1
+    return rows, (t.numel() // rows if rows else math.prod(t.shape[1:]))
 
 
 def as_blockwise(value) -> Blockwise8bit | None:
