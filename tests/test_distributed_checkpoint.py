@@ -36,6 +36,9 @@ OPTIMIZERS = {
                                                        seed=7, state_dtype=state),
 }
 CASES = [(opt, prec) for opt in OPTIMIZERS for prec in PRECISIONS]
+# DDP: a replicated optimizer, its state plain tensors that DCP saves once.
+DDP_CASES = [("adapnm_amsgrad", "8bit"), ("demon_adam_noise", "bf16")]
+RUNS = [("fsdp2", case) for case in CASES] + [("ddp", case) for case in DDP_CASES]
 
 
 def make_model():
@@ -72,6 +75,17 @@ def sharded_model():
     return model
 
 
+def ddp_model():
+    return torch.nn.parallel.DistributedDataParallel(make_model())
+
+
+WRAPS = {"fsdp2": sharded_model, "ddp": ddp_model}
+
+
+def whole(t):
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def full_optimizer_state(model, opt) -> dict:
     """The optimizer's state gathered whole on the CPU, keyed by param name, as a single process
     would save it (``full_state_dict=True, cpu_offload=True``); param groups without their params."""
@@ -82,7 +96,7 @@ def full_optimizer_state(model, opt) -> dict:
 
 def snapshot(model, opt) -> dict:
     """Every param and (on rank 0, where cpu_offload gathers it) every state tensor, whole."""
-    out = {f"param {k}": v.full_tensor().detach().clone() for k, v in model.state_dict().items()}
+    out = {f"param {k}": whole(v).detach().clone() for k, v in model.state_dict().items()}
     for name, state in full_optimizer_state(model, opt).get("state", {}).items():
         for key, value in state.items():
             if torch.is_tensor(value):
@@ -100,8 +114,8 @@ def assert_same(got: dict, expected: dict, what: str, exact: bool):
             torch.testing.assert_close(a.float(), b.float(), atol=1e-6, rtol=1e-5, msg=lambda m: f"{what}: {key}: {m}")
 
 
-def checkpoint_dir(root, world, case):
-    return os.path.join(root, f"world{world}", "_".join(case))
+def checkpoint_dir(root, world, case, wrap="fsdp2"):
+    return os.path.join(root, f"{wrap}-world{world}", "_".join(case))
 
 
 def save(model, opt, path):
@@ -111,11 +125,11 @@ def save(model, opt, path):
     dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=path)
 
 
-def resume(case, path):
+def resume(wrap, case, path):
     """A fresh model and optimizer loaded from ``path`` as DCP's recipe does."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    model = sharded_model()
+    model = WRAPS[wrap]()
     opt = make_optimizer(model, case)
     model_sd, opt_sd = get_state_dict(model, opt)
     sd = {"model": model_sd, "optim": opt_sd}
@@ -126,26 +140,27 @@ def resume(case, path):
 
 def run_world(rank, world, root, phase):
     """One process group's part: uninterrupted runs, saves, and resumes from what earlier groups saved."""
-    for case in CASES:
-        model = sharded_model()
+    for wrap, case in RUNS:
+        directory = checkpoint_dir(root, world, case, wrap)
+        model = WRAPS[wrap]()
         opt = make_optimizer(model, case)
         train(model, opt, range(SAVED_AT))
         if phase != "third":  # the first group's are kept for the others
-            save(model, opt, checkpoint_dir(root, world, case))
-        if world == 2:  # gathering is a collective: every rank takes part, rank 0 saves
+            save(model, opt, directory)
+        if world == 2 and wrap == "fsdp2":  # gathering is a collective: every rank takes part, rank 0 saves
             full = {"model": {k: v.full_tensor() for k, v in model.state_dict().items()},
                     "optim": full_optimizer_state(model, opt)}
             if rank == 0:
-                torch.save(full, os.path.join(checkpoint_dir(root, world, case), "full.pt"))
+                torch.save(full, os.path.join(directory, "full.pt"))
         train(model, opt, range(SAVED_AT, STEPS))
         uninterrupted = snapshot(model, opt)
         if rank == 0:
-            torch.save(uninterrupted, os.path.join(checkpoint_dir(root, world, case), "uninterrupted.pt"))
+            torch.save(uninterrupted, os.path.join(directory, "uninterrupted.pt"))
         for saved_world in {"first": (), "second": (2, 1), "third": (2,)}[phase]:
-            model, opt = resume(case, checkpoint_dir(root, saved_world, case))
+            model, opt = resume(wrap, case, checkpoint_dir(root, saved_world, case, wrap))
             train(model, opt, range(SAVED_AT, STEPS))
-            assert_same(snapshot(model, opt), uninterrupted, f"{case} saved on {saved_world} ranks, resumed on {world}",
-                        exact=saved_world == world)
+            assert_same(snapshot(model, opt), uninterrupted,
+                        f"{wrap} {case} saved on {saved_world} ranks, resumed on {world}", exact=saved_world == world)
 
 
 def refuse_mismatches(root):
@@ -177,11 +192,36 @@ def refuse_mismatches(root):
         assert_same(snapshot(model, opt), before, f"after refusing {what}", exact=True)
 
 
+def refuse_8bit_state_for_column_shards():
+    """Tensor parallelism's Shard(1) cuts every row: 8-bit blocks would cross shards. Refused at the
+    first step, naming the placement, before any state or param changes; float state steps it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for state_dtype in (PRECISIONS["8bit"], None):
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(16, 128), mesh, [Shard(1)]))
+        p.grad = distribute_tensor(torch.randn(16, 128), mesh, [Shard(1)])
+        before = p.full_tensor().clone()
+        opt = nf.AdaPNM([p], lr=1e-2, state_dtype=state_dtype)
+        if state_dtype is None:
+            opt.step()
+            assert not torch.equal(p.full_tensor(), before)
+            continue
+        try:
+            opt.step()
+        except NotImplementedError as exc:
+            assert "Shard(dim=1)" in str(exc) and "8-bit state" in str(exc), exc
+        else:
+            raise AssertionError("8-bit state for a Shard(1) param was accepted")
+        assert torch.equal(p.full_tensor(), before) and not opt.state[p]
+
+
 def worker(rank, world, init_file, root, phase):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     run_world(rank, world, root, phase)
     if phase == "third":
         refuse_mismatches(root)
+        refuse_8bit_state_for_column_shards()
     # Leave without tearing gloo down (test_distributed.py says why).
     dist.barrier()
     sys.stdout.flush()
@@ -205,9 +245,9 @@ def checkpoints():
 
 def test_resumed_runs_equal_the_uninterrupted_run(checkpoints):
     # The comparisons ran in the workers (a failure fails the spawn); what they compared is here.
-    for case in CASES:
+    for wrap, case in RUNS:
         for world in (1, 2):
-            assert os.path.exists(os.path.join(checkpoint_dir(checkpoints, world, case), "uninterrupted.pt"))
+            assert os.path.exists(os.path.join(checkpoint_dir(checkpoints, world, case, wrap), "uninterrupted.pt"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=["_".join(c) for c in CASES])

@@ -452,6 +452,7 @@ class FusedOptimizer(Optimizer):
         lists = None if compiling else self._step_lists.get(group_index)
         if lists is None or not lists.fits(settings, participants, states):
             _check_state_shapes(group_index, group, participants.params, states, buffers.values())
+            _check_8bit_placements(group_index, group, participants.params)
             self._init_state(participants.params, states, buffers, group["state_dtype"], track_prod, host_devices,
                              demon, hyper)
             spec = as_blockwise(group["state_dtype"])
@@ -524,6 +525,20 @@ def _check_saved_state(name, state, allowed, where) -> None:
         if key.endswith(SCALES_SUFFIX) and torch.is_tensor(value) and value.numel() and not bool(
                 (torch.isfinite(value) & (value >= 0)).all()):
             raise ValueError(f"state {key!r} of {where} holds a negative or non-finite 8-bit scale")
+
+
+def _check_8bit_placements(group_index, group, params) -> None:
+    """8-bit state only for DTensor placements that keep every block within one shard
+    (``Blockwise8bit.quantizes`` refuses the others): checked before any state is made."""
+    spec = as_blockwise(group["state_dtype"])
+    if spec is None:
+        return
+    for p in params:
+        try:
+            spec.quantizes(p)
+        except NotImplementedError as exc:
+            i = next(i for i, q in enumerate(group["params"]) if q is p)
+            raise NotImplementedError(f"param {i} of param group {group_index}: {exc}") from None
 
 
 def _check_state_shapes(group_index, group, params, states, keys) -> None:
