@@ -5,6 +5,8 @@ the host backends against each other, which params stay float32, checkpoints acr
 and the arguments refused."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -291,3 +293,23 @@ def test_bfloat16_params(stochastic_rounding):
         assert apart <= max(2, 0.005 * a.numel()), f"param {i}: {apart} elements apart"
         torch.testing.assert_close(a.float(), b.float(), atol=0.1, rtol=0.05, msg=lambda m: f"param {i}: {m}")
     assert ob.state[pb[3]]["exp_avg"].dtype == torch.uint8 and ob.state[pb[1]]["exp_avg"].dtype == torch.float32
+
+
+def test_rows_of_whole_blocks_decide_8bit_state_under_fsdp2():
+    """Blockwise8bit.rows_are_whole_blocks: the row rule of Shard(0) params; and the coverage script
+    that measures what it costs (docs/integration.md, "Checkpointing at scale")."""
+    import importlib.util
+    spec = Blockwise8bit(64)
+    assert spec.rows_are_whole_blocks((130, 64)) and spec.rows_are_whole_blocks((7, 128))
+    assert not spec.rows_are_whole_blocks((128, 130)) and not spec.rows_are_whole_blocks((100,))
+    assert spec.rows_are_whole_blocks((64, 3, 3, 64)) and not spec.rows_are_whole_blocks((64, 3, 7, 7))
+    assert spec.rows_are_whole_blocks((0, 5))
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fsdp2_8bit_coverage.py"
+    module_spec = importlib.util.spec_from_file_location("fsdp2_8bit_coverage", path)
+    script = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(script)
+    total, eight, fallback, sharded, unsharded = script.coverage([(8192, 64), (64, 130), (10,)], Blockwise8bit(64, min_numel=100))
+    assert total == 8192 * 64 + 64 * 130 + 10
+    assert eight == 8192 * 64 / total and fallback == 64 * 130 / total
+    assert sharded == pytest.approx((8192 * 64 * (1 + 4 / 64) + 4 * (64 * 130 + 10)) / total)
+    assert unsharded == pytest.approx(((8192 * 64 + 64 * 130) * (1 + 4 / 64) + 40) / total)

@@ -3,7 +3,9 @@ r"""8-bit blockwise optimizer state: ``state_dtype=noisefuse.state.Blockwise8bit
 "8-bit blockwise state").
 
 Each state buffer of a param is cut, along the param's own flat (row-major) index, into blocks of
-``block_size`` elements; a block keeps one float32 scale, its largest magnitude, and one uint8 code
+``block_size`` elements (under FSDP2, the local shard's: a param cut along dim 0 keeps 8-bit state
+only when its rows are whole blocks, so that a shard's blocks are the unsharded param's and its
+scales can be cut with the rows, ``Blockwise8bit.scales_shape``); a block keeps one float32 scale, its largest magnitude, and one uint8 code
 per element (maps.py). Momentum buffers use the signed book; the second moment ``v`` and its
 amsgrad maximum are stored as :math:`\sqrt v` in the unsigned book, which halves the dynamic range
 the codes must span. Each step dequantizes a block, updates it in float32, takes the new scale and
@@ -67,8 +69,12 @@ class Blockwise8bit:
         that each shard's blocks are the global ones (``sharded_rows``)."""
         if param.numel() < self.min_numel:
             return False
-        rows = sharded_rows(param)
-        return rows is None or rows[1] % self.block_size == 0
+        return sharded_rows(param) is None or self.rows_are_whole_blocks(param.shape)
+
+    def rows_are_whole_blocks(self, shape) -> bool:
+        """Whether a param of ``shape`` cut along dim 0 keeps 8-bit state: its rows are whole blocks."""
+        rows = shape[0] if len(shape) else 1
+        return rows == 0 or (math.prod(shape) // rows) % self.block_size == 0
 
     def scales_shape(self, codes) -> tuple:
         """The global shape of the scales of ``codes`` (shaped like their param): ``[num_blocks]``,
