@@ -55,7 +55,15 @@ build: $(VENV)/.build-stamp
 test: build
 	$(PYTHON) -m pytest -q $(TEST_ARGS)
 
-bench: build
+# The peers of the state-precision section (noisefuse/bench/peers.py), against the torch pin; the
+# section notes any that did not install. PEERS= (empty) leaves them out.
+PEERS ?= bitsandbytes torchao deepspeed
+$(VENV)/.peers-stamp: $(VENV)/.deps-stamp
+	$(if $(strip $(PEERS)),$(PYTHON) -m pip install -q -c $(VENV)/torch-pin.txt $(PEERS) \
+		|| echo "make bench: some of $(PEERS) did not install; the benchmark notes which")
+	touch $@
+
+bench: build $(VENV)/.peers-stamp
 	$(PYTHON) -m noisefuse.bench $(BENCH_ARGS)
 
 # The static SASS report of every CUDA kernel variant beside torch's fused AdamW/SGD (an estimate from

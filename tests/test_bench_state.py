@@ -16,7 +16,7 @@ def test_state_bytes_model():
 
 def test_section_runs_and_reports_side_by_side():
     cfg = state.StateConfig(device=torch.device("cpu"), preset=presets.synthetic(16384, 4),
-                            optimizers=("AdaPNM", "PNM"), quick=True)
+                            optimizers=("AdaPNM", "PNM"), quick=True, peers=())  # peers: below
     section = state.run(cfg)
     rows = {r["label"]: r for r in section["rows"]}
     backend = section["config"]["backend"]
@@ -34,3 +34,27 @@ def test_section_runs_and_reports_side_by_side():
     assert all(r["time"]["median_ms"] > 0 for r in rows.values())
     text = state.format_state(section)
     assert "state B/param" in text and f"AdaPNM bf16 state, noisefuse/{backend}" in text
+
+
+def test_peers_are_timed_where_installed_and_their_first_step_apart():
+    """A peer (peers.py) that is installed gets a row and a note with its first step's time; one that
+    is not, or that fails at its first step, a note; a slow-to-compile one is left out of quick runs."""
+    from noisefuse.bench import peers
+    fake = (peers.Peer("AdamW torch/loop (as a peer)", "torch.optim", "AdamW", ("cpu",), 4.0, "nothing"),
+            peers.Peer("absent", "surely_not_installed_pkg.optim", "X", ("cpu",), 1.0, "nothing"),
+            peers.Peer("broken", "torch.optim", "AdamW", ("cpu",), 1.0, "nothing", {"betas": (2.0, 0.9)}),
+            peers.Peer("slow", "torch.optim", "AdamW", ("cpu",), 1.0, "compiles", slow_first_step=True),
+            peers.Peer("gpu only", "torch.optim", "AdamW", ("cuda",), 1.0, "nothing"))
+    cfg = state.StateConfig(device=torch.device("cpu"), preset=presets.synthetic(16384, 4), optimizers=("PNM",),
+                            quick=True, peers=fake)
+    section = state.run(cfg)
+    rows = {r["label"]: r for r in section["rows"]}
+    assert "AdamW torch/loop (as a peer)" in rows and not {"absent", "broken", "slow", "gpu only"} & set(rows)
+    peer = rows["AdamW torch/loop (as a peer)"]
+    assert peer["state_bytes_per_param"] > 8 and peer["state_dtype"] == "4 B/value"
+    assert peer["step_bytes_per_param"] == state.step_bytes("adam", 1, torch.float32, torch.float32)
+    notes = "\n".join(section["notes"])
+    assert "peer AdamW torch/loop (as a peer): first step" in notes
+    assert "peer absent: not installed (pip install surely_not_installed_pkg)" in notes
+    assert "peer broken: failed at its first step (ValueError" in notes
+    assert "peer slow: left out of a quick run" in notes and "gpu only" not in notes

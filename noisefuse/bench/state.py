@@ -1,6 +1,7 @@
 """The state-precision section of ``make bench``: what each optimizer keeps per parameter and what its
 step costs with float32, bfloat16 and 8-bit blockwise state (block sizes 256, 128, 64), side by side with torch's fused AdamW (with and without
-amsgrad) on the same params, timed in interleaved rounds so that the ratios compare like with like.
+amsgrad) and the other libraries' low-memory AdamW steps where installed (peers.py) on the same
+params, timed in interleaved rounds so that the ratios compare like with like.
 
 Per row: the optimizer state's bytes per parameter as allocated (every state tensor of every param,
 counters included, over the number of parameters), the bytes per parameter one step moves (the bytes
@@ -10,12 +11,13 @@ AdamW, and the peak memory the step adds on top of what the optimizer holds (pro
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass
 
 import torch
 
 from ..state import Blockwise8bit
-from . import baselines, bytes_model, presets, profiling, timing
+from . import baselines, bytes_model, peers, presets, profiling, timing
 
 STATE_OPTIMIZERS = ("PNM", "AdaPNM", "DemonAdam")
 # state label -> the optimizer arguments that choose it.
@@ -36,6 +38,7 @@ class StateConfig:
     preset: presets.Preset
     optimizers: tuple = STATE_OPTIMIZERS
     quick: bool = False
+    peers: tuple = peers.PEERS  # timed where installed
 
 
 def state_bytes(opt) -> int:
@@ -45,12 +48,15 @@ def state_bytes(opt) -> int:
 
 def step_bytes(algorithm: str, n_params: int, param_dtype: torch.dtype, state_dtype) -> float:
     """Bytes one step moves: params and grads at the params' size, state at its own (8-bit state:
-    a code and 4 / block_size bytes of scale per value; every param counted as 8-bit)."""
+    a code and 4 / block_size bytes of scale per value; every param counted as 8-bit; a number:
+    bytes per stored value, a peer's)."""
     traffic = bytes_model.ALGORITHMS[algorithm]
     param_values = sum(1 for name in traffic.reads + traffic.writes if name in ("p", "g"))
     state_values = traffic.per_element - param_values
     if isinstance(state_dtype, Blockwise8bit):
         state_size = 1 + 4 / state_dtype.block_size
+    elif isinstance(state_dtype, (int, float)):
+        state_size = state_dtype
     else:
         state_size = bytes_model.dtype_size(state_dtype)
     return n_params * (param_values * bytes_model.dtype_size(param_dtype) + state_values * state_size)
@@ -61,18 +67,20 @@ def preferred_backend(device: torch.device) -> str | None:
     return usable[0] if usable else None
 
 
-def _targets(cfg: StateConfig, backend: str) -> dict:
-    """label -> (make(params), algorithm, state dtype)."""
+def _targets(cfg: StateConfig, backend: str, chosen_peers) -> dict:
+    """label -> (make(params), algorithm, state dtype, the peer or None)."""
     targets = {}
     for name, kwargs in TORCH_REFERENCES.items():
         algorithm = "adam_amsgrad" if kwargs.get("amsgrad") else "adam"
         targets[f"{name} torch/fused"] = (
-            lambda ps, kw=kwargs: torch.optim.AdamW(ps, lr=baselines.LR, **kw), algorithm, torch.float32)
+            lambda ps, kw=kwargs: torch.optim.AdamW(ps, lr=baselines.LR, **kw), algorithm, torch.float32, None)
+    for peer in chosen_peers:
+        targets[peer.label] = (peer.make, "adam", peer.state_value_bytes, peer)
     for name in cfg.optimizers:
         for state, kwargs in STATES.items():
             targets[f"{name} {state} state, noisefuse/{backend}"] = (
                 lambda ps, n=name, kw=kwargs: baselines.make_nf(n, ps, backend, **kw),
-                baselines.nf_algorithm(name), kwargs.get("state_dtype", torch.float32))
+                baselines.nf_algorithm(name), kwargs.get("state_dtype", torch.float32), None)
     return targets
 
 
@@ -89,6 +97,8 @@ def _params(preset: presets.Preset, device: torch.device) -> list:
 def _state_name(state_dtype) -> str:
     if isinstance(state_dtype, Blockwise8bit):
         return f"blockwise8bit/{state_dtype.block_size}"
+    if isinstance(state_dtype, (int, float)):
+        return f"{state_dtype:.3g} B/value"
     return str(state_dtype).removeprefix("torch.")
 
 
@@ -101,16 +111,30 @@ def run(cfg: StateConfig, progress=None) -> dict:
     if backend != PREFERRED[0]:
         notes.append(f"the native backend is unavailable here: noisefuse rows run on {backend}")
     n = cfg.preset.n_params
-    targets = _targets(cfg, backend)
+    chosen_peers, peer_notes = peers.installed(cfg.device, cfg.peers, quick=cfg.quick)
+    notes += peer_notes
+    targets = _targets(cfg, backend, chosen_peers)
     if progress is not None:
         progress.add(len(targets))
     opts, rows = {}, {}
-    for label, (make, algorithm, state_dtype) in targets.items():
+    for label, (make, algorithm, state_dtype, peer) in targets.items():
         if progress is not None:
             progress.step(f"state: {label}")
         params = _params(cfg.preset, cfg.device)
-        opt = make(params)
-        opt.step()  # allocates the state
+        start = time.perf_counter()
+        try:
+            opt = make(params)
+            opt.step()  # allocates the state (a peer may also compile or build here)
+        except Exception as exc:  # noqa: BLE001 - a peer that fails here is reported, not fatal
+            if peer is None:
+                raise
+            notes.append(f"peer {label}: failed at its first step ({type(exc).__name__}: {str(exc)[:200]})")
+            continue
+        if peer is not None:
+            if cfg.device.type == "cuda":
+                torch.cuda.synchronize(cfg.device)
+            notes.append(f"peer {label}: first step {time.perf_counter() - start:.1f} s ({peer.first_step}), "
+                         "apart from the medians")
         prof = profiling.profile_step(opt.step, cfg.device)
         opts[label] = opt
         rows[label] = {
