@@ -38,7 +38,11 @@ OPTIMIZERS = {
 CASES = [(opt, prec) for opt in OPTIMIZERS for prec in PRECISIONS]
 # DDP: a replicated optimizer, its state plain tensors that DCP saves once.
 DDP_CASES = [("adapnm_amsgrad", "8bit"), ("demon_adam_noise", "bf16")]
-RUNS = [("fsdp2", case) for case in CASES] + [("ddp", case) for case in DDP_CASES]
+# AMP: float16 autocast with torch.amp.GradScaler, whose state is saved beside (a small growth
+# interval, so that its scale moves within the run and must come back).
+AMP_CASES = [("demon_adam_noise", "8bit"), ("adapnm_amsgrad", "bf16")]
+RUNS = ([("fsdp2", case) for case in CASES] + [("ddp", case) for case in DDP_CASES]
+        + [("fsdp2-amp", case) for case in AMP_CASES])
 
 
 def make_model():
@@ -57,12 +61,23 @@ def batch(i):
     return torch.randn(16, 64, generator=g), torch.randn(16, 7, generator=g)
 
 
-def train(model, opt, steps):
+def train(model, opt, steps, scaler=None):
     for i in steps:
         x, y = batch(i)
         opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
+        if scaler is None:
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            continue
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = model(x)
+        scaler.scale(torch.nn.functional.mse_loss(out.float(), y)).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
+def make_scaler(wrap):
+    return torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2) if wrap.endswith("-amp") else None
 
 
 def sharded_model():
@@ -79,7 +94,7 @@ def ddp_model():
     return torch.nn.parallel.DistributedDataParallel(make_model())
 
 
-WRAPS = {"fsdp2": sharded_model, "ddp": ddp_model}
+WRAPS = {"fsdp2": sharded_model, "ddp": ddp_model, "fsdp2-amp": sharded_model}
 
 
 def whole(t):
@@ -94,9 +109,12 @@ def full_optimizer_state(model, opt) -> dict:
     return sd
 
 
-def snapshot(model, opt) -> dict:
-    """Every param and (on rank 0, where cpu_offload gathers it) every state tensor, whole."""
+def snapshot(model, opt, scaler=None) -> dict:
+    """Every param and (on rank 0, where cpu_offload gathers it) every state tensor, whole; the
+    GradScaler's scale."""
     out = {f"param {k}": whole(v).detach().clone() for k, v in model.state_dict().items()}
+    if scaler is not None:
+        out["scaler scale"] = torch.tensor(scaler.get_scale())
     for name, state in full_optimizer_state(model, opt).get("state", {}).items():
         for key, value in state.items():
             if torch.is_tensor(value):
@@ -118,11 +136,14 @@ def checkpoint_dir(root, world, case, wrap="fsdp2"):
     return os.path.join(root, f"{wrap}-world{world}", "_".join(case))
 
 
-def save(model, opt, path):
+def save(model, opt, scaler, path):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     model_sd, opt_sd = get_state_dict(model, opt)
-    dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=path)
+    state = {"model": model_sd, "optim": opt_sd}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    dcp.save(state, checkpoint_id=path)
 
 
 def resume(wrap, case, path):
@@ -131,11 +152,16 @@ def resume(wrap, case, path):
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     model = WRAPS[wrap]()
     opt = make_optimizer(model, case)
+    scaler = make_scaler(wrap)
     model_sd, opt_sd = get_state_dict(model, opt)
     sd = {"model": model_sd, "optim": opt_sd}
+    if scaler is not None:
+        sd["scaler"] = scaler.state_dict()
     dcp.load(sd, checkpoint_id=path)
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-    return model, opt
+    if scaler is not None:
+        scaler.load_state_dict(sd["scaler"])
+    return model, opt, scaler
 
 
 def run_world(rank, world, root, phase):
@@ -144,22 +170,24 @@ def run_world(rank, world, root, phase):
         directory = checkpoint_dir(root, world, case, wrap)
         model = WRAPS[wrap]()
         opt = make_optimizer(model, case)
-        train(model, opt, range(SAVED_AT))
+        scaler = make_scaler(wrap)
+        train(model, opt, range(SAVED_AT), scaler)
         if phase != "third":  # the first group's are kept for the others
-            save(model, opt, directory)
+            save(model, opt, scaler, directory)
         if world == 2 and wrap == "fsdp2":  # gathering is a collective: every rank takes part, rank 0 saves
             full = {"model": {k: v.full_tensor() for k, v in model.state_dict().items()},
                     "optim": full_optimizer_state(model, opt)}
             if rank == 0:
                 torch.save(full, os.path.join(directory, "full.pt"))
-        train(model, opt, range(SAVED_AT, STEPS))
-        uninterrupted = snapshot(model, opt)
+        train(model, opt, range(SAVED_AT, STEPS), scaler)
+        uninterrupted = snapshot(model, opt, scaler)
+        assert scaler is None or scaler.get_scale() != 2.0**12  # it moved: resuming must bring it back
         if rank == 0:
             torch.save(uninterrupted, os.path.join(directory, "uninterrupted.pt"))
         for saved_world in {"first": (), "second": (2, 1), "third": (2,)}[phase]:
-            model, opt = resume(wrap, case, checkpoint_dir(root, saved_world, case, wrap))
-            train(model, opt, range(SAVED_AT, STEPS))
-            assert_same(snapshot(model, opt), uninterrupted,
+            model, opt, scaler = resume(wrap, case, checkpoint_dir(root, saved_world, case, wrap))
+            train(model, opt, range(SAVED_AT, STEPS), scaler)
+            assert_same(snapshot(model, opt, scaler), uninterrupted,
                         f"{wrap} {case} saved on {saved_world} ranks, resumed on {world}", exact=saved_world == world)
 
 
