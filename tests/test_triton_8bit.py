@@ -278,8 +278,9 @@ def test_8bit_kernel_compiles_for_hopper(dtype, noise, round_params):
     """AdaPNM with amsgrad (three buffers written, two momentum buffers read): float32 params, and
     bfloat16 params with isotropic noise and stochastic rounding. Without noise (whose normals use
     approximate log/cos by contract) no approximate square root, division or reciprocal is left; and
-    every float32 ``<`` (the binary search's ``T[k] * s < x``: 8 levels for each written buffer) takes
-    a plain product, rounded on its own: a compare cannot absorb a multiply into an FMA."""
+    every float32 ``<`` (for each written buffer: the O(1) decision's ``T[g] * s < x`` and
+    ``T[g + 1] * s < x``, and the fallback search's 8 levels) takes a plain product, rounded on its
+    own: a compare cannot absorb a multiply into an FMA."""
     import triton.language as tl
 
     constants = dict(DTYPE=getattr(tl, dtype), MOMENTUM=2, SECOND_MOMENT=True, AMSGRAD=True, NESTEROV=False,
@@ -293,7 +294,7 @@ def test_8bit_kernel_compiles_for_hopper(dtype, noise, round_params):
         for approximate in ("sqrt.approx", "div.approx", "div.full", "rcp.approx"):
             assert approximate not in ptx, approximate
     compares = _compared_products(ptx)
-    assert compares and len(compares) % (8 * 3) == 0, len(compares)
+    assert compares and len(compares) % ((2 + 8) * 3) == 0, len(compares)
     assert all("mul.f32" in (a, b) or "mul.rn.f32" in (a, b) for a, b in compares), set(compares)
     assert not any(op is not None and op.startswith("fma") for pair in compares for op in pair), set(compares)
 
@@ -312,3 +313,63 @@ def test_opcheck():
                   offsets=[], block_size=16)
     torch.library.opcheck(torch.ops.noisefuse.triton_fused_step_.default, args, kwargs,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("code_book", maps.MAPS)
+def test_quantize_decides_every_code_as_the_reference(code_book, monkeypatch):
+    """``_quantize``'s O(1) decision (state/code_buckets.py) against the reference's count, on values
+    where it is hardest: every decision point times the scale and its float32 neighbours, for normal,
+    tiny, denormal and huge scales, blocks of zeros, NaN and infinities; for the three decision rows.
+    The check-and-search fallback is reached (denormal scales, zero blocks) and must agree too."""
+    import triton
+    import triton.language as tl
+
+    from noisefuse.state.blockwise import quantize
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    # The interpreted kernels, as a global of this module: the interpreter reads a kernel's globals,
+    # not its closure.
+    monkeypatch.setitem(globals(), "_INTERPRETED", launch.kernels_for(torch.device("cpu")))
+    quant_block, per_program = 256, 1024
+
+    @triton.jit
+    def quantize_kernel(x_ptr, codes_ptr, scales_ptr, books_ptr, ROW: tl.constexpr, QUANT_BLOCK: tl.constexpr,
+                        BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        codes, scales = _INTERPRETED._quantize(tl.load(x_ptr + offs), None, books_ptr, ROW, QUANT_BLOCK, BLOCK)
+        tl.store(codes_ptr + offs, codes)
+        tl.store(scales_ptr + tl.program_id(0) * (BLOCK // QUANT_BLOCK) + tl.arange(0, BLOCK // QUANT_BLOCK), scales)
+
+    books = maps.tables(code_book, torch.device("cpu"))
+    table = launch._decision_table(books)
+    gen = torch.Generator().manual_seed(0)
+    rows = {maps.SIGNED_MIDPOINTS: dict(signed=True), maps.UNSIGNED_MIDPOINTS: dict(signed=False),
+            maps.UNSIGNED_VALUES: dict(signed=False, round_up=True)}
+    for row, kind in rows.items():
+        blocks = []
+        for scale in (1.0, 0.3712, 7.3e-12, 2.0 ** -130, 1.2e-38, 3.0e38):
+            s = torch.tensor(scale, dtype=torch.float32)
+            products = books[row, :255] * s
+            candidates = torch.cat([products, torch.nextafter(products, torch.tensor(float("inf"))),
+                                    torch.nextafter(products, torch.tensor(-float("inf"))),
+                                    (torch.rand(400, generator=gen) * 2 - 1) * s])
+            if not kind["signed"]:
+                candidates = candidates.abs()
+            candidates = candidates[candidates.abs() <= s]
+            for piece in candidates.split(quant_block - 1):  # each block holds s itself: its scale is s
+                blocks.append(torch.cat([s.reshape(1), piece, torch.zeros(quant_block - 1 - piece.numel())]))
+        special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5, -0.25, 0.0])
+        blocks.append(torch.cat([special, torch.zeros(quant_block - special.numel())]))  # scale 0.5
+        blocks.append(torch.zeros(quant_block))  # scale 0
+        blocks.append(torch.full((quant_block,), float("nan")))  # scale 0
+        while len(blocks) % (per_program // quant_block):
+            blocks.append(torch.zeros(quant_block))
+        x = torch.cat(blocks)
+        codes = torch.empty(x.numel(), dtype=torch.uint8)
+        scales = torch.empty(x.numel() // quant_block)
+        quantize_kernel[(x.numel() // per_program,)](x, codes, scales, table, ROW=row, QUANT_BLOCK=quant_block,
+                                                     BLOCK=per_program)
+        want_codes, want_scales = quantize(x, spec(quant_block, code_book), **kind)
+        assert torch.equal(scales, want_scales), row
+        wrong = (codes != want_codes).nonzero().flatten()
+        assert wrong.numel() == 0, (row, x[wrong[:5]], codes[wrong[:5]], want_codes[wrong[:5]])

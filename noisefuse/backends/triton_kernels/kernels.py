@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ...random.philox import TAG_ROUNDING
-from ...state import maps
+from ...state import code_buckets, maps
 from ...random.philox_triton import rounding_words
 from .grad import form_grad
 
@@ -55,6 +55,13 @@ N_SCALARS = tl.constexpr(8)  # 64-byte rows
 SCOL_EXP_AVG, SCOL_NEG_EXP_AVG, SCOL_EXP_AVG_SQ, SCOL_MAX_EXP_AVG_SQ = (tl.constexpr(i) for i in range(4))
 N_SCALE_COLS = tl.constexpr(4)
 # Rows of the [4, 256] code-book table (maps.tables).
+# The O(1) code decision's table, after the books in the same tensor (state/code_buckets.py).
+BUCKET_MANTISSA_BITS = tl.constexpr(code_buckets.MANTISSA_BITS)
+BUCKET_BIAS = tl.constexpr(code_buckets.BUCKET_BIAS)
+BUCKETS_PER_SIGN = tl.constexpr(code_buckets.BUCKETS_PER_SIGN)
+PADDED_POINTS = tl.constexpr(code_buckets.PADDED_POINTS)
+PADDED_BASE = tl.constexpr(code_buckets.PADDED_BASE)
+BUCKETS_BASE = tl.constexpr(code_buckets.BUCKETS_BASE)
 BOOK_SIGNED_VALUES = tl.constexpr(maps.SIGNED_VALUES)
 BOOK_SIGNED_MIDPOINTS = tl.constexpr(maps.SIGNED_MIDPOINTS)
 BOOK_UNSIGNED_VALUES = tl.constexpr(maps.UNSIGNED_VALUES)
@@ -166,11 +173,29 @@ def _quantize(x, mask, books_ptr, ROW: tl.constexpr, QUANT_BLOCK: tl.constexpr, 
     scales = tl.reduce(tl.reshape(magnitude, [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), 1, tl.standard._elementwise_max)
     scale = tl.reshape(tl.broadcast_to(tl.expand_dims(scales, 1), [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), [BLOCK])
     x = tl.where(x != x, 0.0, x)
-    codes = tl.full([BLOCK], 0, tl.int32)
-    for level in tl.static_range(8):
-        width = 128 >> level
-        point = tl.load(books_ptr + ROW * NUM_CODES + codes + (width - 1))
-        codes = tl.where(point * scale < x, codes + width, codes)
+    # The count in O(1) (state/code_buckets.py): the bucket of x / s guesses it, two exact compares
+    # against the same products prove it. The ratio may round any way: it only picks the bucket.
+    # Correctly rounded (no approximate division in the kernel, tests/test_triton_8bit.py), once a block.
+    inverses = tl.math.div_rn(tl.full([BLOCK // QUANT_BLOCK], 1.0, tl.float32), scales)
+    inverse = tl.reshape(tl.broadcast_to(tl.expand_dims(inverses, 1), [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), [BLOCK])
+    bits = (x * inverse).to(tl.int32, bitcast=True)
+    bucket = ((bits & 0x7FFFFFFF) >> (23 - BUCKET_MANTISSA_BITS)) - BUCKET_BIAS
+    bucket = tl.minimum(tl.maximum(bucket, 0), BUCKETS_PER_SIGN - 1) + tl.where(bits < 0, BUCKETS_PER_SIGN, 0)
+    g = tl.load(books_ptr + BUCKETS_BASE + ROW * (2 * BUCKETS_PER_SIGN) + bucket).to(tl.int32)
+    points = books_ptr + PADDED_BASE + ROW * PADDED_POINTS  # [NaN, T_0 .. T_254, +inf ...]: T_k at k + 1
+    codes = tl.where(tl.load(points + g + 1) * scale < x, g + 1, g)
+    # T_{g-1} s < x <= T_{g+1} s, or the guess is not the count (NaN for T_{-1} passes the first).
+    wrong = (tl.load(points + g) * scale >= x) | (tl.load(points + g + 2) * scale < x) | (scale == 0.0)
+    if mask is not None:
+        wrong = wrong & mask
+    # Rare (denormal scales, blocks of zeros): the contract's search. tl.reduce, as for the scales.
+    if tl.reduce(wrong.to(tl.int32), 0, tl.standard._elementwise_max) > 0:
+        searched = tl.full([BLOCK], 0, tl.int32)
+        for level in tl.static_range(8):
+            width = 128 >> level
+            point = tl.load(books_ptr + ROW * NUM_CODES + searched + (width - 1))
+            searched = tl.where(point * scale < x, searched + width, searched)
+        codes = tl.where(wrong, searched, codes)
     return codes.to(tl.uint8), scales
 
 
@@ -512,7 +537,8 @@ def update_8bit_kernel(ptrs, numels, block_tensor, block_chunk, scalars, grad_sc
     r"""``update_kernel``'s update on 8-bit blockwise state (float32 or bfloat16 params, float32 math):
     the state buffers are uint8 codes, and ``scale_ptrs`` an int64 ``[n, 4]`` table of the data
     pointers of their float32 scales (one per ``QUANT_BLOCK`` elements of each tensor's own flat
-    index); ``books_ptr`` is the float32 ``[4, 256]`` code-book table (``maps.tables``). ``BLOCK`` is a
+    index); ``books_ptr`` is the float32 ``[4, 256]`` code-book table (``maps.tables``) followed by the
+    O(1) code decision's table (``code_buckets.decision_table``). ``BLOCK`` is a
     multiple of ``QUANT_BLOCK`` and every tile starts at a multiple of ``BLOCK``, so a tile holds whole
     quantization blocks (the last one of a tensor may be short) and no block is shared by two
     programs. Per element :math:`j` of a block with scale :math:`s` (docs/kernel-contract.md):

@@ -15,6 +15,7 @@ import triton.language as tl
 
 from ...noise.step import NOISE_CODES
 from ...random import philox_triton
+from ...state import code_buckets
 from ..stream import is_dense, same_layout
 from . import grad, kernels, tables
 
@@ -197,6 +198,24 @@ def _blockwise_lists(lists, state_scales, code_books, block_size, device):
     return columns
 
 
+_DECISION_TABLES: dict = {}  # (data_ptr, device, version) -> (the books tensor, its table); a few at most
+_DECISION_TABLES_KEPT = 8
+
+
+def _decision_table(code_books: torch.Tensor) -> torch.Tensor:
+    """The books followed by the O(1) code decision's table (state/code_buckets.py), built once per
+    code-book tensor (``maps.tables`` hands out one per book and device): the first launch with a
+    book reads it to the host, no later one does. The entry holds the books tensor itself, so its
+    address cannot be reused by another while the entry lives."""
+    key = (code_books.data_ptr(), code_books.device, code_books._version)
+    entry = _DECISION_TABLES.get(key)
+    if entry is None or entry[0] is not code_books:
+        while len(_DECISION_TABLES) >= _DECISION_TABLES_KEPT:
+            del _DECISION_TABLES[next(iter(_DECISION_TABLES))]
+        entry = _DECISION_TABLES[key] = (code_books, code_buckets.decision_table(code_books))
+    return entry[1]
+
+
 def _check_blockwise_layout(lists, scale_columns, block_size) -> None:
     """Blocks follow each tensor's row-major index, which the kernels walk as memory order: params
     and codes must be contiguous, and each list of scales hold one float32 per block."""
@@ -349,7 +368,8 @@ def fused_step(params, grads, exp_avgs, neg_exp_avgs, exp_avg_sqs, max_exp_avg_s
         STATIC_BATCH=batch if device.type == "cpu" else 0, BLOCK=block, num_warps=num_warps)
     tensors = (table.ptrs, table.numels, table.block_tensor, table.block_chunk, table.scalars, scale, inf, weights)
     if block_size:
-        k.update_8bit_kernel[(table.n_blocks,)](*tensors, table.scale_ptrs, code_books, *args, DTYPE=storage,
+        k.update_8bit_kernel[(table.n_blocks,)](*tensors, table.scale_ptrs, _decision_table(code_books), *args,
+                                                DTYPE=storage,
                                                 QUANT_BLOCK=block_size, **flags)
     else:
         k.update_kernel[(table.n_blocks,)](*tensors, *args, DTYPE=storage,
