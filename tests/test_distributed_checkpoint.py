@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import noisefuse as nf
+from noisefuse.backends import native
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is needed")
@@ -27,13 +28,18 @@ BLOCK = 64
 # the [128, 130] one keeps float32 state (its rows would cut blocks; Blockwise8bit.quantizes) and
 # the biases are under min_numel. [7, 128] is cut unevenly over 2 ranks (4 rows and 3).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "8bit": nf.state.Blockwise8bit(BLOCK, min_numel=512)}
+# One backend named for every run, the workers' and this process's alike ("auto" could resolve
+# differently here after other tests changed what is loaded): the runs compare bit for bit.
+BACKEND = "native" if native.load_error() is None else "foreach"
 OPTIMIZERS = {
-    "adapnm_amsgrad": lambda ps, state: nf.AdaPNM(ps, lr=1e-2, amsgrad=True, weight_decay=0.01, state_dtype=state),
-    "pnm_demon": lambda ps, state: nf.PNM(ps, lr=0.05, demon=dict(total_steps=10), state_dtype=state),
+    "adapnm_amsgrad": lambda ps, state: nf.AdaPNM(ps, lr=1e-2, amsgrad=True, weight_decay=0.01, state_dtype=state,
+                                                  backend=BACKEND),
+    "pnm_demon": lambda ps, state: nf.PNM(ps, lr=0.05, demon=dict(total_steps=10), state_dtype=state,
+                                          backend=BACKEND),
     # The noise stream's counters are the params' steps, indexed by global element: a resumed run
     # draws what the uninterrupted one draws, on any number of ranks.
     "demon_adam_noise": lambda ps, state: nf.DemonAdam(ps, lr=1e-2, total_steps=10, noise=nf.noise.Isotropic(1e-3),
-                                                       seed=7, state_dtype=state),
+                                                       seed=7, state_dtype=state, backend=BACKEND),
 }
 CASES = [(opt, prec) for opt in OPTIMIZERS for prec in PRECISIONS]
 # DDP: a replicated optimizer, its state plain tensors that DCP saves once.
@@ -244,7 +250,14 @@ def refuse_8bit_state_for_column_shards():
         assert torch.equal(p.full_tensor(), before) and not opt.state[p]
 
 
+# One thread for every matmul, the workers' and the plain process's: the forward and backward
+# reductions then sum in one order everywhere, and the runs compare bit for bit (another test may
+# have left this process at any thread count; a spawned worker starts at the machine's).
+THREADS = 1
+
+
 def worker(rank, world, init_file, root, phase):
+    torch.set_num_threads(THREADS)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     run_world(rank, world, root, phase)
     if phase == "third":
@@ -282,6 +295,15 @@ def test_resumed_runs_equal_the_uninterrupted_run(checkpoints):
 def test_a_full_state_dict_from_2_ranks_resumes_in_a_plain_process(checkpoints, case):
     """``get_optimizer_state_dict(full_state_dict=True, cpu_offload=True)`` on 2 ranks, loaded by
     plain ``load_state_dict`` (its keys are param names; torch's loader pairs them by position)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        resume_in_a_plain_process(checkpoints, case)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def resume_in_a_plain_process(checkpoints, case):
     directory = checkpoint_dir(checkpoints, 2, case)
     full = torch.load(os.path.join(directory, "full.pt"), weights_only=True)
     uninterrupted = torch.load(os.path.join(directory, "uninterrupted.pt"), weights_only=True)
