@@ -58,3 +58,25 @@ def test_peers_are_timed_where_installed_and_their_first_step_apart():
     assert "peer absent: not installed (pip install surely_not_installed_pkg)" in notes
     assert "peer broken: failed at its first step (ValueError" in notes
     assert "peer slow: left out of a quick run" in notes and "gpu only" not in notes
+
+
+def test_a_wrapping_tensor_subclass_counts_what_it_wraps():
+    """torchao's low-bit state presents itself as a float32 tensor; its bytes are its codes and scales."""
+    class Wrapping(torch.Tensor):
+        @staticmethod
+        def __new__(cls, codes, scale):
+            return torch.Tensor._make_wrapper_subclass(cls, codes.shape, dtype=torch.float32)
+
+        def __init__(self, codes, scale):
+            self.codes, self.scale = codes, scale
+
+        def __tensor_flatten__(self):
+            return ["codes", "scale"], None
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            raise NotImplementedError(func)
+
+    t = Wrapping(torch.zeros(1000, dtype=torch.uint8), torch.zeros(4))
+    assert t.numel() * t.element_size() == 4000 and state.tensor_bytes(t) == 1000 + 16
+    assert state.tensor_bytes(torch.zeros(10, dtype=torch.bfloat16)) == 20

@@ -41,9 +41,19 @@ class StateConfig:
     peers: tuple = peers.PEERS  # timed where installed
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes ``t`` holds: a tensor subclass that wraps others (torchao's 8-bit, 4-bit and float8
+    state, which present themselves as float32 tensors) by what it wraps, flattened as torch.compile
+    flattens it."""
+    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, name)) for name in names)
+    return t.numel() * t.element_size()
+
+
 def state_bytes(opt) -> int:
     """Bytes of every tensor in the optimizer's state (buffers and counters), as allocated."""
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+    return sum(tensor_bytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
 
 
 def step_bytes(algorithm: str, n_params: int, param_dtype: torch.dtype, state_dtype) -> float:
