@@ -176,7 +176,7 @@ def _quantize(x, mask, books_ptr, ROW: tl.constexpr, QUANT_BLOCK: tl.constexpr, 
     # The count in O(1) (state/code_buckets.py): the bucket of x / s guesses it, two exact compares
     # against the same products prove it. The ratio may round any way: it only picks the bucket.
     # Correctly rounded (no approximate division in the kernel, tests/test_triton_8bit.py), once a block.
-    inverses = tl.math.div_rn(tl.full([BLOCK // QUANT_BLOCK], 1.0, tl.float32), scales)
+    inverses = tl.div_rn(tl.full([BLOCK // QUANT_BLOCK], 1.0, tl.float32), scales)
     inverse = tl.reshape(tl.broadcast_to(tl.expand_dims(inverses, 1), [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), [BLOCK])
     bits = (x * inverse).to(tl.int32, bitcast=True)
     bucket = ((bits & 0x7FFFFFFF) >> (23 - BUCKET_MANTISSA_BITS)) - BUCKET_BIAS
