@@ -49,6 +49,8 @@ def bits(x: float) -> int:
 
 
 def has_avx2() -> bool:
+    if native.load_error() is not None:
+        return False  # the module's tests that need the op skip; this one's answer is not read
     try:
         torch.ops.noisefuse._blockwise_codes_check(maps.tables("linear"), 1, ONE, 0, 0, 1, True)
     except RuntimeError:
@@ -116,37 +118,3 @@ def test_every_pattern_at_many_scales(book, row, avx2):
         if s >= NO_SEARCH_FROM or s == 0:
             assert searched == 0, f"scale bits {s:#010x}: {searched} searches"
 
-
-@pytest.mark.parametrize("book", ["dynamic", "linear"])
-def test_the_python_built_table_guesses_every_normal_scale_right(book):
-    """state/code_buckets.py, the table the Triton kernel reads (its own copy of the decision): for
-    values at and beside every decision point times scales from 2^-100 to FLT_MAX, the guess
-    ``g + [T[g] s < x]`` passes its check ``T[g-1] s < x <= T[g+1] s`` (so the kernel never searches)
-    and equals the count. Decided here with torch ops, in the kernel's float32 arithmetic."""
-    from noisefuse.state import code_buckets, maps
-
-    books = maps.tables(book)
-    table = code_buckets.decision_table(books)
-    gen = torch.Generator().manual_seed(1)
-    scales = torch.cat([torch.tensor([2.0 ** -100, 1.0, 3.4028234663852886e38]),
-                        torch.exp2(torch.empty(8).uniform_(-100, 127, generator=gen))]).float()
-    for row in (maps.SIGNED_MIDPOINTS, maps.UNSIGNED_MIDPOINTS, maps.UNSIGNED_VALUES):
-        points = books[row, :255]
-        padded = table[code_buckets.PADDED_BASE + row * code_buckets.PADDED_POINTS:][:code_buckets.PADDED_POINTS]
-        starts = table[code_buckets.BUCKETS_BASE + row * 2 * code_buckets.BUCKETS_PER_SIGN:][
-            :2 * code_buckets.BUCKETS_PER_SIGN].long()
-        for s in scales:
-            products = points * s
-            x = torch.cat([products, torch.nextafter(products, torch.tensor(float("inf"))),
-                           torch.nextafter(products, torch.tensor(-float("inf"))),
-                           (torch.rand(2000, generator=gen) * 2 - 1) * s])
-            x = x[x.abs() <= s]
-            bits = (x * (1.0 / s)).view(torch.int32).long()
-            q = ((bits & 0x7FFFFFFF) >> (23 - code_buckets.MANTISSA_BITS)) - code_buckets.BUCKET_BIAS
-            q = q.clamp(0, code_buckets.BUCKETS_PER_SIGN - 1) + (bits < 0).long() * code_buckets.BUCKETS_PER_SIGN
-            g = starts[q]
-            guess = g + (padded[g + 1] * s < x).long()
-            check = ~(padded[g] * s >= x) & (padded[g + 2] * s >= x)
-            count = (products[None, :] < x[:, None]).sum(1)
-            assert bool(check.all()), (row, float(s), x[~check][:5])
-            assert torch.equal(guess, count), (row, float(s))

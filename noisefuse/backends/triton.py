@@ -79,11 +79,16 @@ def fused_step(family: Family, hyper: Hyper, ts: StepTensors, grad_scale=None, f
                                  reason)
         return
     reads_rows = noise is not None and noise.consumes_grad_sample
+    blockwise = stream.blockwise_kwargs(ts)
+    # state_scales is always given, by position ([] without 8-bit state): torch 2.11's custom_op finds a
+    # mutated argument by its index among the positional ones, which stop at the last non-default
+    # one (an omitted state_scales raised IndexError there, on every call without 8-bit state).
     torch.ops.noisefuse.triton_fused_step_(
         ts.params, ts.grads, ts.exp_avgs, ts.neg_exp_avgs, ts.exp_avg_sqs, ts.max_exp_avg_sqs,
         ts.steps, ts.beta1_prods, ts.grad_samples if reads_rows else [], grad_scale, found_inf, hyper.lr_tensor,
-        noise.sample_weights if noise is not None else None, momentum=MOMENTUM_CODES[family.momentum],
+        noise.sample_weights if noise is not None else None, blockwise.pop("state_scales", []),
+        blockwise.pop("code_books", None), momentum=MOMENTUM_CODES[family.momentum],
         lr=hyper.lr, beta1=hyper.beta1, beta2=hyper.beta2, beta0=hyper.beta0, eps=hyper.eps,
         weight_decay=hyper.weight_decay, decoupled=hyper.decoupled, nesterov=hyper.nesterov,
         maximize=hyper.maximize, demon_total_steps=hyper.demon_total_steps,
-        demon_delay=hyper.demon_delay, **stream.stream_kwargs(ts, noise, rounding), **stream.blockwise_kwargs(ts))
+        demon_delay=hyper.demon_delay, **stream.stream_kwargs(ts, noise, rounding), **blockwise)
