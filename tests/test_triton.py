@@ -258,7 +258,8 @@ def test_opcheck(noise):
     args = ([p.detach().clone() for p in ps], grads, [torch.zeros_like(p) for p in ps],
             [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps], [],
             [torch.zeros((), dtype=torch.float64) for _ in ps], [], rows, None, None,
-            torch.tensor(0.01) if noise == "none" else None, weights)
+            torch.tensor(0.01) if noise == "none" else None, weights,
+            [], None)  # state_scales given, as the backend gives it: torch 2.11 needs it (backends/triton.py)
     kwargs = dict(momentum=2, lr=0.01, beta1=0.9, beta2=0.999, beta0=1.0, eps=1e-8, weight_decay=0.01,
                   decoupled=True, nesterov=False, maximize=False, demon_total_steps=0, demon_delay=0.0,
                   offsets=[0, 3] if noise != "none" else [], noise_kind=nf.noise.NOISE_CODES[noise], seed=-5,
