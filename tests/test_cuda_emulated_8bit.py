@@ -24,7 +24,7 @@ from cases import CONFIGS, make_params, run, saved_and_loaded
 from noise_cases import noisy_run
 from noisefuse.backends import native, reference
 from noisefuse.backends.step_tensors import StepTensors
-from noisefuse.state import Blockwise8bit
+from noisefuse.state import Blockwise8bit, code_buckets
 from noisefuse.state.blockwise import encode, zero_code
 from test_cuda_emulated import CHUNK, ILP, emulated, emulated_kernels  # noqa: F401  (the fixture)
 from test_native import FAMILIES, STATE_LISTS, op_args, step_tensors
@@ -321,3 +321,39 @@ def test_zero_gradients_step_a_random_state_bit_for_bit_at_every_block_size():
                 emulated_step(family, hyper, ts)
             assert_steps_like_the_reference(expected, ts, torch.float32, exact_codes=True)
 
+
+
+# ----- the O(1) code decision ------------------------------------------------------------------
+@pytest.mark.parametrize("book", nf.state.maps.MAPS)
+def test_device_bucket_tables_are_the_host_rows(book, emulated):
+    """The kernel's bucket tables, built by a kernel from the books (blockwise_tables.cu), are the
+    host's (state/code_buckets.py, which the CPU and Triton kernels share), row for row in the
+    kernel's order: m's nearest points, v's, the maximum's rounding up."""
+    books = nf.state.maps.tables(book)
+    got = emulated.bucket_tables(books).reshape(3, -1)
+    rows = (nf.state.maps.SIGNED_MIDPOINTS, nf.state.maps.UNSIGNED_MIDPOINTS, nf.state.maps.UNSIGNED_VALUES)
+    for w, row in enumerate(rows):
+        assert torch.equal(got[w].long(), code_buckets.bucket_starts(books[row, :-1])), f"row {row}"
+    assert emulated.bucket_tables(books).data_ptr() == got.data_ptr()  # built once per books tensor
+
+
+@pytest.mark.parametrize("spec", ["b256", "b16_linear"])
+def test_codes_come_from_the_table_and_the_search_only_for_denormal_scales(spec, emulated):
+    """The kernel takes every code of a run at ordinary scales from its table (no fallback search,
+    counted by the emulation), with the reference's codes (compare_8bit); a block whose scale is
+    denormal makes the search run, with the same codes. AdaPNM with amsgrad writes all three rows."""
+    emulated.code_searches()  # the count starts here
+    compare_8bit("adapnm", torch.float32, SPECS[spec], steps=3, sizes=(1, ILP + 1, 1023, 4099))
+    assert emulated.code_searches() == 0
+    grads = [torch.randn(1023, generator=torch.Generator().manual_seed(step)) * 1e-40 for step in range(2)]
+    runs = []
+    for backend in ("reference", "native"):  # momenta of denormal gradients: denormal scales
+        ps = [torch.zeros(1023, requires_grad=True)]
+        opt = CONFIGS["adapnm"](ps, backend=backend, state_dtype=SPECS[spec])
+        for g in grads:
+            ps[0].grad = g.clone()
+            opt.step()
+        runs.append((ps, opt))
+    (pa, oa), (pb, ob) = runs
+    assert emulated.code_searches() > 0
+    assert_8bit_close(oa, ob, pa, pb)

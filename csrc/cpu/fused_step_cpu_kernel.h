@@ -443,15 +443,19 @@ struct ChunkKernel {
 };
 
 // The 8-bit state of one tensor: uint8 codes with a float32 scale per block of `block_size`
-// elements, stepped kQuantSpan elements at a time by the float32-state kernel `Float` on stack
-// buffers. A span is whole blocks (the last block of a tensor may be short) and starts at a
-// multiple of kQuantSpan; `scales + start / block_size` is the first scale of the span at `start`.
+// elements, stepped a span at a time (kShortSpan elements or one block, whichever is more; kQuantSpan
+// where the noise reads grad_sample rows, whose row blocks are that long) by the float32-state
+// kernel `Float` on stack buffers. A span is whole blocks (the last block of a tensor may be short)
+// and starts at a multiple of its size; `scales + start / block_size` is the first scale of the span
+// at `start`. Every element's draws are indexed by its place in the tensor, so the span size changes
+// no value.
 template <typename scalar_t, bool kPn, int kSecond, int kNoise>
 struct QuantizedKernel {
   using Float = ChunkKernel<scalar_t, float, kPn, kSecond, kNoise>;
   using Vec = typename Float::Vec;
   using math_t = typename Float::math_t;
   static constexpr int64_t kQuantSpan = 2048;  // the largest block
+  static constexpr int64_t kShortSpan = 512;   // a power of two: spans start at its multiples
   static_assert(kCpuChunk % kQuantSpan == 0 && kQuantSpan % Float::kRowBlock == 0,
                 "chunks of whole spans, spans of whole row blocks");
 
@@ -480,8 +484,11 @@ struct QuantizedKernel {
 
   void step_range(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz) const {
     alignas(64) float m[kQuantSpan], m_neg[kQuantSpan], v[kQuantSpan], vmax[kQuantSpan];
-    for (int64_t span = begin; span < end; span += kQuantSpan) {
-      const int64_t n = std::min(kQuantSpan, end - span);
+    // Spans as short as whole blocks allow (and whole row blocks, where the noise reads rows), so
+    // that the buffers and the span's params and grads stay in L1 between the passes.
+    const int64_t span_size = noise_reads_rows(kNoise) ? kQuantSpan : std::max(block_size, kShortSpan);
+    for (int64_t span = begin; span < end; span += span_size) {
+      const int64_t n = std::min(span_size, end - span);
       dequantize<false>(codes(t.m), t.m_scales, kSignedValues, span, n, m);
       if (kPn) dequantize<false>(static_cast<const uint8_t*>(t.m_neg), t.m_neg_scales, kSignedValues, span, n, m_neg);
       if (kSecond != kNoSecondMoment) dequantize<true>(codes(t.v), t.v_scales, kUnsignedValues, span, n, v);

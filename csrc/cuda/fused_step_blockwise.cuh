@@ -6,30 +6,35 @@
 // Each state buffer is uint8 codes plus one float32 scale per block of `block_size` (a power of two
 // in [16, 2048]) elements of the tensor's flat index; the scales travel as extra pointer lists of
 // the table, one per state list, offset to the chunk by start / block_size. Per element, with the
-// code books S, Ms, U, Mu (rows of maps.tables) in shared memory:
+// code books' values and decision rows in shared memory:
 //   dequantize   m = S[c] * s,   v = (U[c] * s)^2 (the buffer holds sqrt(v))
 //   update       update_element.h, in float32
 //   quantize     for each written buffer's new values x (m, sqrt_rn(v), sqrt_rn(vmax)) over a block:
 //                s' = max |x| over its finite x (0 if none); x := 0 where NaN;
 //                c' = #{k < 255 : T[k] * s' < x}, T = Ms (m), Mu (v), U (vmax, rounded up).
-// Products and comparisons only (no division, __fmul_rn so that nothing is contracted, a correctly
-// rounded sqrt): given the same float32 values, the codes and scales are the reference's bit for bit.
+// c' comes in O(1) (noisefuse/blockwise_codes.h): a bucket table (blockwise_tables.h, in shared
+// memory) guesses it from x * (1 / s'), two compares against products T[k] * s' prove the guess, and
+// the contract's 8-step search decides where the proof fails (denormal scales). Products and
+// comparisons only decide (__fmul_rn, so that nothing is contracted; a correctly rounded sqrt):
+// given the same float32 values, the codes and scales are the reference's bit for bit.
 //
 // A block's scale needs every new value of the block first. The threads of a block walk their chunk
 // in tiles of kTile = kBlockThreads * kIlp elements, each thread kIlp consecutive ones; a tile holds
 // whole quantization blocks (block_size <= kTile and tiles start at multiples of kTile), the
-// block_size / kIlp threads of one quantization block being consecutive. Each thread updates its
-// elements in registers and writes its params, puts its finite maximum of each written buffer in
-// shared memory, and a tree reduction within each quantization block (log2(block_size / kIlp)
-// rounds, a barrier after each that every thread of the block reaches, those past the tensor's end
-// included) leaves the block's scale with its first thread; then each thread encodes its elements.
-// No warp shuffles: the same code runs on the CUDA emulation, which has no warps.
+// block_size / kIlp threads of one quantization block being consecutive. Each thread loads its
+// elements' codes, scales, params and grads in one round, updates them in registers, writes its
+// params, and takes its finite maximum of each written buffer into its quantization block's slot
+// in shared memory by atomicMax on the bits (non-negative floats order as their bits, and a
+// maximum does not depend on the order); after one barrier per tile every thread reads its block's
+// scale and encodes its elements. No warp shuffles: the same code runs on the CUDA emulation, which
+// has no warps.
 #pragma once
 
 #include <cfloat>
 #include <cstdint>
 #include <type_traits>
 
+#include "blockwise_tables.h"
 #include "fused_step_kernels.cuh"
 
 namespace noisefuse {
@@ -48,8 +53,9 @@ static_assert(kTile % 2048 == 0 && kChunkSize % kTile == 0, "a tile must hold wh
 
 // The call's 8-bit state values as the kernel sees them.
 struct BlockwiseHyper {
-  const float* code_books;  // [4, 256] float32 (CodeBookRow), device memory
-  int32_t block_shift;      // log2(block_size)
+  const float* code_books;       // [4, 256] float32 (CodeBookRow), device memory
+  const uint8_t* bucket_tables;  // [kWritten, kBucketTableBytes] (blockwise_tables.h), device memory
+  int32_t block_shift;           // log2(block_size)
 };
 
 // The table: the element-wise lists (params, grads, kLists - 2 state lists of codes), then the
@@ -92,19 +98,62 @@ __device__ inline float finite_magnitude(float x) {
   return a <= FLT_MAX ? a : 0.f;
 }
 
-// #{k < 255 : points[k] * scale < x}, a branchless binary search over the sorted products (scale >= 0);
-// points[255] (+inf) is never read. x is not NaN.
-__device__ inline uint8_t encode_value(const float* points, float scale, float x) {
-  int c = 0;
-#pragma unroll
-  for (int w = kCodes / 2; w >= 1; w /= 2) {
-    if (__fmul_rn(points[c + w - 1], scale) < x) c += w;
-  }
-  return static_cast<uint8_t>(c);
+// One decision row of the code books in shared memory, as nearest_code reads it.
+struct SharedCodeRow {
+  const float* points;     // [kPaddedPoints]: NaN, T[0] .. T[254], +inf ...
+  const uint8_t* buckets;  // [kBucketTableBytes]: the start g of each bucket (blockwise_tables.h)
+};
+
+// The codes of four values by the contract's search, packed low byte first: out of line, as it runs
+// only where a guess fails its proof (denormal scales), so that the hot loop keeps the guesses alone
+// (and the static SASS report counts the call as cold). A template: one definition per translation
+// unit.
+template <typename Row>
+__device__ __noinline__ uint32_t codes_by_search(const Row row, float scale, float x0, float x1, float x2, float x3) {
+  NF_COUNT_CODE_SEARCH();
+  return static_cast<uint32_t>(code_by_search(row, scale, x0)) | static_cast<uint32_t>(code_by_search(row, scale, x1)) << 8 |
+         static_cast<uint32_t>(code_by_search(row, scale, x2)) << 16 |
+         static_cast<uint32_t>(code_by_search(row, scale, x3)) << 24;
 }
 
+// The codes of a thread's kIlp new values x of one written buffer, in a block of scale `scale`: each
+// the bucket's guess proved by two compares (noisefuse/blockwise_codes.h), all four by the search
+// where any proof fails.
+__device__ inline void encode_lanes(const SharedCodeRow& row, float scale, const float (&x)[kIlp], uint8_t (&out)[kIlp]) {
+  static_assert(kIlp == 4, "codes_by_search takes four values");
+  if (!(scale > 0.f)) {  // every product is +-0
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) out[j] = zero_scale_code(x[j]);
+    return;
+  }
+  // Any value would give the same codes; only the guesses depend on it. CUDA's fast division is
+  // within 2 ulp, and a bucket's margin is 2^-18.
+  const float inverse = __fdividef(1.f, scale);
+  float value[kIlp];
+  bool proved = true;
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) {
+    value[j] = x[j] != x[j] ? 0.f : x[j];
+    int c;
+    proved &= code_by_bucket(row, scale, inverse, value[j], &c);  // no short circuit: no branch
+    out[j] = static_cast<uint8_t>(c);
+  }
+  if (!proved) {
+    const uint32_t codes = codes_by_search(row, scale, value[0], value[1], value[2], value[3]);
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) out[j] = static_cast<uint8_t>(codes >> (8 * j));
+  }
+}
+
+static_assert(kBucketTableBytes % 4 == 0, "bucket tables copied a word at a time");
+
+// Tiles in flight of the block maxima (below): one barrier per tile.
+constexpr int kMaxSlots = 3;
+constexpr int kMinBlockSize = 16;
+constexpr int kTileBlocks = kTile / kMinBlockSize;  // quantization blocks a tile holds at most
+
 template <typename scalar_t, bool kPn, int kSecond, int kLists, int kNoise, int kRound>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kBlockThreads, min_blocks_per_sm<scalar_t>(kSecond, kNoise, kRound))
     blockwise_step_kernel(const BlockwiseTable<kLists, kNoise, kRound> table, const StepHyper h,
                           const DeviceScalars scalars, const NoiseHyper noise, const float* weights,
                           const BlockwiseHyper q) {
@@ -113,12 +162,31 @@ __global__ void __launch_bounds__(kBlockThreads)
 
   // The buffers this step writes, in this order: the (positive) momentum, v, the amsgrad maximum.
   constexpr int kWritten = 1 + (kSecond != kNoSecondMoment ? 1 : 0) + (kSecond == kAmsgrad ? 1 : 0);
-  __shared__ float books[kCodeBookRows][kCodes];
-  __shared__ float block_max[kWritten][kBlockThreads];
-  for (int k = threadIdx.x; k < kCodeBookRows * kCodes; k += blockDim.x) {
-    books[k / kCodes][k % kCodes] = q.code_books[k];
+  __shared__ float values[2][kCodes];  // S and U: what a code decodes to, before its scale
+  __shared__ float points[kWritten][kPaddedPoints];
+  // Copied a word at a time, read by byte. (Not 16 bytes at a time: the copy loop's accesses would be
+  // wider than the hot loop's of bfloat16 params, which the static report takes as the hot loop.)
+  __shared__ uint32_t buckets[kWritten][kBucketTableBytes / 4];
+  // The tile's block maxima (as bits: non-negative floats order as their bits), in kMaxSlots slots
+  // that tiles take in turn. Tile t takes its maxima by atomicMax into slot t % 3 before its one
+  // barrier, reads them after it, and before it clears slot (t + 1) % 3 for the next tile: that
+  // slot's last readers, of tile t - 2, read it before the barrier of tile t - 1, which every
+  // thread has passed.
+  __shared__ uint32_t block_max[kMaxSlots][kWritten][kTileBlocks];
+  for (int k = threadIdx.x; k < 2 * kCodes; k += blockDim.x) {
+    values[k / kCodes][k % kCodes] = q.code_books[(k < kCodes ? kSignedValues : kUnsignedValues) * kCodes + k % kCodes];
   }
-  const BlockStart<float> block = block_start<float>(table, h, scalars);  // its barrier publishes `books`
+  for (int k = threadIdx.x; k < kWritten * kPaddedPoints; k += blockDim.x) {
+    const int w = k / kPaddedPoints, j = k % kPaddedPoints;
+    points[w][j] = j == 0     ? blockwise_bits_float(0x7fc00000u)  // T[-1]: NaN
+                   : j < kCodes ? q.code_books[decision_row(w) * kCodes + j - 1]
+                                : blockwise_bits_float(0x7f800000u);  // +inf
+  }
+  for (int k = threadIdx.x; k < kWritten * kBucketTableBytes / 4; k += blockDim.x) {
+    (&buckets[0][0])[k] = reinterpret_cast<const uint32_t*>(q.bucket_tables)[k];
+  }
+  for (int k = threadIdx.x; k < kWritten * kTileBlocks; k += blockDim.x) block_max[0][k / kTileBlocks][k % kTileBlocks] = 0;
+  const BlockStart<float> block = block_start<float>(table, h, scalars);  // its barrier publishes the above
   const int ti = block.tensor;
   const ElementCoefs<float> c = block.coefs;
 
@@ -138,8 +206,6 @@ __global__ void __launch_bounds__(kBlockThreads)
                                           kWritten > 2 ? scales(2 + kPn) : nullptr};
   const uint8_t* const neg_codes = kPn ? codes(1 - pos) : nullptr;
   const float* const neg_scales = kPn ? scales(1 - pos) : nullptr;
-  // Decision points of each written buffer: nearest for m and v, rounded up for the maximum.
-  const float* const points[kMaxWritten] = {books[kSignedPoints], books[kUnsignedPoints], books[kUnsignedValues]};
 
   const BlockNoise<float> nz = block_noise<kNoise, kRound, float>(table, ti, start, block.step, noise, weights);
 
@@ -151,39 +217,47 @@ __global__ void __launch_bounds__(kBlockThreads)
 
   const int lanes = (1 << q.block_shift) / kIlp;  // threads per quantization block, a power of two
   const int lane = threadIdx.x & (lanes - 1);
-  for (int tile = 0; tile < n; tile += kTile) {  // the same trip count for every thread: barriers inside
+  const int tile_block = (threadIdx.x * kIlp) >> q.block_shift;  // this thread's block within a tile
+  int slot = 0;
+  for (int tile = 0; tile < n; tile += kTile) {  // the same trip count for every thread: a barrier inside
     const int i = tile + threadIdx.x * kIlp;     // this thread's first element
     const bool vector = aligned && i + kIlp <= n;
     const int blk = i >> q.block_shift;  // all kIlp elements are in this block (kIlp divides block_size)
     float x[kWritten][kIlp];             // the new values to encode: m, sqrt(v), sqrt(vmax)
     float magnitude[kWritten] = {};      // their finite maximum over this thread's lanes below n
     if (i < n) {
-      Regs<float> r{};
-      uint8_t cm[kIlp], cv[kIlp];
-      load_lanes(p, i, n, vector, r.p);
-      load_lanes(out_codes[0], i, n, vector, cm);
-      const float sm = out_scales[0][blk];
+      // Every global load of the element's state (codes and scales) first, in one round with the
+      // params and grads where nothing holds them back; the decodes (shared memory) after.
+      uint8_t in_codes[kWritten][kIlp], neg_in[kIlp];
+      float in_scales[kWritten], neg_scale = 0.f;
 #pragma unroll
-      for (int j = 0; j < kIlp; ++j) r.m[j] = __fmul_rn(books[kSignedValues][cm[j]], sm);
-      if constexpr (kPn) {
-        load_lanes(neg_codes, i, n, vector, cm);
-        const float sn = neg_scales[blk];
-#pragma unroll
-        for (int j = 0; j < kIlp; ++j) r.mn[j] = __fmul_rn(books[kSignedValues][cm[j]], sn);
+      for (int k = 0; k < kWritten; ++k) {
+        load_lanes(out_codes[k], i, n, vector, in_codes[k]);
+        in_scales[k] = out_scales[k][blk];
       }
-      const auto load_square = [&](int k, float* out) {
-        load_lanes(out_codes[k], i, n, vector, cv);
-        const float s = out_scales[k][blk];
-#pragma unroll
-        for (int j = 0; j < kIlp; ++j) {
-          const float root = __fmul_rn(books[kUnsignedValues][cv[j]], s);
-          out[j] = __fmul_rn(root, root);
-        }
-      };
-      if constexpr (kSecond != kNoSecondMoment) load_square(1, r.v);
-      if constexpr (kSecond == kAmsgrad) load_square(2, r.vm);
+      if constexpr (kPn) {
+        load_lanes(neg_codes, i, n, vector, neg_in);
+        neg_scale = neg_scales[blk];
+      }
+      Regs<float> r{};
+      // As in the float kernels: the params wait for the noise, whose registers they would double.
+      if constexpr (kNoise == kNoNoise) load_lanes(p, i, n, vector, r.p);
       const auto load_row = [&](int b, float* out) { load_lanes(g + b * nz.row_stride, i, n, vector, out); };
       form_grads<kNoise, kIlp>(load_row, [&](int j) { return i + j; }, c, nz, r.g);
+      if constexpr (kNoise != kNoNoise) load_lanes(p, i, n, vector, r.p);
+#pragma unroll
+      for (int j = 0; j < kIlp; ++j) {
+        r.m[j] = __fmul_rn(values[0][in_codes[0][j]], in_scales[0]);
+        if (kPn) r.mn[j] = __fmul_rn(values[0][neg_in[j]], neg_scale);
+        if (kSecond != kNoSecondMoment) {
+          const float root = __fmul_rn(values[1][in_codes[1][j]], in_scales[1]);
+          r.v[j] = __fmul_rn(root, root);
+        }
+        if (kSecond == kAmsgrad) {
+          const float root = __fmul_rn(values[1][in_codes[2][j]], in_scales[2]);
+          r.vm[j] = __fmul_rn(root, root);
+        }
+      }
       update_regs<kPn, kSecond>(c, r);
 
       scalar_t params[kIlp];
@@ -206,30 +280,25 @@ __global__ void __launch_bounds__(kBlockThreads)
         }
       }
     }
-    // The block's maximum: a tree over its `lanes` consecutive threads, ending at its first thread.
-    for (int k = 0; k < kWritten; ++k) block_max[k][threadIdx.x] = magnitude[k];
-    __syncthreads();
-    for (int half = lanes / 2; half > 0; half /= 2) {
-      if (lane < half) {
-        for (int k = 0; k < kWritten; ++k) {
-          block_max[k][threadIdx.x] = max(block_max[k][threadIdx.x], block_max[k][threadIdx.x + half]);
-        }
-      }
-      __syncthreads();
+    const int next = slot == kMaxSlots - 1 ? 0 : slot + 1;
+#pragma unroll
+    for (int k = 0; k < kWritten; ++k) {
+      if (lane == 0) block_max[next][k][tile_block] = 0;
+      atomicMax(&block_max[slot][k][tile_block], __float_as_uint(magnitude[k]));
     }
+    __syncthreads();
     if (i < n) {
 #pragma unroll
       for (int k = 0; k < kWritten; ++k) {
-        // Every thread of the block read the old scale before the first barrier above.
-        const float scale = block_max[k][threadIdx.x - lane];
+        // Every thread of the block read the old scale before the barrier above.
+        const float scale = blockwise_bits_float(block_max[slot][k][tile_block]);
         if (lane == 0) out_scales[k][blk] = scale;
         uint8_t encoded[kIlp];
-#pragma unroll
-        for (int j = 0; j < kIlp; ++j) encoded[j] = encode_value(points[k], scale, x[k][j] != x[k][j] ? 0.f : x[k][j]);
+        encode_lanes(SharedCodeRow{points[k], reinterpret_cast<const uint8_t*>(buckets[k])}, scale, x[k], encoded);
         store_lanes(out_codes[k], i, n, vector, encoded);
       }
     }
-    __syncthreads();  // the next tile rewrites block_max
+    slot = next;
   }
 }
 
@@ -250,7 +319,8 @@ void launch_blockwise_step(const std::vector<at::TensorList>& lists, const Fused
   for (int k = 0; k < kStateLists; ++k) with_scales.push_back(b.scales.slice(k * n, n));
   int32_t shift = 0;
   while ((int64_t{1} << shift) < b.block_size) ++shift;
-  const BlockwiseHyper q{b.code_books->const_data_ptr<float>(), shift};
+  const at::Tensor tables = bucket_tables(*b.code_books);
+  const BlockwiseHyper q{b.code_books->const_data_ptr<float>(), tables.const_data_ptr<uint8_t>(), shift};
   multi_tensor_apply<2 * kLists - 2, kOffsets>(
       with_scales, l.steps, l.beta1_prods, noise.offsets, [&](const Table& table) {
         const int32_t blocks = table.first_block[table.num_tensors];

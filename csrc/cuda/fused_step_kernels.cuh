@@ -25,6 +25,8 @@
 // draw (store_bits), and its table carries the global offsets the draws are indexed by.
 #pragma once
 
+#include <type_traits>
+
 #include <ATen/OpMathType.h>
 
 #include "fused_step_launch.h"
@@ -261,8 +263,19 @@ __device__ inline BlockNoise<math_t> block_noise(const Table& table, int ti, int
                             noise.centered};
 }
 
+// The blocks of kBlockThreads that the compiler must fit on an SM, for __launch_bounds__: two (at
+// most 64 registers) for the amsgrad variants with float32 math, no noise and no stochastic
+// rounding, which otherwise take 88-94 registers and one block per SM where torch's amsgrad kernel
+// gets two; no requirement (0: ptxas's own choice) elsewhere. Not 1, and not 2 everywhere: either
+// moves ptxas's choice for variants that fit already (a cap of 64 made the `single v` variants
+// spill in their hot loop; an explicit 1 took float64 variants from 58-62 registers to 83-93).
+template <typename scalar_t>
+constexpr int min_blocks_per_sm(int second, int noise, int round) {
+  return !std::is_same_v<scalar_t, double> && second == kAmsgrad && noise == kNoNoise && round == kRoundNone ? 2 : 0;
+}
+
 template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kLists, int kNoise, int kRound>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kBlockThreads, min_blocks_per_sm<scalar_t>(kSecond, kNoise, kRound))
     fused_step_kernel(const StepTable<kLists, kNoise, kRound> table, const StepHyper h, const DeviceScalars scalars,
                       const NoiseHyper noise, const float* weights) {
   using math_t = at::opmath_type<scalar_t>;

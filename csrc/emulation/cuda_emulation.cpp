@@ -7,6 +7,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -273,6 +274,13 @@ void sync_threads() {
   ++fiber.barriers;
   switch_to_scheduler(block, fiber, /*exiting=*/false);
 }
+
+namespace {
+std::atomic<int64_t> code_searches{0};
+}  // namespace
+
+void count_code_search() { code_searches.fetch_add(1, std::memory_order_relaxed); }
+int64_t take_code_searches() { return code_searches.exchange(0); }
 
 void run_grid(dim3 grid, dim3 block_dim, const std::function<void()>& thread_body) {
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;

@@ -74,10 +74,25 @@ inline unsigned int __float_as_uint(float x) {
   std::memcpy(&u, &x, sizeof(u));
   return u;
 }
+inline float __uint_as_float(unsigned int u) {
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+// Atomics: the threads of a block are fibers that switch only at barriers, so a read-modify-write
+// is never interleaved with another thread's.
+inline unsigned int atomicMax(unsigned int* address, unsigned int value) {
+  const unsigned int old = *address;
+  if (value > old) *address = value;
+  return old;
+}
 // Round-to-nearest float arithmetic that is never contracted into a fused multiply-add (the
 // emulation is built with -ffp-contract=off, so plain operators already are not).
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+// CUDA's fast division is approximate; its only user (the 8-bit kernel's bucket guess) is correct
+// for any value, so the host's division stands in for it.
+inline float __fdividef(float a, float b) { return a / b; }
 // The correctly rounded square root (IEEE 754's sqrt, as std::sqrt is).
 inline float __fsqrt_rn(float x) { return std::sqrt(x); }

@@ -3,6 +3,7 @@
 // without them; kernel code includes cuda_emulation.h instead, which adds the macros.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <tuple>
 #include <type_traits>
@@ -31,6 +32,11 @@ const ThreadCoordinates& coordinates();
 
 // __syncthreads(): suspends the calling fiber until every thread of its block has arrived.
 void sync_threads();
+
+// A count of events the tests read (the 8-bit kernel's fallback code searches): one increment, and
+// the count since the last take.
+void count_code_search();
+int64_t take_code_searches();
 
 // Runs `thread_body` as every thread of every block of a grid (the model: cuda_emulation.h); throws
 // std::runtime_error on a divergent barrier, rethrows what a thread threw.

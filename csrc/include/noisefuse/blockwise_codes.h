@@ -1,8 +1,9 @@
 // The code of one 8-bit blockwise state value in O(1) (docs/kernel-contract.md, "8-bit blockwise
 // state"): the same code as the contract's count `c = #{k < 255 : P[k] < x}` over a block's
 // products P[k] = fl(T[k] * s) (T a row of decision points, s >= 0 the block's scale), bit for bit,
-// for every float32 x. Plain functions over float and uint32, for the CPU kernel's builds and,
-// later, the CUDA kernel.
+// for every float32 x. Plain functions over float and uint32, for the CPU kernel's builds and the
+// CUDA kernel (fused_step_blockwise.cuh, whose rows live in shared memory: the functions take any
+// `Row` with indexable `points` and `buckets`).
 //
 // The guess. A table per code-book row, built once from the row's float32 points (it does not
 // depend on the scale), is indexed by the bucket of an approximate ratio r = fl(x * fl(1 / s)): the
@@ -16,7 +17,8 @@
 //
 // The proof, per element. Since P is sorted (s >= 0, rounding is monotone), a guess c equals the
 // count iff P[c - 1] < x <= P[c] (P[-1] = -inf, P[255] = +inf). So c = g + [P[g] < x] is the count
-// iff P[g - 1] < x and x <= P[g + 1]; where either compare fails (a denormal scale or value, whose
+// iff P[g - 1] < x and x <= P[g + 1] (one of which the choice of c already proved: code_by_bucket
+// checks the other); where either compare fails (a denormal scale or value, whose
 // products and ratio carry fewer bits; a point left out of the bucket), the code is the contract's
 // 8-step binary search instead. Either way the answer is the count; the bucket only decides how
 // fast it comes. tests/test_blockwise_codes.py checks every float32 x against the count for many
@@ -88,22 +90,30 @@ C10_HOST_DEVICE inline int code_bucket(float r) {
 }
 
 // The contract's search: `c = 0; for w = 128 ... 1: c += T[c + w - 1] * s < x ? w : 0` (x not NaN).
-C10_HOST_DEVICE inline int code_by_search(const CodeRow& row, float s, float x) {
+template <typename Row>
+C10_HOST_DEVICE inline int code_by_search(const Row& row, float s, float x) {
   int c = 0;
   for (int w = 128; w >= 1; w >>= 1) c += row.points[c + w] * s < x ? w : 0;
   return c;
 }
 
-// Whether the bucket's guess is the count; the guess in *code either way (x not NaN, s > 0).
-C10_HOST_DEVICE inline bool code_by_bucket(const CodeRow& row, float s, float inverse_scale, float x, int* code) {
+// Whether the bucket's guess is the count; the guess in *code either way (x not NaN, s > 0). The
+// guess c = g + [P[g] < x] is the count iff P[c - 1] < x <= P[c]; the choice of c proved one side,
+// so one more product proves the other: x <= P[g + 1] when c = g + 1, P[g - 1] < x when c = g
+// (the same verdict as checking both P[g - 1] < x and x <= P[g + 1], as P is sorted).
+template <typename Row>
+C10_HOST_DEVICE inline bool code_by_bucket(const Row& row, float s, float inverse_scale, float x, int* code) {
   const int g = row.buckets[code_bucket(x * inverse_scale)];
-  *code = g + (row.points[g + 1] * s < x ? 1 : 0);
-  return !(row.points[g] * s >= x) && row.points[g + 2] * s >= x;
+  const bool up = row.points[g + 1] * s < x;  // P[g] < x
+  *code = g + (up ? 1 : 0);
+  const float other = row.points[up ? g + 2 : g] * s;  // P[g + 1], or P[g - 1] (NaN for g = 0)
+  return (other >= x) == up;
 }
 
 // The code of x (NaN counts as 0) in a block of scale s > 0 whose inverse_scale is 1 / s (rounded in
 // any way, even 0 or inf: only the speed depends on it).
-C10_HOST_DEVICE inline uint8_t nearest_code(const CodeRow& row, float s, float inverse_scale, float x) {
+template <typename Row>
+C10_HOST_DEVICE inline uint8_t nearest_code(const Row& row, float s, float inverse_scale, float x) {
   if (x != x) x = 0.f;
   int c;
   if (!code_by_bucket(row, s, inverse_scale, x, &c)) c = code_by_search(row, s, x);
@@ -113,40 +123,54 @@ C10_HOST_DEVICE inline uint8_t nearest_code(const CodeRow& row, float s, float i
 // The code of x in a block of scale 0: every product is +-0, so the count is 255 for x > 0, else 0.
 C10_HOST_DEVICE inline uint8_t zero_scale_code(float x) { return x > 0.f ? 255 : 0; }
 
+// The range [a, b] of the ratios of bucket `bucket` (0 <= bucket < 2 * kBucketsPerSign), widened
+// by the relative margin for the roundings (float64: exact for these bounds, the same on the host
+// and the device).
+C10_HOST_DEVICE inline void bucket_range(int bucket, double* a, double* b) {
+  const bool negative = bucket >= kBucketsPerSign;
+  const int q = negative ? bucket - kBucketsPerSign : bucket;
+  const auto magnitude = [](int k) {  // the smallest |r| of bucket k (of either sign)
+    return static_cast<double>(blockwise_bits_float(static_cast<uint32_t>(k + kBucketBias) << (23 - kBucketMantissaBits)));
+  };
+  const double lo = q == 0 ? 0.0 : magnitude(q);
+  const double hi = q == kBucketsPerSign - 1 ? HUGE_VAL : magnitude(q + 1);
+  const double tiny = 1e-300;  // widens the first bucket's 0 to either side
+  const double low = negative ? -hi : lo, high = negative ? -lo : hi;
+  *a = low - fabs(low) * kBucketMargin - tiny;
+  *b = high + fabs(high) * kBucketMargin + tiny;
+}
+
+// g of a bucket: #{k < 255 : T[k] < a}, its widened range's lower end, over the 255 sorted float32
+// points (a binary search; CodeRow::buckets on the host, the CUDA kernel's device table).
+C10_HOST_DEVICE inline int bucket_start(const float* points, int bucket) {
+  double a, b;
+  bucket_range(bucket, &a, &b);
+  int lo = 0, hi = 255;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (static_cast<double>(points[mid]) < a) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // Fills `row` from its 255 float32 decision points (sorted). Returns the most points any widened
 // bucket holds: 1 for both books (more would only cost searches).
 inline int build_code_row(const float* points, CodeRow* row) {
   row->points[0] = blockwise_bits_float(0x7fc00000u);  // NaN
   for (int k = 0; k < 255; ++k) row->points[1 + k] = points[k];
   for (int k = 256; k < kPaddedPoints; ++k) row->points[k] = blockwise_bits_float(0x7f800000u);  // +inf
-  const auto below = [&](double bound) {  // #{k : T[k] < bound}
-    int n = 0;
-    while (n < 255 && static_cast<double>(points[n]) < bound) ++n;
-    return n;
-  };
-  const auto magnitude = [](int q) {  // the smallest |r| of bucket q (of either sign)
-    const uint32_t bits = static_cast<uint32_t>(q + kBucketBias) << (23 - kBucketMantissaBits);
-    return static_cast<double>(blockwise_bits_float(bits));
-  };
-  const double inf = std::numeric_limits<double>::infinity();
-  const double tiny = 1e-300;  // widens the first bucket's 0 to either side
   int most = 0;
-  for (int negative = 0; negative < 2; ++negative) {
-    for (int q = 0; q < kBucketsPerSign; ++q) {
-      const double lo = q == 0 ? 0.0 : magnitude(q);
-      const double hi = q == kBucketsPerSign - 1 ? inf : magnitude(q + 1);
-      const double a = negative ? -hi : lo, b = negative ? -lo : hi;  // r in [a, b]
-      const double wide_a = a - std::fabs(a) * kBucketMargin - tiny;
-      const double wide_b = b + std::fabs(b) * kBucketMargin + tiny;
-      const int start = below(wide_a);
-      int inside = 0;
-      for (int k = start; k < 255 && static_cast<double>(points[k]) <= wide_b; ++k) ++inside;
-      const int bucket = negative * kBucketsPerSign + q;
-      row->buckets[bucket] = static_cast<uint8_t>(start);
-      for (int i = 0; i < 3; ++i) row->records[bucket][i] = row->points[start + i];
-      row->records[bucket][3] = blockwise_bits_float(static_cast<uint32_t>(start));
-      most = inside > most ? inside : most;
-    }
+  for (int bucket = 0; bucket < 2 * kBucketsPerSign; ++bucket) {
+    double a, b;
+    bucket_range(bucket, &a, &b);
+    const int start = bucket_start(points, bucket);
+    int inside = 0;
+    for (int k = start; k < 255 && static_cast<double>(points[k]) <= b; ++k) ++inside;
+    row->buckets[bucket] = static_cast<uint8_t>(start);
+    for (int i = 0; i < 3; ++i) row->records[bucket][i] = row->points[start + i];
+    row->records[bucket][3] = blockwise_bits_float(static_cast<uint32_t>(start));
+    most = inside > most ? inside : most;
   }
   return most;
 }

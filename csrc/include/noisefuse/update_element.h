@@ -41,12 +41,11 @@ struct ScalarOps {
   C10_HOST_DEVICE static T sqrt(T x) {
     return std::sqrt(x);
   }
-  // torch.maximum semantics: a NaN in either operand wins.
+  // torch.maximum semantics: a NaN in either operand wins (a's when both are). One select, no
+  // branch: b NaN fails both compares and is returned.
   template <typename T>
   C10_HOST_DEVICE static T max(T a, T b) {
-    if (a != a) return a;
-    if (b != b) return b;
-    return a > b ? a : b;
+    return (a > b || a != a) ? a : b;
   }
 };
 
