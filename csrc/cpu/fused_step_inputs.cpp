@@ -89,8 +89,16 @@ void check_row_major(const at::Tensor& p, size_t i, const char* what) {
 }
 
 void check_noise(const FusedStepLists& l, const NoiseArgs& a, NoiseHyper* out) {
-  *out = NoiseHyper{static_cast<int32_t>(a.kind), 0, static_cast<uint64_t>(a.seed), a.std, a.scale,
-                    a.centered && a.kind == kDiagFisherNoise, a.stochastic_rounding, a.stochastic_state_rounding};
+  *out = NoiseHyper{static_cast<int32_t>(a.kind),
+                    0,
+                    static_cast<uint64_t>(a.seed),
+                    a.std,
+                    a.scale,
+                    static_cast<float>(a.std),
+                    static_cast<float>(a.scale),
+                    a.centered && a.kind == kDiagFisherNoise,
+                    a.stochastic_rounding,
+                    a.stochastic_state_rounding};
   const size_t n = l.params.size();
   const bool rows = noise_reads_rows(static_cast<int>(a.kind));
   check_length(a.grad_samples, "grad_samples", rows ? n : 0,

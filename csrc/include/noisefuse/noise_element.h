@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <c10/macros/Macros.h>
 
@@ -30,6 +31,11 @@ struct NoiseHyper {
   uint64_t seed;                   // key (lo32, hi32)
   double std;                      // isotropic
   double scale;                    // diag_fisher's s
+  // The same two rounded to float32 by the host (as the device would: IEEE's conversion), which
+  // float32 math reads, so that a kernel short of registers reloads them instead of converting the
+  // float64 values again in its loop (it did, in the 8-bit diagonal-Fisher variants).
+  float std_f32;
+  float scale_f32;
   bool centered;                   // diag_fisher
   bool stochastic_rounding;        // bfloat16 params only
   bool stochastic_state_rounding;  // bfloat16 state only
@@ -50,7 +56,8 @@ inline namespace NF_ISA_NS {
 
 template <typename V, typename S>
 C10_HOST_DEVICE inline NoiseCoefs<V> make_noise_coefs(const NoiseHyper& n) {
-  return NoiseCoefs<V>{V(static_cast<S>(n.std)), V(static_cast<S>(n.scale)), V(static_cast<S>(n.batch))};
+  if constexpr (std::is_same_v<S, float>) return NoiseCoefs<V>{V(n.std_f32), V(n.scale_f32), V(static_cast<S>(n.batch))};
+  else return NoiseCoefs<V>{V(static_cast<S>(n.std)), V(static_cast<S>(n.scale)), V(static_cast<S>(n.batch))};
 }
 
 // Running sums over the rows of one element (or vector of elements).

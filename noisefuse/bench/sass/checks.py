@@ -24,19 +24,14 @@ from __future__ import annotations
 CORE_OVER_MEMORY = 0.7
 MAX_REGISTERS = 64
 
-# The variants that do not meet an invariant yet (the 2026-12-07 report, benchmarks/results/
-# sass-2026-12-07): tests/test_sass_report.py holds every other variant to each invariant, and
+# The variants that do not meet an invariant yet (the report of benchmarks/results/
+# sass-2026-12-07-codes): tests/test_sass_report.py holds every other variant to each invariant, and
 # fails as well when one of these comes to meet it, so that this list only shrinks as the kernels
 # are fixed (issue #21; the 8-bit and stochastic-rounding ones are issue #22's). Figures: sm_90.
 KNOWN_VIOLATIONS = {
-    # 8-bit diagonal-Fisher variants that ptxas holds at 64 registers re-convert the float64 noise
-    # scale in the tile loop (which of them: it moves with any change of the kernel)
-    "no_fp64_in_hot_loop": {"bf16/8bit single - fisher sr:params", "f32/8bit single v fisher"},
     # spill refills: float64 math at 108-128 registers, 8-bit variants with noise or rounding that
     # ptxas holds at 64 registers (which of them: it moves with any change of the kernel)
-    "no_local_memory_in_hot_loop": {
-        "f64/f64 pn v+ams", "bf16/8bit single - fisher sr:params", "bf16/8bit single v+ams mult",
-        "bf16/8bit single v+ams sr:params", "f32/8bit single v fisher"},
+    "no_local_memory_in_hot_loop": {"f64/f64 pn v+ams", "bf16/8bit single v+ams mult", "bf16/8bit single v+ams sr:params"},
     # float64 math, 104-128 registers: one 512-thread block per SM (a cap of 64 would spill)
     "at_most_64_registers": {"f64/f64 pn v", "f64/f64 pn v+ams", "f64/f64 single v", "f64/f64 single v+ams"},
     # one Philox call (~70-100 instructions) per element for 16 bits of rounding: core/memory 0.74-1.09
