@@ -140,7 +140,7 @@ def test_the_aligned_path_takes_the_vector_side_the_stores_and_not_the_trig_slow
     assert parse.widths(instrs, path.indices) == {"LDG.E.64": 1, "STG.E": 1}
     assert path.classes["fp64"] == 0 and path.classes["local"] == 0
     v = Variant("noisefuse", "blockwise_step", "bfloat16", "8-bit", "single", "none", "isotropic", "none")
-    hot = analyze.hot_loop_stats(extract.Kernel("noisefuse", "sm_90", "k", "k", 32, 0, 0, 0, 0, LANES), v, 32, 256)
+    hot = analyze.hot_loop_stats(extract.Kernel("noisefuse", "sm_90", "k", "k", 32, 0, 0, 0, 0, LANES), v, 32)
     assert hot["body"] == {"instructions": 16, "fp64": 2, "local": 1, "calls": 0, "trig_slow_path": 3}
 
 
@@ -162,8 +162,7 @@ def test_an_inner_rows_loop_is_scaled_by_its_trip_count():
     lp, _ = parse.hot_loop(instrs, labels)
     assert (lp.head, lp.latch) == (0, 5)  # the outermost loop with 128-bit accesses
     v = Variant("noisefuse", "fused_step", "float32", "float32", "single", "none", "multiplicative", "none")
-    hot = analyze.hot_loop_stats(extract.Kernel("noisefuse", "sm_90", "k", "k", 32, 0, 0, 0, 0, NESTED), v,
-                                 rows=8, block_size=256)
+    hot = analyze.hot_loop_stats(extract.Kernel("noisefuse", "sm_90", "k", "k", 32, 0, 0, 0, 0, NESTED), v, rows=8)
     # one pass: 6 instructions; the inner loop (3) runs 8 rows / 1 load = 8 times, 7 more than the path's
     assert hot["per_element"]["total"] == (6 + 7 * 3) / 4
     assert hot["inner_loops"][0]["trips"] == 8

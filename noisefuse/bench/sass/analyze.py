@@ -2,7 +2,6 @@
 bytes per element, and the estimate on each GPU of model.py."""
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 from . import model, parse
@@ -12,15 +11,11 @@ from .variants import Variant, algorithm_bytes
 SLOW_CONVERSIONS = ("F2F", "F2I", "I2F")  # F2FP/I2FP pack and unpack on the ALU
 
 
-def inner_trips(v: Variant, instrs: list[parse.Instr], inner: parse.Loop, path: list[int], rows: int,
-                block_size: int) -> tuple[int, str]:
-    """How many times an inner loop of the hot loop runs per pass, and why: the 8-bit kernel's scale
-    reduction (the loop with a barrier) log2(block_size / kIlp) rounds; a loop that loads from global
-    memory (grad_sample rows) ``rows`` over the rows its path loads per pass (its loads of their widest
-    width: one vector per row, the weights are narrower); anything else once."""
-    if any(instrs[i].base == "BAR" for i in range(inner.head, inner.latch + 1)):
-        n = int(math.log2(block_size // v.elements_per_thread))
-        return n, f"scale reduction: log2({block_size}/{v.elements_per_thread}) rounds"
+def inner_trips(instrs: list[parse.Instr], path: list[int], rows: int) -> tuple[int, str]:
+    """How many times an inner loop of the hot loop runs per pass, and why: a loop that loads from
+    global memory (grad_sample rows) ``rows`` over the rows its path loads per pass (its loads of their
+    widest width: one vector per row, the weights are narrower); anything else once. (The 8-bit
+    kernel's block maximum has no loop since it takes one barrier per tile.)"""
     loads = [parse.access_bytes(instrs[i]) for i in path if parse.classify(instrs[i]) == "ldg"]
     if loads:
         per_pass = loads.count(max(loads))
@@ -28,7 +23,7 @@ def inner_trips(v: Variant, instrs: list[parse.Instr], inner: parse.Loop, path: 
     return 1, "unknown trip count: counted once"
 
 
-def hot_loop_stats(k: Kernel, v: Variant, rows: int, block_size: int, parsed=None) -> dict | None:
+def hot_loop_stats(k: Kernel, v: Variant, rows: int, parsed=None) -> dict | None:
     instrs, labels = parsed or parse.parse(k.sass)
     lp, width = parse.hot_loop(instrs, labels)
     if lp is None:
@@ -43,7 +38,7 @@ def hot_loop_stats(k: Kernel, v: Variant, rows: int, block_size: int, parsed=Non
     inner_info = []
     for inner in parse.inner_loops(instrs, labels, lp, longest.indices):
         ipath = parse.loop_paths(instrs, labels, inner, never)["longest"]
-        trips, why = inner_trips(v, instrs, inner, ipath.indices, rows, block_size)
+        trips, why = inner_trips(instrs, ipath.indices, rows)
         extra = trips - 1
         for c, n in ipath.classes.items():
             classes[c] += extra * n
@@ -88,7 +83,7 @@ def row(by_arch: dict[str, Kernel], v: Variant, rows: int, block_size: int) -> d
         if v.block_threads:
             info["occupancy"] = model.blocks_per_sm(k.registers, k.shared, v.block_threads, arch)
         if v.is_step:
-            info["hot_loop"] = hot_loop_stats(k, v, rows, block_size, parsed)
+            info["hot_loop"] = hot_loop_stats(k, v, rows, parsed)
         out["arch"][arch] = info
     alg = algorithm_bytes(v, rows, block_size)
     out["bytes_per_element"] = alg
