@@ -178,9 +178,7 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks_per_sm<scalar_t>(kSe
   }
   for (int k = threadIdx.x; k < kWritten * kPaddedPoints; k += blockDim.x) {
     const int w = k / kPaddedPoints, j = k % kPaddedPoints;
-    points[w][j] = j == 0     ? blockwise_bits_float(0x7fc00000u)  // T[-1]: NaN
-                   : j < kCodes ? q.code_books[decision_row(w) * kCodes + j - 1]
-                                : blockwise_bits_float(0x7f800000u);  // +inf
+    points[w][j] = padded_point(q.code_books + decision_row(w) * kCodes, j);
   }
   for (int k = threadIdx.x; k < kWritten * kBucketTableBytes / 4; k += blockDim.x) {
     (&buckets[0][0])[k] = reinterpret_cast<const uint32_t*>(q.bucket_tables)[k];

@@ -123,6 +123,13 @@ C10_HOST_DEVICE inline uint8_t nearest_code(const Row& row, float s, float inver
 // The code of x in a block of scale 0: every product is +-0, so the count is 255 for x > 0, else 0.
 C10_HOST_DEVICE inline uint8_t zero_scale_code(float x) { return x > 0.f ? 255 : 0; }
 
+// Entry j of CodeRow::points from a row's 255 sorted points: NaN for T[-1], T[j - 1], then +inf (the
+// host's rows and the CUDA kernel's shared-memory rows alike).
+C10_HOST_DEVICE inline float padded_point(const float* points, int j) {
+  if (j == 0) return blockwise_bits_float(0x7fc00000u);  // NaN
+  return j < 256 ? points[j - 1] : blockwise_bits_float(0x7f800000u);  // +inf
+}
+
 // The range [a, b] of the ratios of bucket `bucket` (0 <= bucket < 2 * kBucketsPerSign), widened
 // by the relative margin for the roundings (float64: exact for these bounds, the same on the host
 // and the device).
@@ -157,9 +164,7 @@ C10_HOST_DEVICE inline int bucket_start(const float* points, int bucket) {
 // Fills `row` from its 255 float32 decision points (sorted). Returns the most points any widened
 // bucket holds: 1 for both books (more would only cost searches).
 inline int build_code_row(const float* points, CodeRow* row) {
-  row->points[0] = blockwise_bits_float(0x7fc00000u);  // NaN
-  for (int k = 0; k < 255; ++k) row->points[1 + k] = points[k];
-  for (int k = 256; k < kPaddedPoints; ++k) row->points[k] = blockwise_bits_float(0x7f800000u);  // +inf
+  for (int j = 0; j < kPaddedPoints; ++j) row->points[j] = padded_point(points, j);
   int most = 0;
   for (int bucket = 0; bucket < 2 * kBucketsPerSign; ++bucket) {
     double a, b;
