@@ -130,25 +130,37 @@ def _fused_backends():
     return ("foreach", "triton") + (("native",) if native_built else ())
 
 
-@pytest.mark.parametrize("state", [MIXED, {}], ids=["float32_state", "bf16_state"])
-def test_stochastic_rounding_is_bit_identical_on_every_backend(interpreter, isa, state):
-    params = make_params(SIZES, torch.bfloat16)
-    sr = dict(SR, **state) if state else dict(stochastic_rounding=True, seed=SR["seed"])
+# STRADDLING: tensors that start at every global index modulo 4 (offsets 0, 1, 3, 6, 11, 81, 212),
+# so groups of four elements, which share a Philox evaluation, straddle two tensors.
+STRADDLING = (1, 2, 3, 5, 70, 131, 9)
+
+
+@pytest.mark.parametrize("sizes", [SIZES, STRADDLING], ids=["sizes", "straddling"])
+@pytest.mark.parametrize("state", [MIXED, {}, {"state_rounding": "stochastic"}],
+                         ids=["float32_state", "bf16_state", "bf16_state_stochastic"])
+def test_stochastic_rounding_is_bit_identical_on_every_backend(interpreter, isa, state, sizes):
+    # The params take rounding word 1 and, with stochastic bfloat16 state, the momentum buffers
+    # (momentum 0: the gradient itself, exact in float32) word 0; both are compared bit for bit.
+    params = make_params(sizes, torch.bfloat16)
+    sr = dict(SR, **state) if state is MIXED else dict(stochastic_rounding=True, seed=SR["seed"], **state)
     runs = {}
     for backend in ("reference",) + _fused_backends():
         if backend == "triton" and isa == "baseline":
             continue  # the ISA only selects the native CPU build
         ps = [p.detach().clone().requires_grad_() for p in params]
-        exact_sgd(ps, backend, **sr)
-        runs[backend] = ps
+        opt = exact_sgd(ps, backend, **sr)
+        runs[backend] = ps, [opt.state[p].get("momentum_buffer") for p in ps]
     nearest = [p.detach().clone().requires_grad_() for p in params]
     exact_sgd(nearest, "reference", state_dtype=state.get("state_dtype"))
-    for backend in runs:
-        for i, (a, b) in enumerate(zip(runs["reference"], runs[backend])):
+    ref_params, ref_buffers = runs["reference"]
+    for backend, (ps, buffers) in runs.items():
+        for i, (a, b) in enumerate(zip(ref_params, ps)):
             assert torch.equal(bits(a), bits(b)), f"{backend}, param {i}"
+        for i, (a, b) in enumerate(zip(ref_buffers, buffers)):
+            assert (a is None) == (b is None) and (a is None or torch.equal(bits(a), bits(b))), f"{backend}, buffer {i}"
     # ... and it is not rounding to nearest: lr*g is mostly below half an ulp here.
-    changed = sum(int((bits(a) != bits(b)).sum()) for a, b in zip(runs["reference"], nearest))
-    assert changed > 0.3 * sum(SIZES)
+    changed = sum(int((bits(a) != bits(b)).sum()) for a, b in zip(ref_params, nearest))
+    assert changed > 0.3 * sum(sizes)
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
@@ -194,17 +206,20 @@ def test_exact_values_nan_and_inf_are_kept():
 
 
 def test_nan_and_inf_survive_the_fused_step(interpreter):
-    params = [torch.tensor([math.inf, -math.inf, 1.0, 2.0, 3.0], dtype=torch.bfloat16)]
+    # Four times the pattern: 20 elements, so the native CPU kernel's 8-lane store sees them too.
+    params = [torch.tensor([math.inf, -math.inf, 1.0, 2.0, 3.0] * 4, dtype=torch.bfloat16)]
     results = []
     for backend in ("reference",) + _fused_backends():
         ps = [params[0].clone().requires_grad_()]
         # Decoupled: L2's 0 * inf would make NaN of the infinities before any rounding.
         opt = nf.DemonSGD(ps, lr=1e-3, momentum=0.0, total_steps=5, decoupled=True, backend=backend, **SR)
-        ps[0].grad = torch.tensor([1.0, 1.0, math.nan, 1.0, 1.0], dtype=torch.bfloat16)
+        grad = torch.tensor([1.0, 1.0, math.nan, 1.0, 1.0] * 4, dtype=torch.bfloat16)
+        grad.view(torch.int16)[7] = 0xFFC1 - 2**16  # a negative NaN with a payload: stored as 0x7FC0 too
+        ps[0].grad = grad
         opt.step()
         results.append(ps[0].detach())
     for out in results:
-        assert out[0].item() == math.inf and out[1].item() == -math.inf and math.isnan(out[2].item())
+        assert (out[0::5] == math.inf).all() and (out[1::5] == -math.inf).all() and out[2::5].isnan().all()
         assert torch.equal(bits(out), bits(results[0]))
 
 

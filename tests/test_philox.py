@@ -101,6 +101,25 @@ def test_cpp_normals_match_torch_to_float32_rounding():
         torch.testing.assert_close(out, ref, atol=2e-6, rtol=2e-6)
 
 
+def test_rounding_words_are_quarters_of_the_group_counters_output():
+    # The contract (docs/kernel-contract.md, "Mixed precision"): rounding word k of element i is
+    # output word i & 3 of Philox at counter (lo32(i >> 2), hi32(i >> 2), lo32(t), 4 + k); the
+    # expected words come from the C++ generator, counter by counter.
+    from noisefuse.random.rounding import rounding_words_at
+    ops = _native()
+    seed, step = 2**63 + 977, 2**32 + 41
+    index = torch.tensor([0, 1, 2, 3, 4, 4097, 4098, 4099, 2**32 - 1, 2**32, 2**32 + 1, 2**34 + 2, 2**62 + 7])
+    for k in (0, 1):
+        got = rounding_words_at(seed, step, index, k)
+        for i, word in zip(index.tolist(), got.tolist()):
+            group = i >> 2
+            counter = torch.tensor([[group & philox.MASK32, group >> 32, step & philox.MASK32, philox.TAG_ROUNDING + k]])
+            expected = ops.philox4x32_10(counter, philox.seed_as_int64(seed))[0, i & 3].item()
+            assert word == expected, (k, i)
+    with pytest.raises(ValueError, match="rounding word"):
+        rounding_words_at(seed, step, index, 2)
+
+
 def test_normals_depend_on_every_counter_word_and_the_key():
     base = philox.normals_at(5, 3, philox.TAG_ISOTROPIC, torch.tensor([7]))
     for other in (philox.normals_at(5, 3, philox.TAG_ISOTROPIC, torch.tensor([7 + 2**32])),  # hi32(i)

@@ -50,15 +50,16 @@ inline void box_muller_lanes(const float* u0, const float* u1, float* out) {
 
 #if defined(NF_PHILOX_AVX2)
 
-// Philox4x32-10 of the 16 counters (lo32(index0 + l), hi32(index0 + l), lo32(step), tag),
-// l = 0..15; x0[g], x1[g] receive the first two output words of lanes 8g..8g+7, in lane order.
-inline void philox16_avx2(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, __m256i x0[2],
-                          __m256i x1[2]) {
-  constexpr int kChains = 4;  // vectors of 4 lanes
-  // Chain c holds lanes {0,1,4,5} + 2 * (c & 1) + 8 * (c >> 1): the pack below (one in-lane
-  // shuffle and one blend per 8 lanes) then lands every word in its lane without a cross-lane move.
+// The 16 counters (lo32(index0 + l), hi32(index0 + l), lo32(step), tag), l = 0..15, through the ten
+// rounds of Philox4x32-10, as 4 chains of 4 lanes: chain c holds lanes {0,1,4,5} + 2 * (c & 1) +
+// 8 * (c >> 1) in its 64-bit slots, whose low halves are the output words (w[k][c]: word k).
+inline void philox16_avx2_chains(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, __m256i w[4][4]) {
+  constexpr int kChains = 4;
   const __m256i base = _mm256_set1_epi64x(static_cast<long long>(index0));
-  __m256i c0[kChains], c1[kChains], c2[kChains], c3[kChains];
+  __m256i* c0 = w[0];
+  __m256i* c1 = w[1];
+  __m256i* c2 = w[2];
+  __m256i* c3 = w[3];
   const __m256i step_lo = _mm256_set1_epi64x(static_cast<uint32_t>(step));
   const __m256i tag_v = _mm256_set1_epi64x(tag);
   for (int c = 0; c < kChains; ++c) {
@@ -84,14 +85,62 @@ inline void philox16_avx2(uint64_t seed, uint64_t step, uint32_t tag, uint64_t i
       c3[c] = p0;
     }
   }
+}
+
+// Philox4x32-10 of the 16 counters (lo32(index0 + l), hi32(index0 + l), lo32(step), tag),
+// l = 0..15; x0[g], x1[g] receive the first two output words of lanes 8g..8g+7, in lane order.
+inline void philox16_avx2(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, __m256i x0[2],
+                          __m256i x1[2]) {
+  __m256i w[4][4];
+  philox16_avx2_chains(seed, step, tag, index0, w);
   // Low halves of chains (2g, 2g+1) into the 8 lanes of group g: chain 2g holds lanes {0,1,4,5}
   // and chain 2g+1 lanes {2,3,6,7} (+ 8g) in its 64-bit slots.
   for (int g = 0; g < 2; ++g) {
-    const __m256i a0 = _mm256_shuffle_epi32(c0[2 * g], 0x88), b0 = _mm256_shuffle_epi32(c0[2 * g + 1], 0x88);
-    const __m256i a1 = _mm256_shuffle_epi32(c1[2 * g], 0x88), b1 = _mm256_shuffle_epi32(c1[2 * g + 1], 0x88);
+    const __m256i a0 = _mm256_shuffle_epi32(w[0][2 * g], 0x88), b0 = _mm256_shuffle_epi32(w[0][2 * g + 1], 0x88);
+    const __m256i a1 = _mm256_shuffle_epi32(w[1][2 * g], 0x88), b1 = _mm256_shuffle_epi32(w[1][2 * g + 1], 0x88);
     x0[g] = _mm256_blend_epi32(a0, b0, 0xCC);
     x1[g] = _mm256_blend_epi32(a1, b1, 0xCC);
   }
+}
+
+// Rounding word `word` of the 64 elements 4 * group0 + e, e = 0..63 (groups group0 .. group0 + 15):
+// out[e] = output word e & 3 of group e / 4 (philox::rounding_group_words, group_word). A chain's
+// 64-bit slot of group q becomes elements 4q .. 4q + 3 by placing x1 above x0 and x3 above x2 (one
+// shift and blend each) and pairing the two halves (unpack); chain c's slots hold groups
+// {0,1,4,5} + b, b = 2 * (c & 1) + 8 * (c >> 1), so the unpacks hold groups (b, b + 4) and
+// (b + 1, b + 5) in their 128-bit halves, and one cross-half permute orders each pair.
+inline void rounding_words64_avx2(uint64_t seed, uint64_t step, uint64_t group0, uint32_t word, uint32_t* out) {
+  __m256i w[4][4];
+  philox16_avx2_chains(seed, step, philox::kTagRounding + word, group0, w);
+  for (int c = 0; c < 4; ++c) {
+    const __m256i x01 = _mm256_blend_epi32(w[0][c], _mm256_slli_epi64(w[1][c], 32), 0xAA);
+    const __m256i x23 = _mm256_blend_epi32(w[2][c], _mm256_slli_epi64(w[3][c], 32), 0xAA);
+    const __m256i even_slots = _mm256_unpacklo_epi64(x01, x23);  // groups b, b + 4
+    const __m256i odd_slots = _mm256_unpackhi_epi64(x01, x23);   // groups b + 1, b + 5
+    const int b = 2 * (c & 1) + 8 * (c >> 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 4 * b), _mm256_permute2x128_si256(even_slots, odd_slots, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 4 * (b + 4)),
+                        _mm256_permute2x128_si256(even_slots, odd_slots, 0x31));
+  }
+}
+
+// The stochastic bfloat16 store of 8 lanes: dst[l] = stochastic_bf16_bits(x[l], half kHalf of
+// word[l]) (bf16_rounding.h), the same integer steps on 8 lanes at once, hence the same bits.
+template <int kHalf>
+inline void stochastic_bf16_store8(c10::BFloat16* dst, const float* x, const uint32_t* word) {
+  const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x));
+  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(word));
+  const __m256i r = kHalf != 0 ? _mm256_srli_epi32(w, 16) : _mm256_and_si256(w, _mm256_set1_epi32(0xFFFF));
+  const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+  const __m256i magnitude = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, r), 16);
+  const __m256i special = _mm256_cmpeq_epi32(_mm256_and_si256(u, exponent), exponent);  // inf or NaN
+  const __m256i nan = _mm256_cmpgt_epi32(magnitude, exponent);  // both non-negative as int32
+  const __m256i kept = _mm256_blendv_epi8(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x7FC0), nan);
+  const __m256i bits = _mm256_blendv_epi8(rounded, kept, special);
+  // Values below 2^16: packus narrows each 128-bit half (twice), quadwords 0 and 2 are the 8 lanes.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(bits, bits), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
 }
 
 // u = (x >> 8) * 2^-24 for 8 lanes (exact in float32).
@@ -102,22 +151,21 @@ inline __m256 uniform8(__m256i x) {
 #else  // baseline build
 
 // Philox4x32-10 of the counters (lo32(index0 + l), hi32(index0 + l), lo32(step), tag), l < kLanes,
-// one round over every lane at a time (a loop the compiler vectorises); x0, x1 get the first two
-// output words.
+// one round over every lane at a time (a loop the compiler vectorises); x0..x3 get the output words.
 template <int kLanes>
-void philox_lanes(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, uint32_t* x0, uint32_t* x1) {
-  alignas(64) uint32_t c2[kLanes], c3[kLanes];
+void philox_lanes(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, uint32_t* x0, uint32_t* x1,
+                  uint32_t* x2, uint32_t* x3) {
   for (int l = 0; l < kLanes; ++l) {
     const uint64_t index = index0 + static_cast<uint64_t>(l);
     x0[l] = static_cast<uint32_t>(index);
     x1[l] = static_cast<uint32_t>(index >> 32);
-    c2[l] = static_cast<uint32_t>(step);
-    c3[l] = tag;
+    x2[l] = static_cast<uint32_t>(step);
+    x3[l] = tag;
   }
   const uint32_t seed_lo = static_cast<uint32_t>(seed), seed_hi = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < philox::kRounds; ++r) {
     const philox::RoundKey key = philox::round_key(seed_lo, seed_hi, r);
-    for (int l = 0; l < kLanes; ++l) philox::philox_round(x0[l], x1[l], c2[l], c3[l], key.k0, key.k1);
+    for (int l = 0; l < kLanes; ++l) philox::philox_round(x0[l], x1[l], x2[l], x3[l], key.k0, key.k1);
   }
 }
 
@@ -142,8 +190,8 @@ void fill_normals(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, f
     }
   }
 #else
-  alignas(64) uint32_t x0[kLanes], x1[kLanes];
-  philox_lanes<kLanes>(seed, step, tag, index0, x0, x1);
+  alignas(64) uint32_t x0[kLanes], x1[kLanes], x2[kLanes], x3[kLanes];
+  philox_lanes<kLanes>(seed, step, tag, index0, x0, x1, x2, x3);
   for (int l = 0; l < kLanes; ++l) {
     const float u = philox::uniform(x0[l]);
     u0[l] = u < philox::kUniformScale ? philox::kUniformScale : u;
@@ -153,24 +201,29 @@ void fill_normals(uint64_t seed, uint64_t step, uint32_t tag, uint64_t index0, f
   box_muller_lanes<kLanes>(u0, u1, out);
 }
 
-// x0[l], x1[l] = the rounding draw of global element `index0 + l` at step `step`
-// (philox::rounding_words: the first two words under kTagRounding), whose half-words round the
-// element's stochastic stores (store_bits in noisefuse/bf16_rounding.h).
+// Rounding word `word` (0 or 1) of the kLanes elements from global index `index0` at step `step`
+// (philox::rounding_group_words, group_word), one Philox evaluation per group of four elements: out
+// (kLanes + 4 entries) receives the word of elements 4 * (index0 >> 2) + e, so element `index0 + l`
+// is at [l + (index0 & 3)]. A start off a multiple of 4 needs the group after the vector ones, made
+// with the scalar Philox.
 template <int kLanes>
-void fill_rounding_words(uint64_t seed, uint64_t step, uint64_t index0, uint32_t* x0, uint32_t* x1) {
+void fill_rounding_words(uint64_t seed, uint64_t step, uint64_t index0, uint32_t word, uint32_t* out) {
+  static_assert(kLanes % 64 == 0, "rounding words are drawn for 16 groups at a time");
+  const uint64_t group0 = index0 >> 2;
 #if defined(NF_PHILOX_AVX2)
-  static_assert(kLanes % 16 == 0, "the AVX2 Philox draws 16 lanes at a time");
-  for (int l = 0; l < kLanes; l += 16) {
-    __m256i w0[2], w1[2];
-    philox16_avx2(seed, step, philox::kTagRounding, index0 + static_cast<uint64_t>(l), w0, w1);
-    for (int g = 0; g < 2; ++g) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(x0 + l + 8 * g), w0[g]);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(x1 + l + 8 * g), w1[g]);
-    }
-  }
+  for (int e = 0; e < kLanes; e += 64) rounding_words64_avx2(seed, step, group0 + static_cast<uint64_t>(e / 4), word, out + e);
 #else
-  philox_lanes<kLanes>(seed, step, philox::kTagRounding, index0, x0, x1);
+  constexpr int kGroups = kLanes / 4;
+  alignas(64) uint32_t x[4][kGroups];
+  philox_lanes<kGroups>(seed, step, philox::kTagRounding + word, group0, x[0], x[1], x[2], x[3]);
+  for (int g = 0; g < kGroups; ++g) {
+    for (int q = 0; q < 4; ++q) out[4 * g + q] = x[q][g];
+  }
 #endif
+  if ((index0 & 3u) != 0) {
+    const philox::Words last = philox::rounding_group_words(seed, step, group0 + kLanes / 4, word);
+    for (int q = 0; q < 4; ++q) out[kLanes + q] = last.x[q];
+  }
 }
 
 }  // namespace

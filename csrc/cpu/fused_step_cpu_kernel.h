@@ -336,34 +336,38 @@ struct ChunkKernel {
     }
   }
 
-  // The rounding draws (Philox's words x0, x1: store_bits) of a run of elements, as the stores
-  // read them: null where the store is to nearest.
+  // The rounding words (store_bits) of a run of elements, as the stores read them: null where the
+  // store is to nearest.
   struct RoundingWords {
-    const uint32_t* param;  // x0, when the params are rounded stochastically
-    const uint32_t* x0;     // x0 and x1, when the state is
-    const uint32_t* x1;
+    const uint32_t* param;  // w1, when the params are rounded stochastically
+    const uint32_t* w0;     // momentum and second moment, when the state is
+    const uint32_t* w1;     // the amsgrad maximum, when the state is
   };
 
   // Stores elements [0, count) of the vectors `in` into `dst` through `StoreIO`: to nearest, or,
-  // when `x0` is given (bfloat16 storage only), stochastically with the bits of kStore.
+  // when `word` is given (bfloat16 storage only), stochastically with the bits of kStore in it.
   template <typename StoreIO, int kStore, typename T>
-  static void store_operand(T* dst, int64_t count, const Vec* in, const uint32_t* x0, const uint32_t* x1) {
+  static void store_operand(T* dst, int64_t count, const Vec* in, const uint32_t* word) {
     if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      if (x0 != nullptr) return store_stochastic<kStore>(dst, count, in, x0, x1);
+      if (word != nullptr) return store_stochastic<kStore>(dst, count, in, word);
     }
     StoreIO::store(dst, count, in);
   }
 
-  // The stochastic store, element by element (x1 is read only by the stores whose bits lie in it).
-  // Out of line: inlined four times, its loop pushed the update itself out of the vector loop's
-  // inlining (a call per vector, a third slower when rounding to nearest).
+  // The stochastic store: 8 lanes at a time in the AVX2 build, element by element otherwise and for
+  // the tail (the same bits either way). Out of line: inlined four times, its loop pushed the update
+  // itself out of the vector loop's inlining (a call per vector, a third slower when rounding to
+  // nearest).
   template <int kStore>
-  C10_NOINLINE static void store_stochastic(c10::BFloat16* dst, int64_t count, const Vec* in, const uint32_t* x0,
-                                            const uint32_t* x1) {
+  C10_NOINLINE static void store_stochastic(c10::BFloat16* dst, int64_t count, const Vec* in, const uint32_t* word) {
     alignas(64) float x[IO::kWidth];
     for (int k = 0; k < kParts; ++k) in[k].store(x + k * Vec::size());
-    for (int64_t l = 0; l < count; ++l) {
-      const uint32_t r = store_bits(x0[l], kStore >= kSecondMomentStore ? x1[l] : 0u, kStore);
+    int64_t l = 0;
+#if defined(NF_PHILOX_AVX2)
+    for (; l + 8 <= count; l += 8) stochastic_bf16_store8<kStore & 1>(dst + l, x + l, word + l);
+#endif
+    for (; l < count; ++l) {
+      const uint32_t r = word_bits(word[l], kStore);
       dst[l] = c10::BFloat16(stochastic_bf16_bits(x[l], r), c10::BFloat16::from_bits());
     }
   }
@@ -379,10 +383,10 @@ struct ChunkKernel {
     for (int k = 0; k < kParts; ++k) {
       update_element<kPn, kSecond, VecOps>(c, rp[k], rg[k], rm[k], rmn[k], rv[k], rvm[k]);
     }
-    store_operand<IO, kParamStore>(p + i, count, rp, w.param, nullptr);
-    store_operand<SIO, kMomentumStore>(m + i, count, rm, w.x0, w.x1);
-    if (kSecond != kNoSecondMoment) store_operand<SIO, kSecondMomentStore>(v + i, count, rv, w.x0, w.x1);
-    if (kSecond == kAmsgrad) store_operand<SIO, kMaxSecondMomentStore>(vmax + i, count, rvm, w.x0, w.x1);
+    store_operand<IO, kParamStore>(p + i, count, rp, w.param);
+    store_operand<SIO, kMomentumStore>(m + i, count, rm, w.w0);
+    if (kSecond != kNoSecondMoment) store_operand<SIO, kSecondMomentStore>(v + i, count, rv, w.w0);
+    if (kSecond == kAmsgrad) store_operand<SIO, kMaxSecondMomentStore>(vmax + i, count, rvm, w.w1);
   }
 
   // Elements [begin, end) as whole vectors and a partial last one. `lanes`: the normals of element
@@ -399,14 +403,15 @@ struct ChunkKernel {
       Vec rg[kParts];
       if constexpr (noise_reads_rows(kNoise)) block_grad(*sums, i - block, nz, vector_lanes, rg);
       else form_grad(i, count, c, nz, vector_lanes, rg);
-      update_vector(i, count, c, rg, RoundingWords{from(w.param, i), from(w.x0, i), from(w.x1, i)});
+      update_vector(i, count, c, rg, RoundingWords{from(w.param, i), from(w.w0, i), from(w.w1, i)});
     }
   }
 
   // Elements [begin, end) of one row block (the whole range for kinds that read no rows), with the
-  // per-element draws made for 64 elements at a time: one rounding draw per element serves the
-  // param and every state buffer. A partial last draw block draws a few values it does not use
-  // (their lanes lie past the tensor).
+  // per-element draws made for 64 elements at a time: the rounding words the stochastic stores read
+  // (w0 for the state's momentum and second moment, w1 for the params and the amsgrad maximum; a
+  // Philox evaluation per word and group of four elements). A partial last draw block draws a few
+  // values it does not use (their lanes lie past the tensor).
   void step_block(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz,
                   const RowBlock* sums) const {
     const bool round_params = kMayRoundParams && nz.stochastic_rounding;
@@ -416,13 +421,18 @@ struct ChunkKernel {
       step_vectors(begin, end, c, nz, nullptr, RoundingWords{}, sums, begin);
       return;
     }
+    const bool word0 = round_state;
+    const bool word1 = round_params || (round_state && kSecond == kAmsgrad);
     alignas(64) float lanes[kDrawBlock];
-    alignas(64) uint32_t x0[kDrawBlock], x1[kDrawBlock];
-    const RoundingWords w{round_params ? x0 : nullptr, round_state ? x0 : nullptr, round_state ? x1 : nullptr};
+    alignas(64) uint32_t w0[kDrawBlock + 4], w1[kDrawBlock + 4];
     for (int64_t draws = begin; draws < end; draws += kDrawBlock) {
       const uint64_t index0 = offset + static_cast<uint64_t>(draws);
       if constexpr (kDrawsNormals) fill_normals<kDrawBlock>(nz.seed, step, kTag, index0, lanes);
-      if (rounds) fill_rounding_words<kDrawBlock>(nz.seed, step, index0, x0, x1);
+      const int skip = static_cast<int>(index0 & 3u);  // element index0's place in the words
+      if (word0) fill_rounding_words<kDrawBlock>(nz.seed, step, index0, 0u, w0);
+      if (word1) fill_rounding_words<kDrawBlock>(nz.seed, step, index0, 1u, w1);
+      const RoundingWords w{round_params ? w1 + skip : nullptr, round_state ? w0 + skip : nullptr,
+                            round_state && kSecond == kAmsgrad ? w1 + skip : nullptr};
       step_vectors(draws, std::min<int64_t>(draws + kDrawBlock, end), c, nz, kDrawsNormals ? lanes : nullptr, w,
                    sums, begin);
     }

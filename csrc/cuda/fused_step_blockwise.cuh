@@ -259,9 +259,11 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks_per_sm<scalar_t>(kSe
       update_regs<kPn, kSecond>(c, r);
 
       scalar_t params[kIlp];
+      RoundingDraw draws[kIlp];
+      consecutive_draws<kRound, kSecond>(nz, i, draws);
 #pragma unroll
       for (int j = 0; j < kIlp; ++j) {
-        params[j] = store_value<rounds_params(kRound), kParamStore, scalar_t>(r.p[j], rounding_draw<kRound>(nz, i + j));
+        params[j] = store_value<rounds_params(kRound), kParamStore, scalar_t>(r.p[j], draws[j]);
       }
       store_lanes(p, i, n, vector, params);
 #pragma unroll

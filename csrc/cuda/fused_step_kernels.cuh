@@ -21,8 +21,9 @@
 // Mixed precision: the state's storage type is a template parameter (float32 state for
 // float16/bfloat16 params, bfloat16 state for float32 params), and so is the set of stores rounded
 // stochastically to bfloat16 (kRound, StochasticStores: the params, the state). A launch that rounds
-// any draws once per element (philox::rounding_words), each store taking its own 16 bits of the
-// draw (store_bits), and its table carries the global offsets the draws are indexed by.
+// draws each rounding word it uses once per group of four elements (philox::rounding_group_words:
+// consecutive_draws), each store taking its own 16 bits of its element's words (store_bits), and
+// its table carries the global offsets the draws are indexed by.
 #pragma once
 
 #include <type_traits>
@@ -71,19 +72,87 @@ __device__ inline void load_pack(const scalar_t* src, int i, math_t* out) {
   for (int j = 0; j < kIlp; ++j) out[j] = static_cast<math_t>(pack.v[j]);
 }
 
-// One element's rounding draw: x0, x1 of philox::rounding_words, made only when some store of the
-// launch is stochastic.
+// One element's rounding draw: its rounding words (w0, w1) (bf16_rounding.h, store_bits).
 struct RoundingDraw {
-  uint32_t x0, x1;
+  uint32_t w0, w1;
 };
 
-template <int kRound, typename math_t>
-__device__ inline RoundingDraw rounding_draw(const BlockNoise<math_t>& nz, int position) {
+// Whether the launch's set of stochastic stores (kRound) holds the params, the state.
+constexpr bool rounds_params(int round) { return (round & kRoundParams) != 0; }
+constexpr bool rounds_state(int round) { return (round & kRoundState) != 0; }
+
+// The rounding words the launch's stochastic stores (kRound) read: w0 for the state's momentum and
+// second moment, w1 for the params and the amsgrad maximum.
+template <int kRound, int kSecond>
+struct RoundingWordsRead {
+  static constexpr bool kWord0 = rounds_state(kRound);
+  static constexpr bool kWord1 = rounds_params(kRound) || (rounds_state(kRound) && kSecond == kAmsgrad);
+};
+
+// The Philox outputs of rounding group `group` for the words the launch reads (others left zero).
+struct GroupWords {
+  philox::Words w0, w1;
+};
+template <int kRound, int kSecond, typename math_t>
+__device__ inline GroupWords group_words(const BlockNoise<math_t>& nz, uint64_t group) {
+  using Read = RoundingWordsRead<kRound, kSecond>;
+  GroupWords g{};
+  if (Read::kWord0) g.w0 = philox::rounding_group_words(nz.seed, nz.step, group, 0u);
+  if (Read::kWord1) g.w1 = philox::rounding_group_words(nz.seed, nz.step, group, 1u);
+  return g;
+}
+
+// The draw of the element at `lane` (its global index & 3) of a group.
+template <int kRound, int kSecond>
+__device__ inline RoundingDraw pick_draw(const GroupWords& g, uint32_t lane) {
+  using Read = RoundingWordsRead<kRound, kSecond>;
+  return RoundingDraw{Read::kWord0 ? philox::group_word(g.w0, lane) : 0u,
+                      Read::kWord1 ? philox::group_word(g.w1, lane) : 0u};
+}
+
+// The draw of the element at `position` (its group evaluated for it alone: the strided path).
+template <int kRound, int kSecond, typename math_t>
+__device__ inline RoundingDraw element_draw(const BlockNoise<math_t>& nz, int position) {
   if constexpr (kRound == kRoundNone) {
     return RoundingDraw{0u, 0u};
   } else {
-    const philox::Words w = philox::rounding_words(nz.seed, nz.step, nz.index0 + static_cast<uint64_t>(position));
-    return RoundingDraw{w.x[0], w.x[1]};
+    const uint64_t index = nz.index0 + static_cast<uint64_t>(position);
+    return pick_draw<kRound, kSecond>(group_words<kRound, kSecond>(nz, index >> 2), static_cast<uint32_t>(index) & 3u);
+  }
+}
+
+// Word k (0..7) of two consecutive groups' outputs `lo`, `hi` (k is a constant once unrolled).
+__device__ inline uint32_t word_of_two(const philox::Words& lo, const philox::Words& hi, int k) {
+  return k < 4 ? lo.x[k] : hi.x[k - 4];
+}
+
+// The draws of the kIlp = 4 consecutive elements from `position`: one Philox evaluation per word read
+// when their first global index is a multiple of 4 (the usual case: every earlier tensor's size is),
+// two otherwise, the second group evaluated under one uniform branch (the index modulo 4, lane0, is
+// the chunk's), so that the longest path through the code is the real worst case. Element j takes
+// word j + lane0 of the two groups' eight: three selects on lane0 per word read.
+template <int kRound, int kSecond, typename math_t>
+__device__ inline void consecutive_draws(const BlockNoise<math_t>& nz, int position, RoundingDraw (&d)[kIlp]) {
+  static_assert(kIlp == 4, "a thread's consecutive elements span at most two groups of four");
+  using Read = RoundingWordsRead<kRound, kSecond>;
+  if constexpr (kRound == kRoundNone) {
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) d[j] = RoundingDraw{0u, 0u};
+  } else {
+    const uint64_t first = nz.index0 + static_cast<uint64_t>(position);
+    const uint32_t lane0 = static_cast<uint32_t>(first) & 3u;
+    const GroupWords lo = group_words<kRound, kSecond>(nz, first >> 2);
+    GroupWords hi = lo;  // read only where lane0 != 0
+    if (lane0 != 0u) hi = group_words<kRound, kSecond>(nz, (first >> 2) + 1);
+    const auto rotated = [&](const philox::Words& a, const philox::Words& b, int j) {
+      const uint32_t low = (lane0 & 1u) != 0 ? word_of_two(a, b, j + 1) : word_of_two(a, b, j);
+      const uint32_t high = (lane0 & 1u) != 0 ? word_of_two(a, b, j + 3) : word_of_two(a, b, j + 2);
+      return (lane0 & 2u) != 0 ? high : low;
+    };
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) {
+      d[j] = RoundingDraw{Read::kWord0 ? rotated(lo.w0, hi.w0, j) : 0u, Read::kWord1 ? rotated(lo.w1, hi.w1, j) : 0u};
+    }
   }
 }
 
@@ -92,7 +161,7 @@ __device__ inline RoundingDraw rounding_draw(const BlockNoise<math_t>& nz, int p
 template <bool kStochastic, int kStore, typename T, typename math_t>
 __device__ inline T store_value(math_t x, const RoundingDraw& d) {
   if constexpr (kStochastic) {
-    return T(stochastic_bf16_bits(static_cast<float>(x), store_bits(d.x0, d.x1, kStore)), T::from_bits());
+    return T(stochastic_bf16_bits(static_cast<float>(x), store_bits(d.w0, d.w1, kStore)), T::from_bits());
   } else {
     return static_cast<T>(x);
   }
@@ -105,10 +174,6 @@ __device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& 
     update_element<kPn, kSecond, ScalarOps>(c, r.p[j], r.g[j], r.m[j], r.mn[j], r.v[j], r.vm[j]);
   }
 }
-
-// Whether the launch's set of stochastic stores (kRound) holds the params, the state.
-constexpr bool rounds_params(int round) { return (round & kRoundParams) != 0; }
-constexpr bool rounds_state(int round) { return (round & kRoundState) != 0; }
 
 // Elements [i, i + kIlp) with one vector access per operand (and per grad_sample row); needs
 // aligned pointers.
@@ -132,13 +197,14 @@ __device__ inline void step_aligned(const ChunkPtrs<scalar_t, state_t>& x, int i
   form_grads<kNoise, kIlp>(load_row, [&](int j) { return i + j; }, c, nz, r.g);
   if constexpr (kNoise != kNoNoise) load_state();
   update_regs<kPn, kSecond>(c, r);
-  // Element by element, so that one draw at a time is live while it rounds all of its stores.
   constexpr bool kParams = rounds_params(kRound), kState = rounds_state(kRound);
   Pack<scalar_t> params;
   Pack<state_t> m, v, vmax;
+  RoundingDraw draws[kIlp];
+  consecutive_draws<kRound, kSecond>(nz, i, draws);
 #pragma unroll
   for (int j = 0; j < kIlp; ++j) {
-    const RoundingDraw d = rounding_draw<kRound>(nz, i + j);
+    const RoundingDraw& d = draws[j];
     params.v[j] = store_value<kParams, kParamStore, scalar_t>(r.p[j], d);
     m.v[j] = store_value<kState, kMomentumStore, state_t>(r.m[j], d);
     if (kSecond != kNoSecondMoment) v.v[j] = store_value<kState, kSecondMomentStore, state_t>(r.v[j], d);
@@ -181,7 +247,7 @@ __device__ inline void step_strided(const ChunkPtrs<scalar_t, state_t>& x, int b
   for (int j = 0; j < kIlp; ++j) {
     const int i = base + j * stride;
     if (i < n) {
-      const RoundingDraw d = rounding_draw<kRound>(nz, i);
+      const RoundingDraw d = element_draw<kRound, kSecond>(nz, i);
       x.p[i] = store_value<kParams, kParamStore, scalar_t>(r.p[j], d);
       x.m[i] = store_value<kState, kMomentumStore, state_t>(r.m[j], d);
       if (kSecond != kNoSecondMoment) x.v[i] = store_value<kState, kSecondMomentStore, state_t>(r.v[j], d);

@@ -42,7 +42,7 @@ MASK32 = 0xFFFFFFFF
 TAG_ISOTROPIC = 1  # per-element N(0, 1) of nf.noise.Isotropic
 TAG_DIAG_FISHER = 2  # per-element N(0, 1) of nf.noise.DiagFisher
 TAG_WEIGHTS = 3  # per-sample draws of nf.noise.Multiplicative / loss_weights
-TAG_ROUNDING = 4  # per-element 16-bit draws of stochastic rounding to bfloat16 (rounding.py)
+TAG_ROUNDING = 4  # stochastic rounding to bfloat16, its word 0; word 1 is drawn under 5 (rounding.py)
 
 TWO_PI_F32 = 6.2831854820251465  # float32(2 pi); the product with u is rounded to float32
 UNIFORM_SCALE = 2.0**-24  # also the lower clamp of u before the log

@@ -89,18 +89,22 @@ def element_normal(seed_lo, seed_hi, step, tag, index):
 
 
 @triton.jit
-def rounding_words(seed_lo, seed_hi, step, tag, index):
-    """The words ``(x0, x1)`` (uint32) that stochastic rounding draws its 16-bit halves from, for the
-    int64 global element indices ``index``: Philox at counter ``(lo32(index), hi32(index),
-    lo32(step), tag)`` (``tag``: TAG_ROUNDING). The param takes ``x0 & 0xFFFF``, the momentum buffer
-    ``x0 >> 16``, v ``x1 & 0xFFFF``, vmax ``x1 >> 16``, as ``noisefuse.random.rounding``."""
-    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((index >> 32) & 0xFFFFFFFF).to(tl.uint32)
+def rounding_word(seed_lo, seed_hi, step, tag, index):
+    """Rounding word (uint32) of the int64 global element indices ``index`` whose Philox tag is
+    ``tag`` (``TAG_ROUNDING + k`` for word ``k``): output word ``index & 3`` of Philox at the group
+    counter ``(lo32(index >> 2), hi32(index >> 2), lo32(step), tag)``. Word 0 rounds the momentum
+    (``& 0xFFFF``) and the second moment (``>> 16``), word 1 the param and the amsgrad maximum, as
+    ``noisefuse.random.rounding``. A tile of a tensor may start anywhere in a group, so each element
+    evaluates its group itself (the native kernels share one evaluation between four)."""
+    group = index >> 2
+    c0 = (group & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((group >> 32) & 0xFFFFFFFF).to(tl.uint32)
     zero = tl.full(index.shape, 0, tl.uint32)
     c2 = zero + step.to(tl.uint32)
     c3 = zero + tag.to(tl.uint32)
-    x0, x1, _, _ = philox4x32_10(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
-    return x0, x1
+    x0, x1, x2, x3 = philox4x32_10(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
+    lane = index & 3
+    return tl.where(lane < 2, tl.where(lane == 0, x0, x1), tl.where(lane == 2, x2, x3))
 
 
 @triton.jit

@@ -9,8 +9,8 @@ drops every time, survive on average. On the bits:
 
 .. code-block:: text
 
-    r    = x0 & 0xFFFF            x0: first word of Philox4x32-10 at counter
-                                  (lo32(i), hi32(i), lo32(t), TAG_ROUNDING = 4), key (lo32(seed), hi32(seed))
+    r    = (w >> 16 h) & 0xFFFF   w: the element's 32-bit rounding word k (below), h in {0, 1} the
+                                  store's half of it
     bf16 = (bits(x) + r) >> 16    bits(x): the float32's 32-bit pattern, as an unsigned integer
     NaN  -> 0x7FC0 (sign dropped, as torch's own conversion);  +-inf -> bits(x) >> 16
 
@@ -26,15 +26,30 @@ optimizer plus its row-major position, as for the noise) and ``t`` the tensor's 
 increment, so the bits are a pure function of (seed, step, element): the same whatever the chunking,
 grouping or backend.
 
-Each stochastic store of an element takes its own 16 bits of that one Philox output, so a step that
-rounds the param and its bfloat16 state (``state_dtype=torch.bfloat16``) draws once per element:
+An element has at most four stochastic stores of 16 bits each, and a Philox output holds 128 bits:
+the four elements ``4g .. 4g + 3`` (group ``g = i >> 2`` of global indices) share one evaluation per
+word, element ``i`` taking output word ``x[i & 3]`` as its rounding word ``k`` (``k`` = 0, 1):
 
 .. code-block:: text
 
-    PARAM             x0 & 0xFFFF     the param (bfloat16 params, stochastic_rounding=True)
-    MOMENTUM          x0 >> 16        the momentum buffer the step writes (PN: the "positive" one)
-    SECOND_MOMENT     x1 & 0xFFFF     exp_avg_sq
-    MAX_SECOND_MOMENT x1 >> 16        max_exp_avg_sq (amsgrad)
+    w_k(i) = x[i & 3] of Philox4x32-10(counter (lo32(i >> 2), hi32(i >> 2), lo32(t), TAG_ROUNDING + k),
+                                       key (lo32(seed), hi32(seed)))          TAG_ROUNDING = 4
+
+    store s             word k = s >> 1   half h = s & 1
+    MOMENTUM          0   w_0 & 0xFFFF      the momentum buffer the step writes (PN: the "positive" one)
+    SECOND_MOMENT     1   w_0 >> 16         exp_avg_sq
+    PARAM             2   w_1 & 0xFFFF      the param (bfloat16 params, stochastic_rounding=True)
+    MAX_SECOND_MOMENT 3   w_1 >> 16         max_exp_avg_sq (amsgrad)
+
+A step evaluates only the words its stores use: bfloat16 state without amsgrad (PNM, DemonSGD,
+DemonAdam) one Philox per four elements, with amsgrad or stochastic params as well two. Momentum and
+second moment share a word because every bfloat16-state step writes both or the first alone. A
+group is of global indices, so it may straddle two tensors (each evaluates it where it needs it).
+
+(Until 2026-12-07 every element had a Philox evaluation of its own at counter ``(lo32(i), hi32(i),
+lo32(t), 4)``, whose ``x0, x1`` held the four stores' bits: the same distribution, other bits, up to
+four times the Philox work. Checkpoints carry no draws, so older ones load unchanged; a run resumed
+across the change continues with the new bits.)
 """
 from __future__ import annotations
 
@@ -48,8 +63,10 @@ _NAN_BF16 = 0x7FC0
 _EXPONENT = 0x7F800000
 
 
-# Which half-word of (x0, x1) rounds which store (module docstring).
-PARAM, MOMENTUM, SECOND_MOMENT, MAX_SECOND_MOMENT = range(4)
+# The stores that may be rounded stochastically: store s takes half s & 1 of the element's rounding
+# word s >> 1 (module docstring).
+MOMENTUM, SECOND_MOMENT, PARAM, MAX_SECOND_MOMENT = range(4)
+ROUNDING_WORDS = 2  # words per element, each drawn under tag TAG_ROUNDING + k
 
 
 @dataclass(frozen=True)
@@ -63,17 +80,29 @@ class Rounding:
     state: bool = False
 
 
+def rounding_words_at(seed: int, step: int, index: torch.Tensor, word: int) -> torch.Tensor:
+    """Rounding word ``word`` (0 or 1; int64 in ``[0, 2^32)``) of the global element indices ``index``
+    (a flat int64 tensor of at most CHUNK elements) at ``step``: output word ``index & 3`` of Philox at
+    the group counter ``(lo32(index >> 2), hi32(index >> 2), lo32(step), TAG_ROUNDING + word)``
+    (module docstring)."""
+    if word not in range(ROUNDING_WORDS):
+        raise ValueError(f"rounding word must be 0 or 1, got {word!r}")
+    k0, k1 = split_seed(seed)
+    words = torch.stack(philox4x32(*element_counters(index >> 2, step, TAG_ROUNDING + word), k0, k1))
+    return words.gather(0, (index & 3).unsqueeze(0)).squeeze(0)
+
+
 def rounding_bits_at(seed: int, step: int, index: torch.Tensor, parts=(PARAM,)) -> list[torch.Tensor]:
     """The 16-bit draws ``r`` (int64 in ``[0, 2^16)``, the shape of ``index``) of the global element
-    indices ``index`` (int64) at ``step``, one tensor per entry of ``parts`` (PARAM, MOMENTUM, ...),
-    from one Philox pass."""
-    k0, k1 = split_seed(seed)
+    indices ``index`` (int64) at ``step``, one tensor per entry of ``parts`` (MOMENTUM, PARAM, ...),
+    each word the parts use drawn once."""
     flat = index.reshape(-1)
     out = [torch.empty(flat.shape, dtype=torch.int64, device=index.device) for _ in parts]
     for start in range(0, flat.numel(), CHUNK):
-        words = philox4x32(*element_counters(flat[start:start + CHUNK], step, TAG_ROUNDING), k0, k1)
+        chunk = flat[start:start + CHUNK]
+        words = {k: rounding_words_at(seed, step, chunk, k) for k in sorted({part >> 1 for part in parts})}
         for o, part in zip(out, parts):
-            o[start:start + CHUNK] = (words[part // 2] >> (16 * (part % 2))) & 0xFFFF
+            o[start:start + CHUNK] = (words[part >> 1] >> (16 * (part & 1))) & 0xFFFF
     return [o.view(index.shape) for o in out]
 
 

@@ -6,8 +6,9 @@
 // uniform bits `r` carries into the upper half with exactly that probability (E[result] = x).
 // NaN and inf are handled apart: the add could carry a NaN's payload into the sign or onto inf.
 //
-// One Philox draw per element serves every stochastic store of the step: each store takes its own
-// 16 bits of the draw's first two words (x0, x1), as noisefuse/random/rounding.py assigns them.
+// Each element has two 32-bit rounding words (w0, w1), word k the element's quarter of a Philox
+// evaluation shared by four elements (philox::rounding_group_words); each store takes its own 16 bits
+// of them, as noisefuse/random/rounding.py assigns them.
 #pragma once
 
 #include <cstdint>
@@ -20,14 +21,22 @@
 namespace noisefuse {
 
 // The stores of one element that may be rounded stochastically, numbered as rounding.py's parts:
-// store k takes bits [16 * (k % 2), 16 * (k % 2) + 16) of word x0 (k < 2) or x1.
-enum RoundedStore : int { kParamStore = 0, kMomentumStore = 1, kSecondMomentStore = 2, kMaxSecondMomentStore = 3 };
+// store s takes bits [16 * (s & 1), 16 * (s & 1) + 16) of the element's word s >> 1 (w0 or w1).
+enum RoundedStore : int { kMomentumStore = 0, kSecondMomentStore = 1, kParamStore = 2, kMaxSecondMomentStore = 3 };
+
+// The rounding word that store `store` reads.
+constexpr int rounding_word_of(int store) { return store >> 1; }
 
 inline namespace NF_ISA_NS {
 
-// The 16 random bits of store `store` (RoundedStore) of an element whose rounding draw is (x0, x1).
-C10_HOST_DEVICE inline uint32_t store_bits(uint32_t x0, uint32_t x1, int store) {
-  return ((store < kSecondMomentStore ? x0 : x1) >> (16 * (store % 2))) & 0xFFFFu;
+// The 16 random bits of store `store` (RoundedStore) in its rounding word `word`.
+C10_HOST_DEVICE inline uint32_t word_bits(uint32_t word, int store) {
+  return (word >> (16 * (store & 1))) & 0xFFFFu;
+}
+
+// The 16 random bits of store `store` of an element whose rounding words are (w0, w1).
+C10_HOST_DEVICE inline uint32_t store_bits(uint32_t w0, uint32_t w1, int store) {
+  return word_bits(rounding_word_of(store) == 0 ? w0 : w1, store);
 }
 
 // The bits of the bfloat16 that float32 `x` rounds to with the random bits `r` (< 2^16).

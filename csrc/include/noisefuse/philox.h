@@ -25,7 +25,7 @@ constexpr int kRounds = 10;
 constexpr uint32_t kTagIsotropic = 1u;
 constexpr uint32_t kTagDiagFisher = 2u;
 constexpr uint32_t kTagWeights = 3u;
-constexpr uint32_t kTagRounding = 4u;
+constexpr uint32_t kTagRounding = 4u;  // rounding word k is drawn under kTagRounding + k (k = 0, 1)
 
 constexpr float kUniformScale = 5.9604644775390625e-08f;  // 2^-24, also the clamp before log
 constexpr float kTwoPi = 6.2831854820251465f;             // float32(2 pi)
@@ -99,12 +99,21 @@ C10_HOST_DEVICE inline float element_normal(uint64_t seed, uint64_t step, uint32
   return box_muller(w.x[0], w.x[1]);
 }
 
-// The rounding draw of element `index` at step `step`: the words of counter (lo32(index),
-// hi32(index), lo32(step), kTagRounding), whose x0 and x1 hold the 16 bits of each of the element's
-// stochastic stores (bf16_rounding.h, store_bits).
-C10_HOST_DEVICE inline Words rounding_words(uint64_t seed, uint64_t step, uint64_t index) {
-  return philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), static_cast<uint32_t>(step),
-                       kTagRounding, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+// The Philox words of the rounding group `group` (elements 4 group .. 4 group + 3) for rounding word
+// `word` (0 or 1) at step `step`: counter (lo32(group), hi32(group), lo32(step), kTagRounding + word).
+// Element `index` belongs to group index >> 2 and takes output word index & 3 (group_word); its
+// word's half-words round its stochastic stores (bf16_rounding.h, store_bits).
+C10_HOST_DEVICE inline Words rounding_group_words(uint64_t seed, uint64_t step, uint64_t group, uint32_t word) {
+  return philox4x32_10(static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32), static_cast<uint32_t>(step),
+                       kTagRounding + word, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// Word `lane` (0..3: an element's index & 3) of a group's output, by selects (a computed index into
+// the array would put it in local memory on the GPU).
+C10_HOST_DEVICE inline uint32_t group_word(const Words& w, uint32_t lane) {
+  const uint32_t low = (lane & 1u) != 0 ? w.x[1] : w.x[0];
+  const uint32_t high = (lane & 1u) != 0 ? w.x[3] : w.x[2];
+  return (lane & 2u) != 0 ? high : low;
 }
 
 // The two words of sample `sample`'s weight counter (sample, 0, lo32(step), kTagWeights).

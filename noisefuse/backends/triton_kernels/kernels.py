@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ...random.philox import TAG_ROUNDING
 from ...state import code_buckets, maps
-from ...random.philox_triton import rounding_words
+from ...random.philox_triton import rounding_word
 from .grad import form_grad
 
 # Table layouts and flag codes, shared with the host code (which reads ``.value``). Globals a
@@ -70,7 +70,8 @@ NUM_CODES = tl.constexpr(maps.NUM_CODES)
 INF = tl.constexpr(float("inf"))
 # family.MOMENTUM_CODES
 MOMENTUM_HEAVY_BALL, MOMENTUM_EMA, MOMENTUM_PN = (tl.constexpr(i) for i in range(3))
-TAG_ROUNDING_C = tl.constexpr(TAG_ROUNDING)
+TAG_ROUNDING_C = tl.constexpr(TAG_ROUNDING)  # rounding word 0; word 1 under TAG_ROUNDING + 1
+TAG_ROUNDING_1_C = tl.constexpr(TAG_ROUNDING + 1)
 
 
 @triton.jit
@@ -385,11 +386,16 @@ def _update_tile(row, sc, scale_row, books_ptr, start, offs, mask, numel, grad_s
     b = tl.load(sc + SC_B).to(COMPUTE)
     step_size = tl.load(sc + SC_STEP_SIZE).to(COMPUTE)
 
-    if ROUND_PARAMS or ROUND_STATE:
-        # One Philox output per element; each stochastic store takes its own 16 bits of it.
-        x0, x1 = rounding_words(seed_lo, seed_hi, t, tl.full(index.shape, TAG_ROUNDING_C, tl.uint32), index)
+    # The rounding words the stochastic stores read: w0 the momentum and second moment, w1 the param
+    # and the amsgrad maximum (16 bits each).
+    if ROUND_STATE:
+        w0 = rounding_word(seed_lo, seed_hi, t, tl.full(index.shape, TAG_ROUNDING_C, tl.uint32), index)
     else:
-        x0, x1 = 0, 0  # unused
+        w0 = 0  # unused
+    if ROUND_PARAMS or (ROUND_STATE and AMSGRAD):
+        w1 = rounding_word(seed_lo, seed_hi, t, tl.full(index.shape, TAG_ROUNDING_1_C, tl.uint32), index)
+    else:
+        w1 = 0  # unused
     p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
     g = form_grad(g_ptr, gs_ptr, numel, offs, mask, p, index, t, grad_scale_ptr, weights_ptr, batch,
                   seed_lo, seed_hi, std, scale, weight_decay, COMPUTE, NOISE, CENTERED, HAS_GRAD_SCALE,
@@ -415,9 +421,9 @@ def _update_tile(row, sc, scale_row, books_ptr, start, offs, mask, numel, grad_s
             else:
                 vv = tl.maximum(vmax, v)
             # 8-bit: rounded up (decided against the values), so the stored maximum never decreases.
-            _store_state(vmax_ptr, vmax_s, books_ptr, vv, x1 >> 16, offs, mask, start, numel, BOOK_UNSIGNED_VALUES,
+            _store_state(vmax_ptr, vmax_s, books_ptr, vv, w1 >> 16, offs, mask, start, numel, BOOK_UNSIGNED_VALUES,
                          True, STATE_DTYPE, ROUND_STATE, QUANT_BLOCK, BLOCK)
-        _store_state(v_ptr, v_s, books_ptr, v, x1 & 0xFFFF, offs, mask, start, numel, BOOK_UNSIGNED_MIDPOINTS, True,
+        _store_state(v_ptr, v_s, books_ptr, v, w0 >> 16, offs, mask, start, numel, BOOK_UNSIGNED_MIDPOINTS, True,
                      STATE_DTYPE, ROUND_STATE, QUANT_BLOCK, BLOCK)
         inv_sqrt_bc2 = tl.load(sc + SC_INV_SQRT_BC2).to(COMPUTE)
         # IEEE sqrt and division, as torch (Triton's float32 defaults are approximations).
@@ -428,10 +434,10 @@ def _update_tile(row, sc, scale_row, books_ptr, start, offs, mask, numel, grad_s
     else:
         p = p - step_size * d
 
-    _store_state(pos_ptr, pos_s, books_ptr, m, x0 >> 16, offs, mask, start, numel, BOOK_SIGNED_MIDPOINTS, False,
+    _store_state(pos_ptr, pos_s, books_ptr, m, w0 & 0xFFFF, offs, mask, start, numel, BOOK_SIGNED_MIDPOINTS, False,
                  STATE_DTYPE, ROUND_STATE, QUANT_BLOCK, BLOCK)
     if ROUND_PARAMS:  # bfloat16 params only (the host checks)
-        tl.store(p_ptr + offs, _to_bf16_stochastic(p, x0 & 0xFFFF), mask=mask)
+        tl.store(p_ptr + offs, _to_bf16_stochastic(p, w1 & 0xFFFF), mask=mask)
     else:
         tl.store(p_ptr + offs, _to_storage(p, DTYPE), mask=mask)
 
