@@ -88,8 +88,10 @@ def rounding_words_at(seed: int, step: int, index: torch.Tensor, word: int) -> t
     if word not in range(ROUNDING_WORDS):
         raise ValueError(f"rounding word must be 0 or 1, got {word!r}")
     k0, k1 = split_seed(seed)
-    words = torch.stack(philox4x32(*element_counters(index >> 2, step, TAG_ROUNDING + word), k0, k1))
-    return words.gather(0, (index & 3).unsqueeze(0)).squeeze(0)
+    # Each group once: runs of equal groups (a tensor's consecutive indices) share one evaluation.
+    groups, which = torch.unique_consecutive(index >> 2, return_inverse=True)
+    words = torch.stack(philox4x32(*element_counters(groups, step, TAG_ROUNDING + word), k0, k1), dim=1)
+    return words[which, index & 3]
 
 
 def rounding_bits_at(seed: int, step: int, index: torch.Tensor, parts=(PARAM,)) -> list[torch.Tensor]:
