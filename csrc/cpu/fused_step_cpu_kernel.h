@@ -355,11 +355,9 @@ struct ChunkKernel {
   }
 
   // The stochastic store: 8 lanes at a time in the AVX2 build, element by element otherwise and for
-  // the tail (the same bits either way). Out of line: inlined four times, its loop pushed the update
-  // itself out of the vector loop's inlining (a call per vector, a third slower when rounding to
-  // nearest).
+  // the tail (the same bits either way).
   template <int kStore>
-  C10_NOINLINE static void store_stochastic(c10::BFloat16* dst, int64_t count, const Vec* in, const uint32_t* word) {
+  static void store_stochastic(c10::BFloat16* dst, int64_t count, const Vec* in, const uint32_t* word) {
     alignas(64) float x[IO::kWidth];
     for (int k = 0; k < kParts; ++k) in[k].store(x + k * Vec::size());
     int64_t l = 0;
@@ -391,8 +389,10 @@ struct ChunkKernel {
 
   // Elements [begin, end) as whole vectors and a partial last one. `lanes`: the normals of element
   // `begin` on (or null); `w`: its rounding words; `sums`: the row block holding [begin, end),
-  // which starts at `block` (kinds that read rows).
-  void step_vectors(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz,
+  // which starts at `block` (kinds that read rows). Flattened: GCC's inliner left the update and
+  // the bfloat16 stores of some instantiations as calls, a call per vector with its operands through
+  // memory (the bfloat16-state step ran 1.5x its float32-state step, rounding to nearest).
+  [[gnu::flatten]] void step_vectors(int64_t begin, int64_t end, const ElementCoefs<Vec>& c, const StreamInputs<Vec, math_t>& nz,
                     const float* lanes, const RoundingWords& w, const RowBlock* sums, int64_t block) const {
     const auto from = [&](const uint32_t* words, int64_t i) {
       return words == nullptr ? nullptr : words + (i - begin);
