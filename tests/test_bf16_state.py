@@ -84,6 +84,43 @@ def test_state_is_bfloat16_and_half_the_bytes(backend, monkeypatch):
     assert sum(b.numel() * b.element_size() for b in buffers) == 8 * 1000  # float32 state: 16 bytes
 
 
+# float32 values whose rounding to bfloat16 is decided by the last bits: ties (round to even from an
+# even and from an odd bfloat16), the values beside them, NaNs (positive, negative, payload in the
+# low bits only), infinities, the largest float32 (rounds to inf), subnormals (a tie among them), 0.
+NEAREST_EDGES = [0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001, 0xBF818000, 0x7FC00000, 0xFFC12345, 0x7F800001,
+                 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x00008000, 0x00018000, 0x80007FFF, 0x00000001,
+                 0x00000000, 0x47FF8000, 0x3EAAAAAB, 0xC2F6E979]
+
+
+@pytest.mark.parametrize("backend", ["foreach", "native", "native-baseline"])
+def test_state_rounded_to_nearest_has_the_reference_bits(backend, monkeypatch):
+    """bfloat16 state rounded to nearest, bit for bit, at values where the last bit decides: DemonSGD's
+    first momentum is the gradient itself (m = 0 * a + 1 * g, exact), so the state holds exactly
+    these float32 values rounded. 23 elements: two whole vectors of the native AVX2 store and a tail.
+    NaNs are compared as NaNs: torch's own conversions give different payloads (its vectorised CPU
+    path 0xFFFF, the scalar one 0x7FC0, as noisefuse's native stores do)."""
+    if backend == "native-baseline":
+        monkeypatch.setenv("NOISEFUSE_CPU_KERNEL", "baseline")
+    backend = on_cpu(backend.split("-")[0], monkeypatch)
+    words = torch.tensor(NEAREST_EDGES + NEAREST_EDGES[:3], dtype=torch.int64)
+    grad = words.to(torch.int32).view(torch.float32)
+    states = []
+    for name in ("reference", backend):
+        ps = [torch.zeros(grad.numel(), requires_grad=True)]
+        opt = nf.DemonSGD(ps, lr=1e-3, momentum=0.9, total_steps=10, state_dtype=torch.bfloat16,
+                          state_rounding="nearest", backend=name)
+        ps[0].grad = grad.clone()
+        opt.step()
+        (buffer,) = [v for k, v in opt.state[ps[0]].items() if k not in COUNTERS]
+        states.append(buffer)
+    expected = grad.to(torch.bfloat16)  # torch's rounding: ties to even
+    expected[grad == 0] = 0.0  # 0 * a + (+0): +0 either way
+    nan = grad.isnan()
+    for state in states:
+        assert torch.equal(state.isnan(), nan)
+        assert torch.equal(bits(state)[~nan], bits(expected)[~nan])
+
+
 # Not Triton: 1500 launches in its interpreter take minutes; its bits are those of the reference
 # (test_backend_matches_reference).
 @pytest.mark.parametrize("backend", ["reference", "foreach", "native"])

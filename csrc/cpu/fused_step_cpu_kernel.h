@@ -38,6 +38,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "bf16_store_avx2.h"
 #include "cpu_blockwise.h"
 #include "cpu_normals.h"
 #include "cpu_step.h"
@@ -147,8 +148,9 @@ struct StateIO<float, scalar_t, std::enable_if_t<kReducedFloat<scalar_t>>> {
 };
 
 // bfloat16 state of a float32 param: kWidth bfloat16s widened into one float vector, and stored
-// back to nearest (convert_from_float's lower half). A full vector reads exactly its kWidth
-// elements (load_to_float), a tail the variable-length access of a bfloat16 vector.
+// back to nearest: a full vector of the AVX2 build by nearest_bf16_store8, otherwise through
+// convert_from_float's lower half. A full vector reads exactly its kWidth elements
+// (load_to_float), a tail the variable-length access of a bfloat16 vector.
 template <>
 struct StateIO<c10::BFloat16, float> {
   using Vec = Vectorized<float>;
@@ -160,6 +162,9 @@ struct StateIO<c10::BFloat16, float> {
     else out[0] = std::get<0>(at::vec::convert_to_float<c10::BFloat16>(Raw::loadu(ptr, count)));
   }
   static void store(c10::BFloat16* ptr, int64_t count, const Vec* in) {
+#if defined(NF_BF16_STORE_AVX2)
+    if (count == kWidth) return nearest_bf16_store8(ptr, in[0]);
+#endif
     const Raw raw = at::vec::convert_from_float<c10::BFloat16>(in[0], in[0]);
     if (count == kWidth) raw.store(ptr, kWidth);
     else raw.store(ptr, count);
@@ -354,17 +359,22 @@ struct ChunkKernel {
     StoreIO::store(dst, count, in);
   }
 
-  // The stochastic store: 8 lanes at a time in the AVX2 build, element by element otherwise and for
-  // the tail (the same bits either way).
+  // The stochastic store: a full vector of the AVX2 build from its registers, 8 lanes at a time;
+  // otherwise and for the tail element by element (the same bits either way).
   template <int kStore>
   static void store_stochastic(c10::BFloat16* dst, int64_t count, const Vec* in, const uint32_t* word) {
+#if defined(NF_BF16_STORE_AVX2)
+    if constexpr (std::is_same_v<math_t, float>) {
+      static_assert(Vec::size() == 8, "the AVX2 stores take 8-float vectors");
+      if (count == IO::kWidth) {
+        for (int k = 0; k < kParts; ++k) stochastic_bf16_store8<kStore & 1>(dst + 8 * k, in[k], word + 8 * k);
+        return;
+      }
+    }
+#endif
     alignas(64) float x[IO::kWidth];
     for (int k = 0; k < kParts; ++k) in[k].store(x + k * Vec::size());
-    int64_t l = 0;
-#if defined(NF_PHILOX_AVX2)
-    for (; l + 8 <= count; l += 8) stochastic_bf16_store8<kStore & 1>(dst + l, x + l, word + l);
-#endif
-    for (; l < count; ++l) {
+    for (int64_t l = 0; l < count; ++l) {
       const uint32_t r = word_bits(word[l], kStore);
       dst[l] = c10::BFloat16(stochastic_bf16_bits(x[l], r), c10::BFloat16::from_bits());
     }
