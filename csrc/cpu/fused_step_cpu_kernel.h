@@ -344,9 +344,9 @@ struct ChunkKernel {
   // The rounding words (store_bits) of a run of elements, as the stores read them: null where the
   // store is to nearest.
   struct RoundingWords {
-    const uint32_t* param;  // w1, when the params are rounded stochastically
-    const uint32_t* w0;     // momentum and second moment, when the state is
-    const uint32_t* w1;     // the amsgrad maximum, when the state is
+    const uint32_t* param;    // when the params are rounded stochastically
+    const uint32_t* moments;  // the momentum and the second moment, when the state is
+    const uint32_t* maximum;  // the amsgrad maximum, when the state is
   };
 
   // Stores elements [0, count) of the vectors `in` into `dst` through `StoreIO`: to nearest, or,
@@ -392,9 +392,10 @@ struct ChunkKernel {
       update_element<kPn, kSecond, VecOps>(c, rp[k], rg[k], rm[k], rmn[k], rv[k], rvm[k]);
     }
     store_operand<IO, kParamStore>(p + i, count, rp, w.param);
-    store_operand<SIO, kMomentumStore>(m + i, count, rm, w.w0);
-    if (kSecond != kNoSecondMoment) store_operand<SIO, kSecondMomentStore>(v + i, count, rv, w.w0);
-    if (kSecond == kAmsgrad) store_operand<SIO, kMaxSecondMomentStore>(vmax + i, count, rvm, w.w1);
+    static_assert(rounding_word_of(kMomentumStore) == rounding_word_of(kSecondMomentStore), "one moments word");
+    store_operand<SIO, kMomentumStore>(m + i, count, rm, w.moments);
+    if (kSecond != kNoSecondMoment) store_operand<SIO, kSecondMomentStore>(v + i, count, rv, w.moments);
+    if (kSecond == kAmsgrad) store_operand<SIO, kMaxSecondMomentStore>(vmax + i, count, rvm, w.maximum);
   }
 
   // Elements [begin, end) as whole vectors and a partial last one. `lanes`: the normals of element
@@ -413,7 +414,7 @@ struct ChunkKernel {
       Vec rg[kParts];
       if constexpr (noise_reads_rows(kNoise)) block_grad(*sums, i - block, nz, vector_lanes, rg);
       else form_grad(i, count, c, nz, vector_lanes, rg);
-      update_vector(i, count, c, rg, RoundingWords{from(w.param, i), from(w.w0, i), from(w.w1, i)});
+      update_vector(i, count, c, rg, RoundingWords{from(w.param, i), from(w.moments, i), from(w.maximum, i)});
     }
   }
 
@@ -431,8 +432,8 @@ struct ChunkKernel {
       step_vectors(begin, end, c, nz, nullptr, RoundingWords{}, sums, begin);
       return;
     }
-    const bool word0 = round_state;
-    const bool word1 = round_params || (round_state && kSecond == kAmsgrad);
+    const bool word0 = reads_rounding_word(0, round_params, round_state, kSecond != kNoSecondMoment, kSecond == kAmsgrad);
+    const bool word1 = reads_rounding_word(1, round_params, round_state, kSecond != kNoSecondMoment, kSecond == kAmsgrad);
     alignas(64) float lanes[kDrawBlock];
     alignas(64) uint32_t w0[kDrawBlock + 4], w1[kDrawBlock + 4];
     for (int64_t draws = begin; draws < end; draws += kDrawBlock) {
@@ -441,8 +442,12 @@ struct ChunkKernel {
       const int skip = static_cast<int>(index0 & 3u);  // element index0's place in the words
       if (word0) fill_rounding_words<kDrawBlock>(nz.seed, step, index0, 0u, w0);
       if (word1) fill_rounding_words<kDrawBlock>(nz.seed, step, index0, 1u, w1);
-      const RoundingWords w{round_params ? w1 + skip : nullptr, round_state ? w0 + skip : nullptr,
-                            round_state && kSecond == kAmsgrad ? w1 + skip : nullptr};
+      // Element `draws`'s words of store `store`, where it rounds stochastically.
+      const auto words = [&](int store, bool rounded) -> const uint32_t* {
+        return rounded ? (rounding_word_of(store) == 0 ? w0 : w1) + skip : nullptr;
+      };
+      const RoundingWords w{words(kParamStore, round_params), words(kMomentumStore, round_state),
+                            words(kMaxSecondMomentStore, round_state && kSecond == kAmsgrad)};
       step_vectors(draws, std::min<int64_t>(draws + kDrawBlock, end), c, nz, kDrawsNormals ? lanes : nullptr, w,
                    sums, begin);
     }

@@ -85,8 +85,12 @@ constexpr bool rounds_state(int round) { return (round & kRoundState) != 0; }
 // second moment, w1 for the params and the amsgrad maximum.
 template <int kRound, int kSecond>
 struct RoundingWordsRead {
-  static constexpr bool kWord0 = rounds_state(kRound);
-  static constexpr bool kWord1 = rounds_params(kRound) || (rounds_state(kRound) && kSecond == kAmsgrad);
+  static constexpr bool reads(int word) {
+    return reads_rounding_word(word, rounds_params(kRound), rounds_state(kRound), kSecond != kNoSecondMoment,
+                               kSecond == kAmsgrad);
+  }
+  static constexpr bool kWord0 = reads(0);
+  static constexpr bool kWord1 = reads(1);
 };
 
 // The Philox outputs of rounding group `group` for the words the launch reads (others left zero).

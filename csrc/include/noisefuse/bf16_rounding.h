@@ -27,6 +27,16 @@ enum RoundedStore : int { kMomentumStore = 0, kSecondMomentStore = 1, kParamStor
 // The rounding word that store `store` reads.
 constexpr int rounding_word_of(int store) { return store >> 1; }
 
+// Whether a step reads rounding word `word` (drawing only these): one whose stochastic stores are the
+// params' (`params`) and/or the state's (`state`: the momentum, the second moment where the family
+// has one, the amsgrad maximum where it keeps one). The CPU and CUDA kernels both ask this.
+constexpr bool reads_rounding_word(int word, bool params, bool state, bool second_moment, bool amsgrad) {
+  return (params && rounding_word_of(kParamStore) == word) ||
+         (state && (rounding_word_of(kMomentumStore) == word ||
+                    (second_moment && rounding_word_of(kSecondMomentStore) == word) ||
+                    (amsgrad && rounding_word_of(kMaxSecondMomentStore) == word)));
+}
+
 inline namespace NF_ISA_NS {
 
 // The 16 random bits of store `store` (RoundedStore) in its rounding word `word`.
