@@ -12,11 +12,9 @@
 namespace noisefuse {
 namespace {
 
-constexpr int kRows = 4, kCodes = 256;
-
 struct BookRows {
-  float books[kRows * kCodes];
-  CodeRow rows[kRows];
+  float books[kCodeBookRows * kNumCodes];
+  CodeRow rows[kCodeBookRows];
 };
 
 }  // namespace
@@ -30,7 +28,7 @@ const CodeRow* code_rows(const float* code_books) {
   }
   auto b = std::make_unique<BookRows>();
   std::memcpy(b->books, code_books, sizeof(b->books));
-  for (int row = 0; row < kRows; ++row) build_code_row(b->books + row * kCodes, &b->rows[row]);
+  for (int row = 0; row < kCodeBookRows; ++row) build_code_row(b->books + row * kNumCodes, &b->rows[row]);
   known.push_back(std::move(b));
   return known.back()->rows;
 }

@@ -29,11 +29,6 @@ namespace noisefuse {
 namespace NF_CPU_KERNEL_NS {
 namespace {
 
-// Rows of the code_books table (noisefuse/state/maps.py): values and nearest decision points of the
-// signed book, then of the unsigned one.
-enum CodeBookRow : int { kSignedValues = 0, kSignedPoints = 1, kUnsignedValues = 2, kUnsignedPoints = 3 };
-constexpr int kNumCodes = 256;  // a uint8 code
-
 // out[j] = values[codes[j]] * scale, or its square with `kSquared` (v from its stored sqrt).
 template <bool kSquared>
 inline void dequantize_block(const uint8_t* codes, const float* values, float scale, int64_t n, float* out) {

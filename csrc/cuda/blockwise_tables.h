@@ -16,7 +16,7 @@ constexpr int kBucketTableBytes = 2 * kBucketsPerSign;  // one uint8 start per b
 
 // The row of the [4, 256] code books that written buffer w decides against, in the kernel's order:
 // nearest for m and v (the signed and unsigned midpoints), rounded up for the maximum (the unsigned
-// values): rows 1, 3, 2 (CodeBookRow of fused_step_blockwise.cuh).
+// values): rows 1, 3, 2 (CodeBookRow, noisefuse/blockwise_codes.h).
 C10_HOST_DEVICE constexpr int decision_row(int w) { return w == 0 ? 1 : (w == 1 ? 3 : 2); }
 
 // uint8 [3, kBucketTableBytes] on the books' device: the bucket starts of the three rows. The first

@@ -40,10 +40,6 @@
 namespace noisefuse {
 namespace cuda {
 
-// Rows of the code-book table (noisefuse/state/maps.py, tables()).
-enum CodeBookRow : int { kSignedValues = 0, kSignedPoints = 1, kUnsignedValues = 2, kUnsignedPoints = 3 };
-constexpr int kCodeBookRows = 4;
-constexpr int kCodes = 256;
 constexpr int kMaxWritten = 3;  // buffers a step writes: the momentum, v, the amsgrad maximum
 
 // Elements of one pass of a block's threads: whole quantization blocks of any size, and whole
@@ -162,7 +158,7 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks_per_sm<scalar_t>(kSe
 
   // The buffers this step writes, in this order: the (positive) momentum, v, the amsgrad maximum.
   constexpr int kWritten = 1 + (kSecond != kNoSecondMoment ? 1 : 0) + (kSecond == kAmsgrad ? 1 : 0);
-  __shared__ float values[2][kCodes];  // S and U: what a code decodes to, before its scale
+  __shared__ float values[2][kNumCodes];  // S and U: what a code decodes to, before its scale
   __shared__ float points[kWritten][kPaddedPoints];
   // Copied a word at a time, read by byte. (Not 16 bytes at a time: the copy loop's accesses would be
   // wider than the hot loop's of bfloat16 params, which the static report takes as the hot loop.)
@@ -173,12 +169,12 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks_per_sm<scalar_t>(kSe
   // slot's last readers, of tile t - 2, read it before the barrier of tile t - 1, which every
   // thread has passed.
   __shared__ uint32_t block_max[kMaxSlots][kWritten][kTileBlocks];
-  for (int k = threadIdx.x; k < 2 * kCodes; k += blockDim.x) {
-    values[k / kCodes][k % kCodes] = q.code_books[(k < kCodes ? kSignedValues : kUnsignedValues) * kCodes + k % kCodes];
+  for (int k = threadIdx.x; k < 2 * kNumCodes; k += blockDim.x) {
+    values[k / kNumCodes][k % kNumCodes] = q.code_books[(k < kNumCodes ? kSignedValues : kUnsignedValues) * kNumCodes + k % kNumCodes];
   }
   for (int k = threadIdx.x; k < kWritten * kPaddedPoints; k += blockDim.x) {
     const int w = k / kPaddedPoints, j = k % kPaddedPoints;
-    points[w][j] = padded_point(q.code_books + decision_row(w) * kCodes, j);
+    points[w][j] = padded_point(q.code_books + decision_row(w) * kNumCodes, j);
   }
   for (int k = threadIdx.x; k < kWritten * kBucketTableBytes / 4; k += blockDim.x) {
     (&buckets[0][0])[k] = reinterpret_cast<const uint32_t*>(q.bucket_tables)[k];

@@ -41,6 +41,13 @@
 
 namespace noisefuse {
 
+// The [kCodeBookRows, kNumCodes] float32 code-book table (noisefuse/state/maps.py, tables()), one
+// value per uint8 code: the rows are the values and nearest decision points of the signed book, then
+// of the unsigned one. The CPU and CUDA kernels read it by these rows.
+enum CodeBookRow : int { kSignedValues = 0, kSignedPoints = 1, kUnsignedValues = 2, kUnsignedPoints = 3 };
+constexpr int kCodeBookRows = 4;
+constexpr int kNumCodes = 256;
+
 constexpr int kBucketMantissaBits = 7;
 constexpr int kBucketMinExponent = -25;  // below the smallest nonzero point of both books (1e-7 ~ 2^-23.3)
 constexpr int kBucketMaxExponent = 1;    // r < 2: every point is at most 1
