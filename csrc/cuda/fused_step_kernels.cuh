@@ -134,7 +134,8 @@ __device__ inline uint32_t word_of_two(const philox::Words& lo, const philox::Wo
 // when their first global index is a multiple of 4 (the usual case: every earlier tensor's size is),
 // two otherwise, the second group evaluated under one uniform branch (the index modulo 4, lane0, is
 // the chunk's), so that the longest path through the code is the real worst case. Element j takes
-// word j + lane0 of the two groups' eight: three selects on lane0 per word read.
+// word j + lane0 of the two groups' eight: group_word's three selects on lane0 over the four words
+// from j, per word read.
 template <int kRound, int kSecond, typename math_t>
 __device__ inline void consecutive_draws(const BlockNoise<math_t>& nz, int position, RoundingDraw (&d)[kIlp]) {
   static_assert(kIlp == 4, "a thread's consecutive elements span at most two groups of four");
@@ -149,9 +150,9 @@ __device__ inline void consecutive_draws(const BlockNoise<math_t>& nz, int posit
     GroupWords hi = lo;  // read only where lane0 != 0
     if (lane0 != 0u) hi = group_words<kRound, kSecond>(nz, (first >> 2) + 1);
     const auto rotated = [&](const philox::Words& a, const philox::Words& b, int j) {
-      const uint32_t low = (lane0 & 1u) != 0 ? word_of_two(a, b, j + 1) : word_of_two(a, b, j);
-      const uint32_t high = (lane0 & 1u) != 0 ? word_of_two(a, b, j + 3) : word_of_two(a, b, j + 2);
-      return (lane0 & 2u) != 0 ? high : low;
+      const philox::Words window{{word_of_two(a, b, j), word_of_two(a, b, j + 1), word_of_two(a, b, j + 2),
+                                  word_of_two(a, b, j + 3)}};
+      return philox::group_word(window, lane0);
     };
 #pragma unroll
     for (int j = 0; j < kIlp; ++j) {
