@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from noisefuse.backends import native
-from noisefuse.state import maps
+from noisefuse.state import code_buckets, maps
 
 pytestmark = pytest.mark.skipif(not native.available(torch.device("cpu")),
                                 reason=f"native extension not built: {native.load_error()}")
@@ -42,6 +42,10 @@ FLT_MAX = 0x7F7FFFFF
 SMALLEST_NORMAL = 0x00800000
 # Products T[k] * s of the smallest nonzero point (1e-7) are normal from here on: no search needed.
 NO_SEARCH_FROM = 0x0D800000  # 2^-100
+# The scales whose guesses the kernels take without their proof (GUESS_MIN_SCALE, GUESS_MAX_SCALE):
+# [2^-100, 2^126], and the patterns beside either end.
+GUESS_FIRST, GUESS_LAST = 0x0D800000, 0x7E800000
+GUESS_EDGES = [GUESS_FIRST - 1, GUESS_FIRST, GUESS_FIRST + 1, GUESS_LAST - 1, GUESS_LAST, GUESS_LAST + 1]
 
 
 def bits(x: float) -> int:
@@ -87,17 +91,31 @@ def test_every_pattern_at_scale_one(book, row):
 @pytest.mark.parametrize("avx2", isas(), ids=lambda a: "avx2" if a else "baseline")
 @pytest.mark.parametrize("book,row", CASES)
 def test_strided_patterns_at_many_scales(book, row, avx2):
-    """Scale 1, 20 random normal scales, 0, denormal ones, the smallest normal and FLT_MAX, every
-    4099th pattern (a prime stride: every mantissa and exponent field is visited). Where the
-    products are normal no guess needs the search; denormal scales and tiny products may."""
+    """Scale 1, 20 random normal scales, 0, denormal ones, the smallest normal and FLT_MAX, both
+    ends of the range where the guess alone decides and their neighbours, every 4099th pattern (a
+    prime stride: every mantissa and exponent field is visited). Where the products are normal no
+    guess needs the search; denormal scales and tiny products may."""
     rng = random.Random(f"{book}-{row}")
-    scales = [ONE, 0, 1, 0x00000007, 0x00400000, 0x007FFFFF, SMALLEST_NORMAL, FLT_MAX]
+    scales = [ONE, 0, 1, 0x00000007, 0x00400000, 0x007FFFFF, SMALLEST_NORMAL, FLT_MAX] + GUESS_EDGES
     scales += [rng.randrange(SMALLEST_NORMAL, FLT_MAX + 1) for _ in range(20)]
     for s in scales:
         n, wrong, searched, most = check(book, row, s, 4099, avx2)
         assert (n, wrong, most) == (patterns(s, 4099), 0, 1), f"scale bits {s:#010x}"
         if s >= NO_SEARCH_FROM or s == 0:
             assert searched == 0, f"scale bits {s:#010x}: {searched} searches"
+
+
+def test_the_premises_of_the_unproved_guess():
+    """What blockwise_codes.h's argument for taking the guess without its proof at scales in
+    [2^-100, 2^126] rests on, for every decision row of both books: every nonzero point is at least
+    2^-24 in magnitude (its product with the scale is normal), none above 1, and the kernels' bounds
+    are the Python ones."""
+    assert (code_buckets.GUESS_MIN_SCALE, code_buckets.GUESS_MAX_SCALE) == (2.0 ** -100, 2.0 ** 126)
+    assert (bits(code_buckets.GUESS_MIN_SCALE), bits(code_buckets.GUESS_MAX_SCALE)) == (GUESS_FIRST, GUESS_LAST)
+    for book in maps.MAPS:
+        for row in ROWS.values():
+            points = maps.tables(book)[row, :255].abs()
+            assert float(points[points > 0].min()) >= 2.0 ** -24 and float(points.max()) <= 1.0, (book, row)
 
 
 def exhaustive_scales() -> list[int]:

@@ -13,8 +13,9 @@
 //                s' = max |x| over its finite x (0 if none); x := 0 where NaN;
 //                c' = #{k < 255 : T[k] * s' < x}, T = Ms (m), Mu (v), U (vmax, rounded up).
 // c' comes in O(1) (noisefuse/blockwise_codes.h): a bucket table (blockwise_tables.h, in shared
-// memory) guesses it from x * (1 / s'), two compares against products T[k] * s' prove the guess, and
-// the contract's 8-step search decides where the proof fails (denormal scales). Products and
+// memory) guesses it from x * (1 / s') and one compare against a product T[k] * s'; in blocks of
+// scale outside [2^-100, 2^126] two more compares prove the guess, and the contract's 8-step search
+// decides where the proof fails (denormal scales). Products and
 // comparisons only decide (__fmul_rn, so that nothing is contracted; a correctly rounded sqrt):
 // given the same float32 values, the codes and scales are the reference's bit for bit.
 //
@@ -100,42 +101,47 @@ struct SharedCodeRow {
   const uint8_t* buckets;  // [kBucketTableBytes]: the start g of each bucket (blockwise_tables.h)
 };
 
-// The codes of four values by the contract's search, packed low byte first: out of line, as it runs
-// only where a guess fails its proof (denormal scales), so that the hot loop keeps the guesses alone
-// (and the static SASS report counts the call as cold). A template: one definition per translation
-// unit.
+// The codes of four values in a block whose scale lies outside [2^-100, 2^126] (guesses_are_counts),
+// packed low byte first: each guess proved by two compares, the contract's search where the proof
+// fails (denormal scales). Out of line, as such blocks are rare (a momentum of denormal values), so
+// that the hot loop keeps the guesses alone (and the static SASS report counts the call as cold). A
+// template: one definition per translation unit.
 template <typename Row>
-__device__ __noinline__ uint32_t codes_by_search(const Row row, float scale, float x0, float x1, float x2, float x3) {
-  NF_COUNT_CODE_SEARCH();
-  return static_cast<uint32_t>(code_by_search(row, scale, x0)) | static_cast<uint32_t>(code_by_search(row, scale, x1)) << 8 |
-         static_cast<uint32_t>(code_by_search(row, scale, x2)) << 16 |
-         static_cast<uint32_t>(code_by_search(row, scale, x3)) << 24;
+__device__ __noinline__ uint32_t codes_by_proved_guesses(const Row row, float scale, float inverse, float x0, float x1,
+                                                          float x2, float x3) {
+  const float x[4] = {x0, x1, x2, x3};
+  uint32_t codes = 0;
+  for (int j = 0; j < 4; ++j) {
+    int c;
+    if (!code_by_bucket(row, scale, inverse, x[j], &c)) {
+      NF_COUNT_CODE_SEARCH();
+      c = code_by_search(row, scale, x[j]);
+    }
+    codes |= static_cast<uint32_t>(c) << (8 * j);
+  }
+  return codes;
 }
 
 // The codes of a thread's kIlp new values x of one written buffer, in a block of scale `scale`: each
-// the bucket's guess proved by two compares (noisefuse/blockwise_codes.h), all four by the search
-// where any proof fails.
+// the bucket's guess (noisefuse/blockwise_codes.h), which at all but the extreme scales is the count
+// as it is; at those, codes_by_proved_guesses.
 __device__ inline void encode_lanes(const SharedCodeRow& row, float scale, const float (&x)[kIlp], uint8_t (&out)[kIlp]) {
-  static_assert(kIlp == 4, "codes_by_search takes four values");
+  static_assert(kIlp == 4, "codes_by_proved_guesses takes four values");
   if (!(scale > 0.f)) {  // every product is +-0
 #pragma unroll
     for (int j = 0; j < kIlp; ++j) out[j] = zero_scale_code(x[j]);
     return;
   }
-  // Any value would give the same codes; only the guesses depend on it. CUDA's fast division is
-  // within 2 ulp, and a bucket's margin is 2^-18.
+  // Within 2 ulp of 1 / scale (CUDA's fast division), as code_by_guess needs.
   const float inverse = __fdividef(1.f, scale);
   float value[kIlp];
-  bool proved = true;
 #pragma unroll
-  for (int j = 0; j < kIlp; ++j) {
-    value[j] = x[j] != x[j] ? 0.f : x[j];
-    int c;
-    proved &= code_by_bucket(row, scale, inverse, value[j], &c);  // no short circuit: no branch
-    out[j] = static_cast<uint8_t>(c);
-  }
-  if (!proved) {
-    const uint32_t codes = codes_by_search(row, scale, value[0], value[1], value[2], value[3]);
+  for (int j = 0; j < kIlp; ++j) value[j] = x[j] != x[j] ? 0.f : x[j];
+  if (guesses_are_counts(scale)) {
+#pragma unroll
+    for (int j = 0; j < kIlp; ++j) out[j] = static_cast<uint8_t>(code_by_guess(row, scale, inverse, value[j]));
+  } else {
+    const uint32_t codes = codes_by_proved_guesses(row, scale, inverse, value[0], value[1], value[2], value[3]);
 #pragma unroll
     for (int j = 0; j < kIlp; ++j) out[j] = static_cast<uint8_t>(codes >> (8 * j));
   }

@@ -7,8 +7,11 @@ For a block of scale :math:`s > 0`, the code of :math:`x` is the count
 (its sign, float exponent in [-25, 1) and top 7 mantissa bits) gives :math:`g`, the number of points
 below the bucket widened by a relative :math:`2^{-18}`; then :math:`c = g + [T_g s < x]`, which is
 the count exactly when :math:`T_{g-1} s < x \le T_{g+1} s` (the points are sorted and rounding is
-monotone). Where that check fails (denormal scales; a block of scale 0), the kernel runs the
-contract's binary search instead: the table decides only how fast the answer comes, never what it is.
+monotone). For :math:`s \in [2^{-100}, 2^{126}]` (``GUESS_MIN_SCALE``, ``GUESS_MAX_SCALE``) that holds
+for every :math:`x`, as the roundings there are far inside the margin (blockwise_codes.h, "Without
+the proof"), so the guess is the code as it is; in a block of any other scale (denormal ones, 0)
+the kernel runs the contract's binary search instead: the table decides only how fast the answer
+comes, never what it is.
 
 ``decision_table(code_books)`` is one float32 tensor: the ``[4, 256]`` books (``maps.tables``), then
 per row its points padded as ``[NaN, T_0 .. T_254, +inf x 9]`` (so ``T_{g-1}, T_g, T_{g+1}`` are
@@ -25,6 +28,7 @@ MIN_EXPONENT, MAX_EXPONENT = -25, 1
 BUCKETS_PER_SIGN = (MAX_EXPONENT - MIN_EXPONENT) << MANTISSA_BITS  # 3328
 BUCKET_BIAS = (127 + MIN_EXPONENT) << MANTISSA_BITS
 MARGIN = 2.0 ** -18  # relative: the roundings of r and of the products are about 3 * 2^-24
+GUESS_MIN_SCALE, GUESS_MAX_SCALE = 2.0 ** -100, 2.0 ** 126  # the scales whose guesses are the counts
 PADDED_POINTS = 264
 ROWS = 4
 PADDED_BASE = ROWS * maps.NUM_CODES                    # where the padded points start

@@ -24,6 +24,16 @@
 // fast it comes. tests/test_blockwise_codes.py checks every float32 x against the count for many
 // scales, and how often the search runs (never for scales of 2^-100 and above).
 //
+// Without the proof. For a scale s in [2^-100, 2^126] the guess is the count for every float32 x
+// (code_by_guess; guesses_are_counts): there the roundings are as small as the margin assumes.
+// (1 / s is normal, so r = fl(x * fl(1 / s)) is x / s within a relative 2^-21 whenever r is normal; a
+// subnormal or zero r lies in the first bucket of its sign, as x / s does; an infinite r in the last,
+// as x / s does. Every product T[k] * s is zero or normal, as every nonzero |T[k]| >= 1e-7 > 2^-24,
+// so within a relative 2^-24 of T[k] * s. The margin, 2^-18, exceeds both together: a point below
+// the widened bucket has its product below x, one above it its product above x, and the one point
+// the widened bucket may hold, T[g], is decided by the exact compare.) The exhaustive sweeps of
+// tests/test_blockwise_codes.py, at s = 1 and at sampled scales, are the check of this argument.
+//
 // The points sit in CodeRow::points padded: points[0] = NaN stands for T[-1] (its product is NaN, and
 // no x fails `!(NaN >= x)`), points[1 + k] = T[k], then +inf for T[255] and T[256] (products +inf,
 // as the scale is > 0 here: a block of scale 0 has the codes of zero_scale_code). Each product is
@@ -64,7 +74,14 @@ struct CodeRow {
   // Per bucket, what a guess reads: T[g - 1], T[g], T[g + 1] and g's bits (one 16-byte load; the CPU
   // kernel's vector path; 104 KB, of which the buckets of a block's values are a few KB).
   alignas(64) float records[2 * kBucketsPerSign][4];
+  // Per bucket, what a guess without its proof reads (guesses_are_counts): T[g] and g's bits (one
+  // 8-byte load; 52 KB).
+  alignas(64) float guesses[2 * kBucketsPerSign][2];
 };
+
+// The scales whose guesses need no proof (above: "Without the proof").
+constexpr float kGuessMinScale = 0x1p-100f;
+constexpr float kGuessMaxScale = 0x1p126f;
 
 inline namespace NF_ISA_NS {
 
@@ -115,6 +132,17 @@ C10_HOST_DEVICE inline bool code_by_bucket(const Row& row, float s, float invers
   *code = g + (up ? 1 : 0);
   const float other = row.points[up ? g + 2 : g] * s;  // P[g + 1], or P[g - 1] (NaN for g = 0)
   return (other >= x) == up;
+}
+
+// Whether code_by_guess is the count for every x in a block of scale s (NaN: false).
+C10_HOST_DEVICE inline bool guesses_are_counts(float s) { return s >= kGuessMinScale && s <= kGuessMaxScale; }
+
+// The bucket's guess g + [P[g] < x], the count where guesses_are_counts(s) and inverse_scale is 1 / s
+// within 2 ulp (x not NaN).
+template <typename Row>
+C10_HOST_DEVICE inline int code_by_guess(const Row& row, float s, float inverse_scale, float x) {
+  const int g = row.buckets[code_bucket(x * inverse_scale)];
+  return g + (row.points[g + 1] * s < x ? 1 : 0);
 }
 
 // The code of x (NaN counts as 0) in a block of scale s > 0 whose inverse_scale is 1 / s (rounded in
@@ -182,6 +210,8 @@ inline int build_code_row(const float* points, CodeRow* row) {
     row->buckets[bucket] = static_cast<uint8_t>(start);
     for (int i = 0; i < 3; ++i) row->records[bucket][i] = row->points[start + i];
     row->records[bucket][3] = blockwise_bits_float(static_cast<uint32_t>(start));
+    row->guesses[bucket][0] = row->points[start + 1];
+    row->guesses[bucket][1] = row->records[bucket][3];
     most = inside > most ? inside : most;
   }
   return most;

@@ -62,6 +62,8 @@ BUCKETS_PER_SIGN = tl.constexpr(code_buckets.BUCKETS_PER_SIGN)
 PADDED_POINTS = tl.constexpr(code_buckets.PADDED_POINTS)
 PADDED_BASE = tl.constexpr(code_buckets.PADDED_BASE)
 BUCKETS_BASE = tl.constexpr(code_buckets.BUCKETS_BASE)
+GUESS_MIN_SCALE = tl.constexpr(code_buckets.GUESS_MIN_SCALE)
+GUESS_MAX_SCALE = tl.constexpr(code_buckets.GUESS_MAX_SCALE)
 BOOK_SIGNED_VALUES = tl.constexpr(maps.SIGNED_VALUES)
 BOOK_SIGNED_MIDPOINTS = tl.constexpr(maps.SIGNED_MIDPOINTS)
 BOOK_UNSIGNED_VALUES = tl.constexpr(maps.UNSIGNED_VALUES)
@@ -174,9 +176,10 @@ def _quantize(x, mask, books_ptr, ROW: tl.constexpr, QUANT_BLOCK: tl.constexpr, 
     scales = tl.reduce(tl.reshape(magnitude, [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), 1, tl.standard._elementwise_max)
     scale = tl.reshape(tl.broadcast_to(tl.expand_dims(scales, 1), [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), [BLOCK])
     x = tl.where(x != x, 0.0, x)
-    # The count in O(1) (state/code_buckets.py): the bucket of x / s guesses it, two exact compares
-    # against the same products prove it. The ratio may round any way: it only picks the bucket.
-    # Correctly rounded (no approximate division in the kernel, tests/test_triton_8bit.py), once a block.
+    # The count in O(1) (state/code_buckets.py): the bucket of x / s guesses it, one exact compare
+    # against a product decides the one point the bucket may hold. The ratio need only be close: it
+    # picks the bucket. Correctly rounded (no approximate division in the kernel,
+    # tests/test_triton_8bit.py), once a block.
     inverses = tl.div_rn(tl.full([BLOCK // QUANT_BLOCK], 1.0, tl.float32), scales)
     inverse = tl.reshape(tl.broadcast_to(tl.expand_dims(inverses, 1), [BLOCK // QUANT_BLOCK, QUANT_BLOCK]), [BLOCK])
     bits = (x * inverse).to(tl.int32, bitcast=True)
@@ -185,18 +188,18 @@ def _quantize(x, mask, books_ptr, ROW: tl.constexpr, QUANT_BLOCK: tl.constexpr, 
     g = tl.load(books_ptr + BUCKETS_BASE + ROW * (2 * BUCKETS_PER_SIGN) + bucket).to(tl.int32)
     points = books_ptr + PADDED_BASE + ROW * PADDED_POINTS  # [NaN, T_0 .. T_254, +inf ...]: T_k at k + 1
     codes = tl.where(tl.load(points + g + 1) * scale < x, g + 1, g)
-    # T_{g-1} s < x <= T_{g+1} s, or the guess is not the count (NaN for T_{-1} passes the first).
-    wrong = (tl.load(points + g) * scale >= x) | (tl.load(points + g + 2) * scale < x) | (scale == 0.0)
+    # The guess is the count at scales in [2^-100, 2^126]; blocks of any other scale (denormal
+    # ones, 0: rare) take the contract's search. tl.reduce, as for the scales.
+    other_scale = (scale < GUESS_MIN_SCALE) | (scale > GUESS_MAX_SCALE)
     if mask is not None:
-        wrong = wrong & mask
-    # Rare (denormal scales, blocks of zeros): the contract's search. tl.reduce, as for the scales.
-    if tl.reduce(wrong.to(tl.int32), 0, tl.standard._elementwise_max) > 0:
+        other_scale = other_scale & mask
+    if tl.reduce(other_scale.to(tl.int32), 0, tl.standard._elementwise_max) > 0:
         searched = tl.full([BLOCK], 0, tl.int32)
         for level in tl.static_range(8):
             width = 128 >> level
             point = tl.load(books_ptr + ROW * NUM_CODES + searched + (width - 1))
             searched = tl.where(point * scale < x, searched + width, searched)
-        codes = tl.where(wrong, searched, codes)
+        codes = tl.where(other_scale, searched, codes)
     return codes.to(tl.uint8), scales
 
 
