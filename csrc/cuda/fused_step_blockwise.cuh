@@ -258,7 +258,8 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks_per_sm<scalar_t>(kSe
           r.vm[j] = __fmul_rn(root, root);
         }
       }
-      update_regs<kPn, kSecond>(c, r);
+      float root[kIlp];  // sqrt_rn of v, or of amsgrad's maximum: what that buffer stores
+      update_regs<kPn, kSecond>(c, r, root);
 
       scalar_t params[kIlp];
       RoundingDraw draws[kIlp];
@@ -271,8 +272,11 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks_per_sm<scalar_t>(kSe
 #pragma unroll
       for (int j = 0; j < kIlp; ++j) {
         x[0][j] = r.m[j];
-        if (kSecond != kNoSecondMoment) x[1][j] = __fsqrt_rn(r.v[j]);
-        if (kSecond == kAmsgrad) x[2][j] = __fsqrt_rn(r.vm[j]);
+        if (kSecond == kSecondMoment) x[1][j] = root[j];
+        if (kSecond == kAmsgrad) {
+          x[1][j] = __fsqrt_rn(r.v[j]);
+          x[2][j] = root[j];
+        }
       }
 #pragma unroll
       for (int k = 0; k < kWritten; ++k) {

@@ -180,6 +180,15 @@ __device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& 
   }
 }
 
+// update_regs, with the roots the update divides by (update_element's `root`).
+template <bool kPn, int kSecond, typename math_t>
+__device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& r, math_t (&root)[kIlp]) {
+#pragma unroll
+  for (int j = 0; j < kIlp; ++j) {
+    update_element<kPn, kSecond, ScalarOps>(c, r.p[j], r.g[j], r.m[j], r.mn[j], r.v[j], r.vm[j], root[j]);
+  }
+}
+
 // Elements [i, i + kIlp) with one vector access per operand (and per grad_sample row); needs
 // aligned pointers.
 template <typename scalar_t, typename state_t, bool kPn, int kSecond, int kNoise, int kRound, typename math_t>

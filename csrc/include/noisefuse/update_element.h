@@ -88,10 +88,12 @@ C10_HOST_DEVICE inline V preprocess_grad(V g, const ElementCoefs<V>& c) {
 // SPEC section 0 (preprocess_grad, then the noise if any); L2 decay (step 4) is applied here.
 // `m` is the buffer this step writes (PN's positive buffer), `m_neg` PN's other buffer (read only);
 // `v`/`vmax` are used per kSecond. The operation order follows reference.py so that float32
-// results agree to a few ulps.
+// results agree to a few ulps. `root` receives the root the update divides by, sqrt(v) or amsgrad's
+// sqrt(vmax) (untouched without a second moment): the 8-bit CUDA kernel stores it, rather than take
+// the same root a second time (the compiler keeps the two apart where the update branches).
 template <bool kPn, int kSecond, typename Ops, typename V>
 C10_HOST_DEVICE inline void update_element(const ElementCoefs<V>& c, V& p, V g, V& m, const V& m_neg, V& v,
-                                           V& vmax) {
+                                           V& vmax, V& root) {
   if (!c.decoupled) g = g + c.weight_decay * p;
   if (c.decoupled) p = p * c.decay;
   m = c.a * m + c.b * g;
@@ -108,10 +110,18 @@ C10_HOST_DEVICE inline void update_element(const ElementCoefs<V>& c, V& p, V g, 
       vmax = Ops::max(vmax, v);
       vv = vmax;
     }
-    p = p - c.step_size * (d / (Ops::sqrt(vv) * c.inv_sqrt_bc2 + c.eps));
+    root = Ops::sqrt(vv);
+    p = p - c.step_size * (d / (root * c.inv_sqrt_bc2 + c.eps));
   } else {
     p = p - c.lr * d;
   }
+}
+
+template <bool kPn, int kSecond, typename Ops, typename V>
+C10_HOST_DEVICE inline void update_element(const ElementCoefs<V>& c, V& p, V g, V& m, const V& m_neg, V& v,
+                                           V& vmax) {
+  V root;
+  update_element<kPn, kSecond, Ops>(c, p, g, m, m_neg, v, vmax, root);
 }
 
 }  // namespace NF_ISA_NS
