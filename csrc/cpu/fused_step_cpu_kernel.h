@@ -203,6 +203,9 @@ struct ChunkKernel {
   int64_t numel;    // distance between two rows of grad_sample
   uint64_t offset;  // global index of element 0
   uint64_t step;    // the tensor's step after this update's increment
+  // 8-bit state (QuantizedKernel): store the root the update divided by, which the codes are of,
+  // in place of the value (v without amsgrad, vmax with it), instead of taking it again.
+  bool stores_root = false;
 
   // Per-element draws (the normals of the kinds that use them, the rounding words) are made a block
   // of kDrawBlock elements at a time (Philox over whole vectors of lanes, cpu_normals.h), into
@@ -382,20 +385,22 @@ struct ChunkKernel {
 
   // Updates elements [i, i + count), count <= IO::kWidth, with their gradient `rg`.
   void update_vector(int64_t i, int64_t count, const ElementCoefs<Vec>& c, Vec* rg, const RoundingWords& w) const {
-    Vec rp[kParts], rm[kParts], rmn[kParts], rv[kParts], rvm[kParts];
+    Vec rp[kParts], rm[kParts], rmn[kParts], rv[kParts], rvm[kParts], root[kParts];
     IO::load(p + i, count, rp);
     SIO::load(m + i, count, rm);
     if (kPn) SIO::load(m_neg + i, count, rmn);
     if (kSecond != kNoSecondMoment) SIO::load(v + i, count, rv);
     if (kSecond == kAmsgrad) SIO::load(vmax + i, count, rvm);
     for (int k = 0; k < kParts; ++k) {
-      update_element<kPn, kSecond, VecOps>(c, rp[k], rg[k], rm[k], rmn[k], rv[k], rvm[k]);
+      update_element<kPn, kSecond, VecOps>(c, rp[k], rg[k], rm[k], rmn[k], rv[k], rvm[k], root[k]);
     }
+    const Vec* stored_v = stores_root && kSecond == kSecondMoment ? root : rv;
+    const Vec* stored_vmax = stores_root ? root : rvm;
     store_operand<IO, kParamStore>(p + i, count, rp, w.param);
     static_assert(rounding_word_of(kMomentumStore) == rounding_word_of(kSecondMomentStore), "one moments word");
     store_operand<SIO, kMomentumStore>(m + i, count, rm, w.moments);
-    if (kSecond != kNoSecondMoment) store_operand<SIO, kSecondMomentStore>(v + i, count, rv, w.moments);
-    if (kSecond == kAmsgrad) store_operand<SIO, kMaxSecondMomentStore>(vmax + i, count, rvm, w.maximum);
+    if (kSecond != kNoSecondMoment) store_operand<SIO, kSecondMomentStore>(v + i, count, stored_v, w.moments);
+    if (kSecond == kAmsgrad) store_operand<SIO, kMaxSecondMomentStore>(vmax + i, count, stored_vmax, w.maximum);
   }
 
   // Elements [begin, end) as whole vectors and a partial last one. `lanes`: the normals of element
@@ -526,16 +531,15 @@ struct QuantizedKernel {
                          vmax,
                          t.numel,
                          t.offset + static_cast<uint64_t>(span),
-                         static_cast<uint64_t>(t.scalars.t)};
+                         static_cast<uint64_t>(t.scalars.t),
+                         /*stores_root=*/true};
       kernel.step_range(0, n, c, nz);
-      // PN's m_neg is read only: its codes and scales stay.
+      // PN's m_neg is read only: its codes and scales stay. The buffers hold sqrt_rn(v) (the
+      // update's root) without amsgrad; with it, v itself and sqrt_rn(vmax).
       quantize(m, kSignedPoints, span, n, t.m_scales, codes(t.m));
-      if (kSecond != kNoSecondMoment) {
-        sqrt_in_place(v, n);
-        quantize(v, kUnsignedPoints, span, n, t.v_scales, codes(t.v));
-      }
+      if (kSecond == kAmsgrad) sqrt_in_place(v, n);
+      if (kSecond != kNoSecondMoment) quantize(v, kUnsignedPoints, span, n, t.v_scales, codes(t.v));
       if (kSecond == kAmsgrad) {
-        sqrt_in_place(vmax, n);
         quantize(vmax, kUnsignedValues, span, n, t.vmax_scales, codes(t.vmax));  // rounded up: never decreases
       }
     }
