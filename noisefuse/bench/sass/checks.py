@@ -25,7 +25,7 @@ CORE_OVER_MEMORY = 0.7
 MAX_REGISTERS = 64
 
 # The variants that do not meet an invariant yet (the report of benchmarks/results/
-# sass-2026-12-08-guesses): tests/test_sass_report.py holds every other variant to each invariant, and
+# sass-2026-12-08): tests/test_sass_report.py holds every other variant to each invariant, and
 # fails as well when one of these comes to meet it, so that this list only shrinks as the kernels
 # are fixed (issue #21; the 8-bit and stochastic-rounding ones are issue #22's). Figures: sm_90.
 KNOWN_VIOLATIONS = {
