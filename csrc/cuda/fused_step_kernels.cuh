@@ -172,21 +172,20 @@ __device__ inline T store_value(math_t x, const RoundingDraw& d) {
   }
 }
 
-template <bool kPn, int kSecond, typename math_t>
-__device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& r) {
-#pragma unroll
-  for (int j = 0; j < kIlp; ++j) {
-    update_element<kPn, kSecond, ScalarOps>(c, r.p[j], r.g[j], r.m[j], r.mn[j], r.v[j], r.vm[j]);
-  }
-}
-
-// update_regs, with the roots the update divides by (update_element's `root`).
+// The update of a thread's elements in registers; `root` receives the roots the update divides by
+// (update_element's `root`).
 template <bool kPn, int kSecond, typename math_t>
 __device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& r, math_t (&root)[kIlp]) {
 #pragma unroll
   for (int j = 0; j < kIlp; ++j) {
     update_element<kPn, kSecond, ScalarOps>(c, r.p[j], r.g[j], r.m[j], r.mn[j], r.v[j], r.vm[j], root[j]);
   }
+}
+
+template <bool kPn, int kSecond, typename math_t>
+__device__ inline void update_regs(const ElementCoefs<math_t>& c, Regs<math_t>& r) {
+  math_t root[kIlp];
+  update_regs<kPn, kSecond>(c, r, root);
 }
 
 // Elements [i, i + kIlp) with one vector access per operand (and per grad_sample row); needs

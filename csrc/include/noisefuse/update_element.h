@@ -89,8 +89,9 @@ C10_HOST_DEVICE inline V preprocess_grad(V g, const ElementCoefs<V>& c) {
 // `m` is the buffer this step writes (PN's positive buffer), `m_neg` PN's other buffer (read only);
 // `v`/`vmax` are used per kSecond. The operation order follows reference.py so that float32
 // results agree to a few ulps. `root` receives the root the update divides by, sqrt(v) or amsgrad's
-// sqrt(vmax) (untouched without a second moment): the 8-bit CUDA kernel stores it, rather than take
-// the same root a second time (the compiler keeps the two apart where the update branches).
+// sqrt(vmax) (untouched without a second moment): the 8-bit kernels (CPU and CUDA) store it, rather
+// than take the same root a second time (the CUDA compiler keeps the two apart where the update
+// branches).
 template <bool kPn, int kSecond, typename Ops, typename V>
 C10_HOST_DEVICE inline void update_element(const ElementCoefs<V>& c, V& p, V g, V& m, const V& m_neg, V& v,
                                            V& vmax, V& root) {
